@@ -1,0 +1,354 @@
+//! The client library: call mesh services through any entry node.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use quicmesh::{Client, ClientConfig, TlsPaths};
+//! let tls = TlsPaths { ca: "certs/ca.crt".into(), cert: "certs/client-web.crt".into(), key: "certs/client-web.key".into() };
+//! let client = Client::connect(ClientConfig::new(tls, vec!["127.0.0.1:7401".into()])).await?;
+//! let reply = client.call("echo", "hello").await?;
+//! assert_eq!(&reply[..], b"hello");
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Mutex;
+use tracing::debug;
+
+use crate::config::{ClientConfig, ConfigError};
+use crate::identity::{peer_identity, Identity, Role, TlsError, TlsMaterial};
+use crate::node::SNI;
+use crate::protocol::{
+    codes, encode_frame, read_frame, FrameError, RejectCode, Response, ServiceRequest, StreamHeader, StreamKind,
+    PROTOCOL_VERSION,
+};
+use crate::service::ServiceStream;
+use crate::transport::{bind_udp, transport_config, TransportError};
+
+/// Errors setting up a client or reaching an entry node.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Certificates could not be loaded or used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The local UDP socket could not be bound.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// quinn could not start the endpoint.
+    #[error("starting the QUIC endpoint: {0}")]
+    Endpoint(std::io::Error),
+    /// No entry node could be reached; each attempt's error is listed.
+    #[error("no entry node reachable: {}", .0.iter().map(|(e, why)| format!("{e}: {why}")).collect::<Vec<_>>().join("; "))]
+    NoEntryReachable(Vec<(String, String)>),
+}
+
+/// Errors of one call or stream.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Reaching the mesh failed.
+    #[error(transparent)]
+    Connect(#[from] ClientError),
+    /// The mesh refused the request; nothing was processed.
+    #[error("{code}: {reason}")]
+    Rejected {
+        /// Machine-readable reason.
+        code: RejectCode,
+        /// Human-readable detail from the node.
+        reason: String,
+    },
+    /// The stream failed after it was accepted (reset, connection lost). The request may have
+    /// been partly processed; it is not retried automatically.
+    #[error("stream failed: {0}")]
+    Stream(String),
+    /// The reply is larger than `max_response_bytes`.
+    #[error("response exceeds max_response_bytes ({0} bytes)")]
+    ResponseTooLarge(usize),
+    /// The call's timeout passed.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The node answered with something that is not the quicmesh protocol.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] FrameError),
+}
+
+impl CallError {
+    /// The reject code, if the mesh refused the request.
+    pub fn reject_code(&self) -> Option<RejectCode> {
+        match self {
+            CallError::Rejected { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Per-request options.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// Routing key (for consistent hashing).
+    pub key: Option<Bytes>,
+    /// Give up after this long; the deadline travels with the request across hops.
+    pub timeout: Option<Duration>,
+}
+
+/// A reply and who produced it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The response bytes.
+    pub body: Bytes,
+    /// The node that served the request.
+    pub served_by: String,
+}
+
+/// A mesh client: one QUIC connection to an entry node, a stream per request.
+///
+/// Cheap to clone; clones share the connection. Reconnects (trying entries in order) when
+/// the connection is lost.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: ClientConfig,
+    identity: Identity,
+    endpoint: quinn::Endpoint,
+    conn: Mutex<Option<quinn::Connection>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("identity", &self.inner.identity.uri())
+            .field("entries", &self.inner.cfg.entries)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn resolve(entry: &str) -> Result<SocketAddr, String> {
+    tokio::net::lookup_host(entry)
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "resolves to no address".to_owned())
+}
+
+impl Client {
+    /// Loads the certificate files named in `cfg` and connects to the first reachable entry.
+    pub async fn connect(cfg: ClientConfig) -> Result<Self, ClientError> {
+        cfg.validate()?;
+        let tls = TlsMaterial::load(&cfg.tls, Role::Client)?;
+        Self::connect_with(cfg, tls).await
+    }
+
+    /// Like [`Client::connect`], with TLS material already loaded.
+    pub async fn connect_with(cfg: ClientConfig, tls: TlsMaterial) -> Result<Self, ClientError> {
+        cfg.validate()?;
+        // Bind for the address family of the first entry that resolves.
+        let mut family_v6 = false;
+        for e in &cfg.entries {
+            if let Ok(a) = resolve(e).await {
+                family_v6 = a.is_ipv6();
+                break;
+            }
+        }
+        let bind: SocketAddr = if family_v6 {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = bind_udp(bind)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| ClientError::Endpoint(std::io::Error::other("no async runtime found")))?;
+        let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+            .map_err(ClientError::Endpoint)?;
+        let mut client_config = quinn::ClientConfig::new(tls.client_config()?);
+        // Nodes never open streams toward clients.
+        client_config.transport_config(transport_config(&cfg.transport, 0)?);
+        endpoint.set_default_client_config(client_config);
+        let client = Client {
+            inner: Arc::new(Inner {
+                identity: tls.identity().clone(),
+                cfg,
+                endpoint,
+                conn: Mutex::new(None),
+            }),
+        };
+        client.connection().await?;
+        Ok(client)
+    }
+
+    /// This client's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// The entry node's address, if connected.
+    pub async fn entry_addr(&self) -> Option<SocketAddr> {
+        self.inner
+            .conn
+            .lock()
+            .await
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .map(|c| c.remote_address())
+    }
+
+    /// The local UDP address of the client's endpoint.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.endpoint.local_addr()
+    }
+
+    /// Moves the client's endpoint to a new UDP socket; the connection and its open streams
+    /// survive (QUIC connection migration).
+    pub fn rebind(&self, socket: std::net::UdpSocket) -> std::io::Result<()> {
+        self.inner.endpoint.rebind(socket)
+    }
+
+    /// The live connection, or a new one to the first entry that answers.
+    async fn connection(&self) -> Result<quinn::Connection, ClientError> {
+        let mut guard = self.inner.conn.lock().await;
+        if let Some(c) = guard.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let mut tried = Vec::new();
+        for entry in &self.inner.cfg.entries {
+            match self.dial(entry).await {
+                Ok(c) => {
+                    debug!(%entry, "connected to entry node");
+                    *guard = Some(c.clone());
+                    return Ok(c);
+                }
+                Err(why) => tried.push((entry.clone(), why)),
+            }
+        }
+        Err(ClientError::NoEntryReachable(tried))
+    }
+
+    async fn dial(&self, entry: &str) -> Result<quinn::Connection, String> {
+        let addr = resolve(entry).await?;
+        let connecting = self.inner.endpoint.connect(addr, SNI).map_err(|e| e.to_string())?;
+        let timeout = self.inner.cfg.transport.connect_timeout;
+        let conn = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| format!("handshake timed out after {timeout:?}"))?
+            .map_err(|e| e.to_string())?;
+        // The verifier admits only nodes of our trust domain; this makes the check visible.
+        let id = peer_identity(&conn).map_err(|e| e.to_string())?;
+        if id.role != Role::Node {
+            conn.close(codes::FORBIDDEN, b"not a node");
+            return Err(format!("{id} is not a node"));
+        }
+        Ok(conn)
+    }
+
+    /// Opens a duplex stream to `service`.
+    pub async fn open(&self, service: &str) -> Result<ServiceStream, CallError> {
+        self.open_with(service, &CallOptions::default()).await
+    }
+
+    /// Opens a duplex stream to `service` with options.
+    pub async fn open_with(&self, service: &str, opts: &CallOptions) -> Result<ServiceStream, CallError> {
+        let fut = self.open_inner(service, opts);
+        match opts.timeout {
+            Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| CallError::Timeout(t))?,
+            None => fut.await,
+        }
+    }
+
+    async fn open_inner(&self, service: &str, opts: &CallOptions) -> Result<ServiceStream, CallError> {
+        let header = StreamHeader {
+            version: PROTOCOL_VERSION,
+            kind: StreamKind::Service(ServiceRequest {
+                service: service.to_owned(),
+                key: opts.key.as_ref().map(|k| k.to_vec()),
+                hops: 0,
+                deadline_ms: opts.timeout.map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX)),
+                origin: None,
+            }),
+        };
+        let frame = encode_frame(&header)?;
+        // One retry on a fresh connection if the old one died under us before the stream opened.
+        let mut attempt = 0;
+        let (mut send, mut recv) = loop {
+            let conn = self.connection().await?;
+            match conn.open_bi().await {
+                Ok(s) => break s,
+                Err(e) if attempt == 0 => {
+                    debug!(error = %e, "connection lost before opening a stream; reconnecting");
+                    attempt += 1;
+                }
+                Err(e) => return Err(CallError::Stream(e.to_string())),
+            }
+        };
+        send.write_all(&frame).await.map_err(|e| CallError::Stream(e.to_string()))?;
+        let resp: Response = read_frame(&mut recv, crate::protocol::DEFAULT_MAX_HEADER).await?;
+        match resp {
+            Response::Accept { node } => Ok(ServiceStream::new(send, recv, node)),
+            Response::Reject { code, reason } => Err(CallError::Rejected { code, reason }),
+        }
+    }
+
+    /// Sends `body` to `service` and returns the whole reply.
+    pub async fn call(&self, service: &str, body: impl Into<Bytes>) -> Result<Bytes, CallError> {
+        Ok(self.request(service, body, &CallOptions::default()).await?.body)
+    }
+
+    /// Sends `body` to `service` with options; returns the reply and the serving node.
+    pub async fn request(&self, service: &str, body: impl Into<Bytes>, opts: &CallOptions) -> Result<Reply, CallError> {
+        let body = body.into();
+        let max = self.inner.cfg.max_response_bytes;
+        let fut = async {
+            let stream = self.open_inner(service, opts).await?;
+            // Write and read concurrently: a streaming service may reply before the request ends,
+            // and with large bodies both flow-control windows must keep moving.
+            let served_by = stream.served_by().to_owned();
+            let (mut rd, mut wr) = tokio::io::split(stream);
+            let write = async {
+                use tokio::io::AsyncWriteExt;
+                wr.write_all(&body).await?;
+                wr.shutdown().await
+            };
+            let read = async {
+                use tokio::io::AsyncReadExt;
+                let mut out = Vec::new();
+                let mut limited = (&mut rd).take(max as u64 + 1);
+                limited.read_to_end(&mut out).await?;
+                Ok::<_, std::io::Error>(out)
+            };
+            let (w, r) = tokio::join!(write, read);
+            let out = r.map_err(|e| CallError::Stream(e.to_string()))?;
+            if let Err(e) = w {
+                // The reply ended cleanly, so the service chose to stop reading early: the
+                // reply stands.
+                debug!(error = %e, "service stopped reading the request before it ended");
+            }
+            if out.len() > max {
+                let mut s = rd.unsplit(wr);
+                s.abort();
+                return Err(CallError::ResponseTooLarge(max));
+            }
+            Ok(Reply {
+                body: Bytes::from(out),
+                served_by,
+            })
+        };
+        match opts.timeout {
+            Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| CallError::Timeout(t))?,
+            None => fut.await,
+        }
+    }
+
+    /// Closes the connection cleanly.
+    pub async fn close(&self) {
+        if let Some(c) = self.inner.conn.lock().await.take() {
+            c.close(codes::SHUTDOWN, b"client closed");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+    }
+}

@@ -1,0 +1,507 @@
+//! Node and client configuration: TOML with documented defaults, every key checked.
+//!
+//! Unknown keys are errors (serde `deny_unknown_fields`), and [`NodeConfig::validate`]
+//! names the offending key in every error. Durations are written as `"250ms"`, `"5s"`,
+//! `"2m"` or `"1h"`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backoff::BackoffPolicy;
+use crate::identity::{validate_name, TlsPaths};
+
+/// Configuration errors; each names the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key, missing key or wrong type (the message names it).
+    #[error("config {origin}: {message}")]
+    Parse {
+        /// File name or "flags".
+        origin: String,
+        /// The parser's message, with the key and position.
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("config key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key path, e.g. `transport.keepalive`.
+        key: String,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h"` (also `"1.5s"`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{s:?} has no unit; write e.g. \"500ms\", \"5s\", \"2m\""))?;
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number followed by a unit"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 || ms == 0 {
+        format!("{ms}ms")
+    } else if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+mod duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Transport timing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportSettings {
+    /// QUIC keepalive interval; at most a third of `idle_timeout`. Default `"5s"`.
+    #[serde(with = "duration_str")]
+    pub keepalive: Duration,
+    /// A connection with no traffic for this long is dead. Default `"30s"`.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+    /// Give up a handshake after this long. Default `"5s"`.
+    #[serde(with = "duration_str")]
+    pub connect_timeout: Duration,
+    /// A stream whose header has not arrived after this long is reset. Default `"5s"`.
+    #[serde(with = "duration_str")]
+    pub header_timeout: Duration,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        TransportSettings {
+            keepalive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TransportSettings {
+    fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        for (key, d) in [
+            ("keepalive", self.keepalive),
+            ("idle_timeout", self.idle_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("header_timeout", self.header_timeout),
+        ] {
+            if d < Duration::from_millis(10) {
+                return Err(invalid(format!("{prefix}.{key}"), "must be at least 10ms"));
+            }
+        }
+        // QUIC idle timeouts are negotiated in milliseconds as a varint; keep well inside.
+        if self.idle_timeout > Duration::from_secs(3600) {
+            return Err(invalid(format!("{prefix}.idle_timeout"), "must be at most 1h"));
+        }
+        if self.keepalive * 3 > self.idle_timeout {
+            return Err(invalid(
+                format!("{prefix}.keepalive"),
+                format!(
+                    "{} is more than a third of idle_timeout {}; a lost keepalive or two would kill a healthy connection",
+                    format_duration(self.keepalive),
+                    format_duration(self.idle_timeout)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Resource limits of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent bidirectional streams a peer may open on one connection. Default 1024.
+    pub max_streams_per_connection: u32,
+    /// Concurrent service streams this node handles before answering Overloaded. Default 10000.
+    pub max_inflight: usize,
+    /// Largest stream header accepted, in bytes. Default 16384.
+    pub max_header_bytes: usize,
+    /// Concurrent connections (peers and clients) before new handshakes are refused. Default 10000.
+    pub max_connections: usize,
+    /// Relay hops a service stream may take. Default 1 (entry node → serving node).
+    pub hop_limit: u8,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_streams_per_connection: 1024,
+            max_inflight: 10_000,
+            max_header_bytes: crate::protocol::DEFAULT_MAX_HEADER,
+            max_connections: 10_000,
+            hop_limit: 1,
+        }
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_streams_per_connection == 0 {
+            return Err(invalid("limits.max_streams_per_connection", "must be at least 1"));
+        }
+        if self.max_inflight == 0 {
+            return Err(invalid("limits.max_inflight", "must be at least 1"));
+        }
+        if !(256..=1 << 20).contains(&self.max_header_bytes) {
+            return Err(invalid("limits.max_header_bytes", "must be between 256 and 1048576"));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if self.hop_limit > 4 {
+            return Err(invalid("limits.hop_limit", "must be at most 4"));
+        }
+        Ok(())
+    }
+}
+
+/// Reconnect backoff for peer connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconnectSettings {
+    /// Ceiling of the first wait. Default `"100ms"`.
+    #[serde(with = "duration_str")]
+    pub initial: Duration,
+    /// Largest wait. Default `"30s"`.
+    #[serde(with = "duration_str")]
+    pub max: Duration,
+    /// A connection up this long resets the backoff. Default `"10s"`.
+    #[serde(with = "duration_str")]
+    pub stable_after: Duration,
+}
+
+impl Default for ReconnectSettings {
+    fn default() -> Self {
+        let p = BackoffPolicy::default();
+        ReconnectSettings {
+            initial: p.initial,
+            max: p.max,
+            stable_after: p.stable_after,
+        }
+    }
+}
+
+impl ReconnectSettings {
+    /// As a backoff policy.
+    pub fn policy(&self) -> BackoffPolicy {
+        BackoffPolicy {
+            initial: self.initial,
+            max: self.max,
+            stable_after: self.stable_after,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.initial < Duration::from_millis(1) {
+            return Err(invalid("reconnect.initial", "must be at least 1ms"));
+        }
+        if self.max < self.initial {
+            return Err(invalid("reconnect.max", "must be at least reconnect.initial"));
+        }
+        Ok(())
+    }
+}
+
+/// A service this node serves from a local TCP backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// `host:port` of the TCP backend.
+    pub backend: String,
+}
+
+/// The configuration of one node (`quicmesh node --config node.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's name; must match the name in its certificate.
+    pub name: String,
+    /// UDP address to listen on. Default `"0.0.0.0:7400"`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Certificate files.
+    pub tls: TlsPaths,
+    /// Static peers, `host:port`, dialled and kept connected. Default none.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// Services served from local TCP backends, by name. Default none.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// Timeouts.
+    #[serde(default)]
+    pub transport: TransportSettings,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Peer reconnect backoff.
+    #[serde(default)]
+    pub reconnect: ReconnectSettings,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7400))
+}
+
+/// Checks a `host:port` string without resolving it.
+pub fn validate_host_port(key: &str, s: &str) -> Result<(), ConfigError> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(invalid(key, format!("{s:?} is not host:port")));
+    };
+    if host.is_empty() {
+        return Err(invalid(key, format!("{s:?} has no host")));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(invalid(key, format!("{s:?} has no valid port (1-65535)"))),
+    }
+}
+
+impl NodeConfig {
+    /// A minimal configuration with defaults for everything optional.
+    pub fn new(name: &str, tls: TlsPaths) -> Self {
+        NodeConfig {
+            name: name.to_owned(),
+            listen: default_listen(),
+            tls,
+            peers: Vec::new(),
+            services: BTreeMap::new(),
+            transport: TransportSettings::default(),
+            limits: Limits::default(),
+            reconnect: ReconnectSettings::default(),
+        }
+    }
+
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        Self::from_table(table, origin)
+    }
+
+    /// Builds from a TOML table (a file's, with command-line overrides merged in).
+    pub fn from_table(table: toml::Table, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: NodeConfig = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_file(path)?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Checks every value; errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_name(&self.name).map_err(|e| invalid("name", e.to_string()))?;
+        for (i, p) in self.peers.iter().enumerate() {
+            validate_host_port(&format!("peers[{i}]"), p)?;
+        }
+        for (name, svc) in &self.services {
+            validate_name(name).map_err(|e| invalid(format!("services.{name}"), e.to_string()))?;
+            validate_host_port(&format!("services.{name}.backend"), &svc.backend)?;
+        }
+        self.transport.validate("transport")?;
+        self.limits.validate()?;
+        self.reconnect.validate()
+    }
+
+    /// The configuration as TOML, defaults filled in.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// The configuration of a client (library or CLI).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Certificate files (a `client` certificate).
+    pub tls: TlsPaths,
+    /// Entry nodes, `host:port`, tried in order until one answers.
+    pub entries: Vec<String>,
+    /// Timeouts (`header_timeout` is unused by clients).
+    #[serde(default)]
+    pub transport: TransportSettings,
+    /// Largest response `call()` will buffer, in bytes. Default 64 MiB.
+    #[serde(default = "default_max_response")]
+    pub max_response_bytes: usize,
+}
+
+fn default_max_response() -> usize {
+    64 << 20
+}
+
+impl ClientConfig {
+    /// A configuration with defaults for everything optional.
+    pub fn new(tls: TlsPaths, entries: Vec<String>) -> Self {
+        ClientConfig {
+            tls,
+            entries,
+            transport: TransportSettings::default(),
+            max_response_bytes: default_max_response(),
+        }
+    }
+
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_file(path)?;
+        let cfg: ClientConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            origin: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value; errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.entries.is_empty() {
+            return Err(invalid("entries", "give at least one entry node, host:port"));
+        }
+        for (i, e) in self.entries.iter().enumerate() {
+            validate_host_port(&format!("entries[{i}]"), e)?;
+        }
+        if self.max_response_bytes == 0 {
+            return Err(invalid("max_response_bytes", "must be at least 1"));
+        }
+        self.transport.validate("transport")
+    }
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+name = "a"
+[tls]
+ca = "ca.crt"
+cert = "node-a.crt"
+key = "node-a.key"
+"#;
+
+    #[test]
+    fn defaults_apply() {
+        let c = NodeConfig::from_toml(BASE, "t").unwrap();
+        assert_eq!(c.listen, "0.0.0.0:7400".parse().unwrap());
+        assert_eq!(c.transport.keepalive, Duration::from_secs(5));
+        assert_eq!(c.limits.hop_limit, 1);
+        let round = NodeConfig::from_toml(&c.to_toml(), "t").unwrap();
+        assert_eq!(round, c);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = NodeConfig::from_toml(&format!("{BASE}\n[transport]\nkeepalvie = \"1s\"\n"), "t").unwrap_err();
+        assert!(err.to_string().contains("keepalvie"), "{err}");
+    }
+
+    #[test]
+    fn keepalive_must_be_a_third_of_idle() {
+        let err = NodeConfig::from_toml(
+            &format!("{BASE}\n[transport]\nkeepalive = \"11s\"\nidle_timeout = \"30s\"\n"),
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("transport.keepalive"), "{err}");
+        assert!(NodeConfig::from_toml(&format!("{BASE}\n[transport]\nkeepalive = \"10s\"\n"), "t").is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (extra, key) in [
+            ("peers = [\"nohost\"]", "peers[0]"),
+            ("[services.web]\nbackend = \"127.0.0.1:0\"", "services.web.backend"),
+            ("[services.Web]\nbackend = \"127.0.0.1:80\"", "services.Web"),
+            ("[limits]\nhop_limit = 9", "limits.hop_limit"),
+            ("[transport]\nidle_timeout = \"5x\"", "idle_timeout"),
+        ] {
+            let text = if extra.starts_with('[') {
+                format!("{BASE}\n{extra}\n")
+            } else {
+                format!("{extra}\n{BASE}")
+            };
+            let err = NodeConfig::from_toml(&text, "t").unwrap_err().to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        let err = NodeConfig::from_toml(&BASE.replace("name = \"a\"", "name = \"A_1\""), "t").unwrap_err();
+        assert!(err.to_string().contains("`name`"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5d").is_err());
+        for d in [1, 999, 1000, 60_000, 3_600_000, 5_500] {
+            let d = Duration::from_millis(d);
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+        }
+    }
+}

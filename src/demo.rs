@@ -1,0 +1,268 @@
+//! `quicmesh demo`: the whole mesh on one machine, with nothing to set up.
+//!
+//! Makes a throwaway CA and certificates in a temporary directory, starts a TCP backend and
+//! three nodes on loopback with services spread across them, waits for the mesh to form,
+//! drives calls through every node, and prints who served what and how fast.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::config::{ClientConfig, NodeConfig, ServiceConfig};
+use crate::identity::{IssueOptions, MeshCa, Role, TlsPaths};
+use crate::service::{request_handler, Echo};
+use crate::table::Table;
+use crate::{CallError, Client, Node};
+
+/// Demo settings.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Calls per (entry node, service) pair. Default 50.
+    pub calls: usize,
+    /// Keep the mesh running after the report until Ctrl-C.
+    pub serve: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions { calls: 50, serve: false }
+    }
+}
+
+/// Errors of the demo (each is a real failure of the mesh or the machine).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// Setting up files failed.
+    #[error("demo setup: {0}")]
+    Setup(String),
+    /// A node failed to start.
+    #[error(transparent)]
+    Node(#[from] crate::NodeError),
+    /// The client failed to connect.
+    #[error(transparent)]
+    Client(#[from] crate::ClientError),
+    /// The mesh did not form in time.
+    #[error("mesh did not form within {0:?}: {1}")]
+    MeshTimeout(Duration, String),
+}
+
+const NODES: [&str; 3] = ["alpha", "bravo", "charlie"];
+const TRUST_DOMAIN: &str = "demo.quicmesh";
+
+fn setup(e: impl std::fmt::Display) -> DemoError {
+    DemoError::Setup(e.to_string())
+}
+
+/// A TCP backend that upper-cases what it reads (the `upper` service on bravo).
+async fn start_upper_backend() -> Result<String, DemoError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(setup)?;
+    let addr = listener.local_addr().map_err(setup)?;
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if sock.read_to_end(&mut buf).await.is_ok() {
+                    buf.make_ascii_uppercase();
+                    let _ = sock.write_all(&buf).await;
+                    let _ = sock.shutdown().await;
+                }
+            });
+        }
+    });
+    Ok(addr.to_string())
+}
+
+fn tls_paths(dir: &Path, role: Role, name: &str) -> TlsPaths {
+    TlsPaths {
+        ca: dir.join("ca.crt"),
+        cert: dir.join(format!("{role}-{name}.crt")),
+        key: dir.join(format!("{role}-{name}.key")),
+    }
+}
+
+async fn start_nodes(dir: &Path, upper_backend: String) -> Result<Vec<Node>, DemoError> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for name in NODES {
+        let mut cfg = NodeConfig::new(name, tls_paths(dir, Role::Node, name));
+        cfg.listen = "127.0.0.1:0".parse().map_err(setup)?;
+        // Each node dials the ones started before it: a full mesh with no dial races.
+        cfg.peers = nodes.iter().map(|n| n.local_addr().to_string()).collect();
+        let mut b = Node::builder(cfg.clone());
+        match name {
+            "alpha" => b = b.handler("echo", Echo),
+            "bravo" => {
+                cfg.services.insert(
+                    "upper".into(),
+                    ServiceConfig {
+                        backend: upper_backend.clone(),
+                    },
+                );
+                b = Node::builder(cfg);
+            }
+            _ => {
+                b = b.handler("echo", Echo).handler(
+                    "whoami",
+                    request_handler(1024, |_req: Bytes, ctx| async move {
+                        Ok(Bytes::from(format!("{} served {} for {}", ctx.node, ctx.service, ctx.caller)))
+                    }),
+                )
+            }
+        }
+        nodes.push(b.start().await?);
+    }
+    Ok(nodes)
+}
+
+async fn wait_for_mesh(nodes: &[Node]) -> Result<(), DemoError> {
+    let limit = Duration::from_secs(10);
+    let deadline = Instant::now() + limit;
+    let expected = ["echo", "upper", "whoami"];
+    loop {
+        let missing: Vec<String> = nodes
+            .iter()
+            .flat_map(|n| {
+                let map = n.service_map();
+                expected
+                    .iter()
+                    .filter(move |s| !map.contains_key(**s))
+                    .map(move |s| format!("{} does not see {s}", n.name()))
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(DemoError::MeshTimeout(limit, missing.join(", ")));
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), nodes[0].peers_changed()).await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Runs the demo and returns its report as text (also printed as it goes).
+pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
+    let dir = tempfile::tempdir().map_err(setup)?;
+    let ca = MeshCa::generate(TRUST_DOMAIN, 1).map_err(setup)?;
+    ca.write(dir.path(), false).map_err(setup)?;
+    for name in NODES {
+        ca.issue(&IssueOptions::new(Role::Node, name))
+            .and_then(|c| c.write(dir.path(), Role::Node, name, false))
+            .map_err(setup)?;
+    }
+    ca.issue(&IssueOptions::new(Role::Client, "demo"))
+        .and_then(|c| c.write(dir.path(), Role::Client, "demo", false))
+        .map_err(setup)?;
+    let mut out = format!(
+        "quicmesh demo: CA for trust domain {TRUST_DOMAIN:?} and certificates in {}\n",
+        dir.path().display()
+    );
+
+    let upper = start_upper_backend().await?;
+    let nodes = start_nodes(dir.path(), upper.clone()).await?;
+    let started = Instant::now();
+    wait_for_mesh(&nodes).await?;
+    out.push_str(&format!("mesh formed in {}\n\n", ms(started.elapsed())));
+
+    let mut t = Table::new(["node", "listen", "services here", "peers"]);
+    for n in &nodes {
+        let peers: Vec<String> = n
+            .peers()
+            .iter()
+            .map(|p| format!("{} ({})", p.name, p.rtt.map(ms).unwrap_or_else(|| "down".into())))
+            .collect();
+        let mut here = n.local_services();
+        if n.name() == "bravo" {
+            here = here.into_iter().map(|s| format!("{s} -> tcp {upper}")).collect();
+        }
+        t.row([n.name().to_owned(), n.local_addr().to_string(), here.join(", "), peers.join(", ")]);
+    }
+    out.push_str(&t.render());
+    out.push('\n');
+
+    let mut t = Table::new(["entry", "service", "calls", "ok", "served by", "p50", "p99"]);
+    let services = ["echo", "upper", "whoami"];
+    let mut sample = String::new();
+    for n in &nodes {
+        let cfg = ClientConfig::new(tls_paths(dir.path(), Role::Client, "demo"), vec![n.local_addr().to_string()]);
+        let client = Client::connect(cfg).await?;
+        for svc in services {
+            let mut lat = Vec::with_capacity(opts.calls);
+            let mut served: BTreeMap<String, usize> = BTreeMap::new();
+            let mut ok = 0;
+            for i in 0..opts.calls {
+                let body = format!("hello {i} from the demo client");
+                let t0 = Instant::now();
+                if let Ok(reply) = client.request(svc, body, &Default::default()).await {
+                    lat.push(t0.elapsed());
+                    ok += 1;
+                    *served.entry(reply.served_by).or_default() += 1;
+                    if svc == "whoami" && sample.is_empty() {
+                        sample = String::from_utf8_lossy(&reply.body).into_owned();
+                    }
+                }
+            }
+            lat.sort();
+            let served = served.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" ");
+            t.row([
+                n.name().to_owned(),
+                svc.to_owned(),
+                opts.calls.to_string(),
+                ok.to_string(),
+                served,
+                ms(percentile(&lat, 0.5)),
+                ms(percentile(&lat, 0.99)),
+            ]);
+        }
+        if n.name() == "alpha" {
+            let err = client.call("nope", "x").await.err().map(|e: CallError| e.to_string()).unwrap_or_default();
+            out.push_str(&format!("calling an unknown service through alpha: {err}\n"));
+        }
+        client.close().await;
+    }
+    out.push_str(&format!("a whoami reply: {sample}\n\n"));
+    out.push_str(&t.render());
+    out.push('\n');
+
+    let mut t = Table::new(["node", "accepted", "served here", "relayed", "rejected"]);
+    for n in &nodes {
+        let s = n.stats();
+        let rejected = s.rejected.iter().map(|(c, k)| format!("{c}×{k}")).collect::<Vec<_>>().join(" ");
+        t.row([
+            n.name().to_owned(),
+            s.streams_accepted.to_string(),
+            s.served_local.to_string(),
+            s.relayed.to_string(),
+            rejected,
+        ]);
+    }
+    out.push_str(&t.render());
+    println!("{out}");
+
+    if opts.serve {
+        println!(
+            "serving until Ctrl-C. Try:\n  quicmesh call echo --entry {} --ca {d}/ca.crt --cert {d}/client-demo.crt --cert-key {d}/client-demo.key <<< hello",
+            nodes[0].local_addr(),
+            d = dir.path().display()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+    Ok(out)
+}

@@ -1,0 +1,399 @@
+//! rustls configurations for mutual TLS inside one trust domain.
+//!
+//! Peers are authenticated by their SPIFFE identity, not by host name: a node may be dialled
+//! at any address (DNS, SRV, NAT) and what matters is that its certificate chains to the mesh
+//! CA and names a node of this trust domain. Both verifiers below enforce exactly that during
+//! the handshake, so a wrong certificate never reaches the stream layer.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+
+use super::spiffe::{Identity, IdentityError, Role};
+use super::ALPN;
+
+/// Errors while loading certificates or building TLS configurations.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file in question.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A PEM file held nothing usable.
+    #[error("{what}: {reason}")]
+    Pem {
+        /// Which file (or in-memory input) it was.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Our own certificate does not carry a usable identity.
+    #[error("own certificate: {0}")]
+    OwnIdentity(#[from] IdentityError),
+    /// Our own certificate has a role other than the one we run as.
+    #[error("own certificate is {found} but this process runs as a {expected}; issue a {expected} certificate with `quicmesh certs {expected} NAME`")]
+    WrongRole {
+        /// What the certificate says.
+        found: Identity,
+        /// What the process runs as.
+        expected: Role,
+    },
+    /// Our own certificate is from another trust domain than the CA's.
+    #[error("own certificate {found} is not in the CA's trust domain {ca_domain:?}")]
+    ForeignCa {
+        /// What the certificate says.
+        found: Identity,
+        /// The trust domain of the CA file.
+        ca_domain: String,
+    },
+    /// rustls rejected the configuration (e.g. key does not match certificate).
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client verifier could not be built.
+    #[error("client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// The crypto provider lacks the cipher suite QUIC needs for Initial packets.
+    #[error("{0}")]
+    NoInitialCipherSuite(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+}
+
+/// The three files every node and client needs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// The mesh CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This holder's certificate (PEM), signed by the CA.
+    pub cert: PathBuf,
+    /// This holder's private key (PEM, PKCS#8).
+    pub key: PathBuf,
+}
+
+/// Loaded, checked TLS material: trust roots, our chain and key, and our identity.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    identity: Identity,
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("identity", &self.identity.uri())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            what: what.to_owned(),
+            reason: "no CERTIFICATE block found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The crypto provider used everywhere: ring, TLS 1.3 only (QUIC requires it).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TlsMaterial {
+    /// Loads and checks the files for a holder that runs as `role`.
+    pub fn load(paths: &TlsPaths, role: Role) -> Result<Self, TlsError> {
+        let ca = read(&paths.ca)?;
+        let cert = read(&paths.cert)?;
+        let key = read(&paths.key)?;
+        Self::from_pem_named(
+            (&ca, &paths.ca.display().to_string()),
+            (&cert, &paths.cert.display().to_string()),
+            (&key, &paths.key.display().to_string()),
+            role,
+        )
+    }
+
+    /// Builds material from PEM text held in memory (tests, the demo).
+    pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str, role: Role) -> Result<Self, TlsError> {
+        Self::from_pem_named(
+            (ca_pem.as_bytes(), "CA certificate"),
+            (cert_pem.as_bytes(), "certificate"),
+            (key_pem.as_bytes(), "private key"),
+            role,
+        )
+    }
+
+    fn from_pem_named(ca: (&[u8], &str), cert: (&[u8], &str), key: (&[u8], &str), role: Role) -> Result<Self, TlsError> {
+        let ca_certs = certs_from_pem(ca.0, ca.1)?;
+        let mut roots = RootCertStore::empty();
+        for c in &ca_certs {
+            roots.add(c.clone()).map_err(|e| TlsError::Pem {
+                what: ca.1.to_owned(),
+                reason: format!("not a usable trust anchor: {e}"),
+            })?;
+        }
+        let chain = certs_from_pem(cert.0, cert.1)?;
+        let key = rustls_pemfile::private_key(&mut &key.0[..])
+            .map_err(|e| TlsError::Pem {
+                what: key.1.to_owned(),
+                reason: e.to_string(),
+            })?
+            .ok_or_else(|| TlsError::Pem {
+                what: key.1.to_owned(),
+                reason: "no PRIVATE KEY block found".into(),
+            })?;
+        let identity = Identity::from_cert_der(&chain[0])?;
+        if identity.role != role {
+            return Err(TlsError::WrongRole {
+                found: identity,
+                expected: role,
+            });
+        }
+        let ca_domain = ca_certs
+            .iter()
+            .find_map(|c| ca_spiffe_domain(c))
+            .unwrap_or_default();
+        if !ca_domain.is_empty() && ca_domain != identity.trust_domain {
+            return Err(TlsError::ForeignCa {
+                found: identity,
+                ca_domain,
+            });
+        }
+        // Catch a key that does not belong to the certificate now, not at the first handshake.
+        let signing = provider()
+            .key_provider
+            .load_private_key(key.clone_key())?;
+        let ck = rustls::sign::CertifiedKey::new(chain.clone(), signing);
+        ck.keys_match()?;
+        Ok(TlsMaterial {
+            roots: Arc::new(roots),
+            chain,
+            key: Arc::new(key),
+            identity,
+        })
+    }
+
+    /// Our own identity, as our certificate states it.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The server side of a node: requires a client certificate from the mesh CA naming an
+    /// identity (node or client) of our trust domain.
+    pub fn server_config(&self) -> Result<Arc<QuicServerConfig>, TlsError> {
+        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider()).build()?;
+        let verifier = Arc::new(MeshClientVerifier {
+            inner,
+            trust_domain: self.identity.trust_domain.clone(),
+        });
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        // 0-RTT stays off: replayable early data has no place in an authenticated mesh.
+        cfg.max_early_data_size = 0;
+        Ok(Arc::new(QuicServerConfig::try_from(cfg)?))
+    }
+
+    /// The client side (a node dialling a peer, or a client dialling a node): presents our
+    /// certificate and accepts only a *node* of our trust domain.
+    pub fn client_config(&self) -> Result<Arc<QuicClientConfig>, TlsError> {
+        let verifier = Arc::new(MeshServerVerifier {
+            roots: self.roots.clone(),
+            provider: provider(),
+            trust_domain: self.identity.trust_domain.clone(),
+        });
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        cfg.enable_early_data = false;
+        Ok(Arc::new(QuicClientConfig::try_from(cfg)?))
+    }
+}
+
+fn ca_spiffe_domain(der: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|gn| match gn {
+        x509_parser::extensions::GeneralName::URI(u) => u
+            .strip_prefix("spiffe://")
+            .filter(|td| !td.contains('/'))
+            .map(str::to_owned),
+        _ => None,
+    })
+}
+
+/// The identity of the peer of an established connection.
+///
+/// The verifiers have already checked it during the handshake; this re-reads it for the
+/// stream layer, which enforces roles.
+pub fn peer_identity(conn: &quinn::Connection) -> Result<Identity, IdentityError> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or(IdentityError::Missing)?;
+    let leaf = certs.first().ok_or(IdentityError::Missing)?;
+    Identity::from_cert_der(leaf)
+}
+
+fn identity_error(e: IdentityError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(e))))
+}
+
+fn check_domain(id: &Identity, trust_domain: &str) -> Result<(), rustls::Error> {
+    if id.trust_domain == trust_domain {
+        Ok(())
+    } else {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ApplicationVerificationFailure,
+        ))
+    }
+}
+
+/// Checks a node's server certificate: chain to the mesh CA, server-auth usage, and a single
+/// SPIFFE id naming a node of our trust domain. The host name is deliberately not checked.
+#[derive(Debug)]
+struct MeshServerVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    trust_domain: String,
+}
+
+impl ServerCertVerifier for MeshServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let id = Identity::from_cert_der(end_entity).map_err(identity_error)?;
+        check_domain(&id, &self.trust_domain)?;
+        if id.role != Role::Node {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // QUIC is TLS 1.3 only.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Checks a dialler's client certificate: webpki chain validation, then a single SPIFFE id
+/// in our trust domain. Roles are enforced per stream, after the handshake.
+#[derive(Debug)]
+struct MeshClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for MeshClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let id = Identity::from_cert_der(end_entity).map_err(identity_error)?;
+        check_domain(&id, &self.trust_domain)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

@@ -1,0 +1,53 @@
+//! # quicmesh
+//!
+//! A service mesh on QUIC. Every host runs a node; nodes keep one mutually authenticated QUIC
+//! connection per peer and carry one stream per request. Identities are SPIFFE-style names in
+//! certificates from the mesh's own CA (`quicmesh certs`), and roles are enforced: a client
+//! can call services but cannot pose as a node.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use quicmesh::{Client, ClientConfig, Echo, Node, NodeConfig, TlsPaths};
+//!
+//! // A node that serves `echo` in-process (certificates made by `quicmesh certs`).
+//! let tls = TlsPaths { ca: "certs/ca.crt".into(), cert: "certs/node-a.crt".into(), key: "certs/node-a.key".into() };
+//! let mut config = NodeConfig::new("a", tls);
+//! config.listen = "127.0.0.1:7401".parse()?;
+//! let node = Node::builder(config).handler("echo", Echo).start().await?;
+//!
+//! // A client that calls it.
+//! let tls = TlsPaths { ca: "certs/ca.crt".into(), cert: "certs/client-web.crt".into(), key: "certs/client-web.key".into() };
+//! let client = Client::connect(ClientConfig::new(tls, vec!["127.0.0.1:7401".into()])).await?;
+//! assert_eq!(&client.call("echo", "hi").await?[..], b"hi");
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod backoff;
+mod client;
+pub mod config;
+pub mod demo;
+mod identity;
+mod node;
+pub mod protocol;
+mod table;
+mod service;
+mod transport;
+
+pub use backoff::{Backoff, BackoffPolicy};
+pub use client::{CallError, CallOptions, Client, ClientError, Reply};
+pub use config::{ClientConfig, ConfigError, NodeConfig};
+pub use identity::{
+    issue_leaf, validate_name, CaFiles, CertError, Identity, IdentityError, IssueOptions, IssuedCert, LeafFiles,
+    MeshCa, Role, TlsError, TlsMaterial, TlsPaths, ALPN,
+};
+pub use node::{Node, NodeBuilder, NodeError, NodeStats, PeerInfo};
+pub use protocol::RejectCode;
+pub use service::{request_handler, BoxFuture, Echo, Handler, RequestContext, RequestFn, ServiceStream};
+pub use table::Table;
+pub use transport::TransportError;

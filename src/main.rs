@@ -1,0 +1,474 @@
+//! The `quicmesh` command line.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use quicmesh::config::parse_duration;
+use quicmesh::demo::{self, DemoOptions};
+use quicmesh::{
+    issue_leaf, CallOptions, Client, ClientConfig, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(name = "quicmesh", version, about = "A service mesh on QUIC with mTLS identities")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make the mesh CA and issue node and client certificates.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+    /// Run a node.
+    Node(NodeArgs),
+    /// Call a service once: stdin is the request, stdout the reply.
+    Call(CallArgs),
+    /// Forward local TCP connections to a mesh service.
+    Forward(ForwardArgs),
+    /// Run a local 3-node mesh with certificates and live traffic, and print what happened.
+    Demo(DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Make a new CA (`ca.crt`, `ca.key`) for a trust domain.
+    Init {
+        /// The trust domain, e.g. mesh.example.
+        #[arg(long)]
+        trust_domain: String,
+        /// Directory to write into.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a node certificate (`node-NAME.crt`, `node-NAME.key`).
+    Node {
+        /// Node name, [a-z0-9-]{1,63}.
+        name: String,
+        #[command(flatten)]
+        common: IssueArgs,
+        /// DNS names for the certificate (repeatable). Default: localhost.
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// IP addresses for the certificate (repeatable). Default: 127.0.0.1.
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+    },
+    /// Issue a client certificate (`client-NAME.crt`, `client-NAME.key`).
+    Client {
+        /// Client name, [a-z0-9-]{1,63}.
+        name: String,
+        #[command(flatten)]
+        common: IssueArgs,
+    },
+}
+
+#[derive(Args)]
+struct IssueArgs {
+    /// Directory holding ca.crt and ca.key.
+    #[arg(long, default_value = "certs")]
+    ca: PathBuf,
+    /// Directory to write into.
+    #[arg(long, default_value = "certs")]
+    out: PathBuf,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// TOML configuration file; flags override its keys.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Node name (`name`).
+    #[arg(long)]
+    name: Option<String>,
+    /// UDP listen address (`listen`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Static peer host:port (`peers`, repeatable; replaces the file's list).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// CA certificate (`tls.ca`).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Node certificate (`tls.cert`).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Node private key (`tls.key`).
+    #[arg(long)]
+    cert_key: Option<PathBuf>,
+    /// Service served from a local TCP backend, NAME=HOST:PORT (`services`, repeatable).
+    #[arg(long = "service")]
+    services: Vec<String>,
+    /// Keepalive interval (`transport.keepalive`), e.g. 5s.
+    #[arg(long)]
+    keepalive: Option<String>,
+    /// Idle timeout (`transport.idle_timeout`), e.g. 30s.
+    #[arg(long)]
+    idle_timeout: Option<String>,
+    /// Header timeout (`transport.header_timeout`).
+    #[arg(long)]
+    header_timeout: Option<String>,
+    /// Handshake timeout (`transport.connect_timeout`).
+    #[arg(long)]
+    connect_timeout: Option<String>,
+    /// Concurrent service streams before Overloaded (`limits.max_inflight`).
+    #[arg(long)]
+    max_inflight: Option<i64>,
+    /// Relay hop limit (`limits.hop_limit`).
+    #[arg(long)]
+    hop_limit: Option<i64>,
+    /// Print the effective configuration (defaults filled in) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// Client configuration file (TOML); the flags below override it.
+    #[arg(long)]
+    client_config: Option<PathBuf>,
+    /// Entry node host:port (repeatable; tried in order).
+    #[arg(long = "entry", env = "QUICMESH_ENTRY", value_delimiter = ',')]
+    entries: Vec<String>,
+    /// CA certificate.
+    #[arg(long, env = "QUICMESH_CA")]
+    ca: Option<PathBuf>,
+    /// Client certificate.
+    #[arg(long, env = "QUICMESH_CERT")]
+    cert: Option<PathBuf>,
+    /// Client private key.
+    #[arg(long, env = "QUICMESH_CERT_KEY")]
+    cert_key: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CallArgs {
+    /// Service name.
+    service: String,
+    /// Routing key (for consistent hashing).
+    #[arg(long)]
+    key: Option<String>,
+    /// Give up after this long, e.g. 2s.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Print the serving node and latency on stderr.
+    #[arg(long, short)]
+    verbose: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+struct ForwardArgs {
+    /// Local TCP address to listen on, e.g. 127.0.0.1:8080.
+    listen: String,
+    /// Service to forward to.
+    service: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Calls per entry node and service.
+    #[arg(long, default_value_t = 50)]
+    calls: usize,
+    /// Keep the mesh running after the report, until Ctrl-C.
+    #[arg(long)]
+    serve: bool,
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_log = match cli.command {
+        Command::Node(_) => "info",
+        _ => "warn",
+    };
+    init_logging(default_log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Command) -> Result<(), BoxError> {
+    match cmd {
+        Command::Certs(c) => certs(c),
+        Command::Node(a) => node(a).await,
+        Command::Call(a) => call(a).await,
+        Command::Forward(a) => forward(a).await,
+        Command::Demo(a) => {
+            demo::run(DemoOptions {
+                calls: a.calls,
+                serve: a.serve,
+            })
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+fn certs(cmd: CertsCmd) -> Result<(), BoxError> {
+    match cmd {
+        CertsCmd::Init {
+            trust_domain,
+            out,
+            days,
+            force,
+        } => {
+            let ca = MeshCa::generate(&trust_domain, days)?;
+            let files = ca.write(&out, force)?;
+            println!(
+                "CA for trust domain {trust_domain:?}: {} (distribute) and {} (keep secret, mode 0600)",
+                files.cert.display(),
+                files.key.display()
+            );
+        }
+        CertsCmd::Node { name, common, dns, ips } => {
+            let mut opts = IssueOptions::new(Role::Node, &name);
+            opts.days = common.days;
+            if !dns.is_empty() {
+                opts.dns = dns;
+            }
+            if !ips.is_empty() {
+                opts.ips = ips;
+            }
+            let files = issue_leaf(&common.ca, &common.out, &opts, common.force)?;
+            println!("node {name}: {} and {}", files.cert.display(), files.key.display());
+        }
+        CertsCmd::Client { name, common } => {
+            let mut opts = IssueOptions::new(Role::Client, &name);
+            opts.days = common.days;
+            let files = issue_leaf(&common.ca, &common.out, &opts, common.force)?;
+            println!("client {name}: {} and {}", files.cert.display(), files.key.display());
+        }
+    }
+    Ok(())
+}
+
+fn set(table: &mut toml::Table, path: &[&str], value: toml::Value) {
+    let (last, parents) = match path.split_last() {
+        Some(x) => x,
+        None => return,
+    };
+    let mut t = table;
+    for p in parents {
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        t = match entry.as_table_mut() {
+            Some(t) => t,
+            None => return,
+        };
+    }
+    t.insert(last.to_string(), value);
+}
+
+fn path_value(p: &std::path::Path) -> toml::Value {
+    toml::Value::String(p.display().to_string())
+}
+
+fn node_config(a: &NodeArgs) -> Result<NodeConfig, BoxError> {
+    let (mut table, origin) = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
+            let t: toml::Table = toml::from_str(&text).map_err(|e| format!("config {}: {e}", p.display()))?;
+            (t, format!("{} with flags", p.display()))
+        }
+        None => (toml::Table::new(), "flags".to_owned()),
+    };
+    use toml::Value::{Integer, String as S};
+    if let Some(v) = &a.name {
+        set(&mut table, &["name"], S(v.clone()));
+    }
+    if let Some(v) = &a.listen {
+        set(&mut table, &["listen"], S(v.clone()));
+    }
+    if !a.peers.is_empty() {
+        set(&mut table, &["peers"], toml::Value::Array(a.peers.iter().cloned().map(S).collect()));
+    }
+    if let Some(v) = &a.ca {
+        set(&mut table, &["tls", "ca"], path_value(v));
+    }
+    if let Some(v) = &a.cert {
+        set(&mut table, &["tls", "cert"], path_value(v));
+    }
+    if let Some(v) = &a.cert_key {
+        set(&mut table, &["tls", "key"], path_value(v));
+    }
+    for s in &a.services {
+        let (name, backend) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--service {s:?}: expected NAME=HOST:PORT"))?;
+        set(&mut table, &["services", name, "backend"], S(backend.to_owned()));
+    }
+    for (key, v) in [
+        ("keepalive", &a.keepalive),
+        ("idle_timeout", &a.idle_timeout),
+        ("header_timeout", &a.header_timeout),
+        ("connect_timeout", &a.connect_timeout),
+    ] {
+        if let Some(v) = v {
+            set(&mut table, &["transport", key], S(v.clone()));
+        }
+    }
+    if let Some(v) = a.max_inflight {
+        set(&mut table, &["limits", "max_inflight"], Integer(v));
+    }
+    if let Some(v) = a.hop_limit {
+        set(&mut table, &["limits", "hop_limit"], Integer(v));
+    }
+    Ok(NodeConfig::from_table(table, &origin)?)
+}
+
+async fn node(a: NodeArgs) -> Result<(), BoxError> {
+    let cfg = node_config(&a)?;
+    if a.print_config {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    let node = Node::builder(cfg).start().await?;
+    wait_for_signal().await;
+    info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                return;
+            }
+            Err(e) => warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn client_config(a: &ClientArgs) -> Result<ClientConfig, BoxError> {
+    let mut cfg = match &a.client_config {
+        Some(p) => ClientConfig::load(p)?,
+        None => {
+            let need = |v: &Option<PathBuf>, flag: &str| {
+                v.clone()
+                    .ok_or_else(|| format!("missing {flag} (or --client-config, or the QUICMESH_* environment variables)"))
+            };
+            let tls = TlsPaths {
+                ca: need(&a.ca, "--ca")?,
+                cert: need(&a.cert, "--cert")?,
+                key: need(&a.cert_key, "--cert-key")?,
+            };
+            ClientConfig::new(tls, Vec::new())
+        }
+    };
+    if let Some(v) = &a.ca {
+        cfg.tls.ca = v.clone();
+    }
+    if let Some(v) = &a.cert {
+        cfg.tls.cert = v.clone();
+    }
+    if let Some(v) = &a.cert_key {
+        cfg.tls.key = v.clone();
+    }
+    if !a.entries.is_empty() {
+        cfg.entries = a.entries.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+async fn call(a: CallArgs) -> Result<(), BoxError> {
+    let client = Client::connect(client_config(&a.client)?).await?;
+    let mut body = Vec::new();
+    tokio::io::stdin().read_to_end(&mut body).await?;
+    let opts = CallOptions {
+        key: a.key.map(|k| k.into_bytes().into()),
+        timeout: a.timeout,
+    };
+    let t0 = Instant::now();
+    let reply = client.request(&a.service, body, &opts).await?;
+    let elapsed = t0.elapsed();
+    let mut out = tokio::io::stdout();
+    out.write_all(&reply.body).await?;
+    out.flush().await?;
+    if a.verbose {
+        eprintln!("served by {} in {:.2} ms", reply.served_by, elapsed.as_secs_f64() * 1000.0);
+    }
+    client.close().await;
+    Ok(())
+}
+
+async fn forward(a: ForwardArgs) -> Result<(), BoxError> {
+    let client = Client::connect(client_config(&a.client)?).await?;
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+    eprintln!("forwarding {} -> mesh service {:?}", listener.local_addr()?, a.service);
+    loop {
+        let (mut tcp, peer) = tokio::select! {
+            r = listener.accept() => r?,
+            () = wait_for_signal() => break,
+        };
+        let client = client.clone();
+        let service = a.service.clone();
+        tokio::spawn(async move {
+            match client.open(&service).await {
+                Ok(mut stream) => {
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await {
+                        warn!(%peer, error = %e, "forwarded connection failed");
+                        stream.abort();
+                    }
+                }
+                Err(e) => warn!(%peer, error = %e, "cannot open a stream to the service"),
+            }
+        });
+    }
+    client.close().await;
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! A mesh node: one QUIC endpoint, a connection per peer, a stream per request.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), quicmesh::NodeError> {
+//! use quicmesh::{Node, NodeConfig, Echo};
+//! let config = NodeConfig::load("node.toml".as_ref())?;
+//! let node = Node::builder(config).handler("echo", Echo).start().await?;
+//! println!("listening on {}", node.local_addr());
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod conn;
+mod dial;
+mod shared;
+mod streams;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{info, Instrument};
+
+pub(crate) use dial::SNI;
+use shared::{lock, Local, Shared, Stats};
+
+use crate::config::{ConfigError, NodeConfig};
+use crate::identity::{Identity, Role, TlsError, TlsMaterial};
+use crate::protocol::{codes, RejectCode};
+use crate::service::Handler;
+use crate::transport::{bind_udp, transport_config, TransportError};
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Certificates could not be loaded or used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The endpoint could not be created.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The certificate names another node than the configuration.
+    #[error("config says name = {config:?} but the certificate is for {cert}; issue one with `quicmesh certs node {config}`")]
+    NameMismatch {
+        /// `name` from the configuration.
+        config: String,
+        /// The certificate's identity.
+        cert: Identity,
+    },
+    /// A service is defined twice (as a TCP backend and a handler, or twice as a handler).
+    #[error("service {0:?} is defined more than once")]
+    DuplicateService(String),
+    /// A handler's service name is not valid.
+    #[error("handler name: {0}")]
+    BadServiceName(#[from] crate::identity::IdentityError),
+    /// quinn could not start the endpoint.
+    #[error("starting the QUIC endpoint: {0}")]
+    Endpoint(std::io::Error),
+}
+
+/// Builds and starts a [`Node`].
+pub struct NodeBuilder {
+    config: NodeConfig,
+    handlers: Vec<(String, Arc<dyn Handler>)>,
+    tls: Option<TlsMaterial>,
+}
+
+impl NodeBuilder {
+    /// Serves `service` with an in-process handler.
+    pub fn handler(mut self, service: &str, handler: impl Handler) -> Self {
+        self.handlers.push((service.to_owned(), Arc::new(handler)));
+        self
+    }
+
+    /// Uses already-loaded TLS material instead of reading `config.tls`.
+    pub fn tls(mut self, tls: TlsMaterial) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Binds the endpoint, starts accepting, and starts dialling the configured peers.
+    pub async fn start(self) -> Result<Node, NodeError> {
+        let NodeBuilder { config, handlers, tls } = self;
+        config.validate()?;
+        let tls = match tls {
+            Some(t) => t,
+            None => TlsMaterial::load(&config.tls, Role::Node)?,
+        };
+        let identity = tls.identity().clone();
+        if identity.name != config.name {
+            return Err(NodeError::NameMismatch {
+                config: config.name.clone(),
+                cert: identity,
+            });
+        }
+        let mut local = BTreeMap::new();
+        for (name, svc) in &config.services {
+            local.insert(name.clone(), Local::Tcp(svc.backend.clone()));
+        }
+        for (name, h) in handlers {
+            crate::identity::validate_name(&name)?;
+            if local.insert(name.clone(), Local::Handler(h)).is_some() {
+                return Err(NodeError::DuplicateService(name));
+            }
+        }
+
+        let server_transport = transport_config(&config.transport, config.limits.max_streams_per_connection)?;
+        let mut server_config = quinn::ServerConfig::with_crypto(tls.server_config()?);
+        server_config.transport_config(server_transport.clone());
+        let mut client_config = quinn::ClientConfig::new(tls.client_config()?);
+        client_config.transport_config(server_transport);
+        let socket = bind_udp(config.listen)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| NodeError::Endpoint(std::io::Error::other("no async runtime found")))?;
+        let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
+            .map_err(NodeError::Endpoint)?;
+        endpoint.set_default_client_config(client_config);
+        let local_addr = endpoint.local_addr().map_err(NodeError::Endpoint)?;
+
+        let (shutdown, _) = watch::channel(false);
+        let (peers_changed, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            name: config.name.clone(),
+            identity,
+            inflight: Arc::new(Semaphore::new(config.limits.max_inflight)),
+            cfg: config,
+            endpoint,
+            local,
+            peers: Mutex::new(BTreeMap::new()),
+            peers_changed,
+            connections: AtomicUsize::new(0),
+            stats: Stats::default(),
+            shutdown,
+            rng: Mutex::new(StdRng::from_os_rng()),
+        });
+        let span = tracing::info_span!("node", name = %shared.name);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(conn::accept_loop(shared.clone()).instrument(span.clone()));
+        for peer in &shared.cfg.peers {
+            tasks.spawn(dial::keep_connected(shared.clone(), peer.clone()).instrument(span.clone()));
+        }
+        span.in_scope(|| {
+            info!(
+                listen = %local_addr,
+                identity = %shared.identity,
+                services = ?shared.local.keys().collect::<Vec<_>>(),
+                peers = ?shared.cfg.peers,
+                "node started"
+            )
+        });
+        Ok(Node {
+            shared,
+            local_addr,
+            tasks: Mutex::new(tasks),
+        })
+    }
+}
+
+/// A running node. Dropping it stops it abruptly; [`Node::shutdown`] closes connections cleanly.
+pub struct Node {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+/// One peer node as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's node name (from its certificate).
+    pub name: String,
+    /// Whether a connection is up now.
+    pub connected: bool,
+    /// The peer's address as last seen.
+    pub remote: SocketAddr,
+    /// Services it announced.
+    pub services: Vec<String>,
+    /// Smoothed round-trip time of the connection, if connected.
+    pub rtt: Option<Duration>,
+    /// Whether this node dialled the connection (else the peer did).
+    pub dialed_by_me: bool,
+}
+
+/// Counters of a node's work since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Service streams accepted (past the in-flight limit).
+    pub streams_accepted: u64,
+    /// Service streams served by this node's own services.
+    pub served_local: u64,
+    /// Service streams relayed to a peer.
+    pub relayed: u64,
+    /// Streams rejected, by code.
+    pub rejected: BTreeMap<RejectCode, u64>,
+    /// Incoming handshakes that failed (bad certificate, timeout, ...).
+    pub handshake_failures: u64,
+    /// Connections open now (peers and clients).
+    pub connections: usize,
+}
+
+impl Node {
+    /// Starts building a node from its configuration.
+    pub fn builder(config: NodeConfig) -> NodeBuilder {
+        NodeBuilder {
+            config,
+            handlers: Vec::new(),
+            tls: None,
+        }
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// This node's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.shared.identity
+    }
+
+    /// The UDP address the node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Services served by this node itself.
+    pub fn local_services(&self) -> Vec<String> {
+        self.shared.local.keys().cloned().collect()
+    }
+
+    /// The peers this node knows, connected or not.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        lock(&self.shared.peers)
+            .iter()
+            .map(|(name, p)| {
+                let live = p.conn.as_ref().filter(|c| c.close_reason().is_none());
+                PeerInfo {
+                    name: name.clone(),
+                    connected: live.is_some(),
+                    remote: live.map(|c| c.remote_address()).unwrap_or(p.remote),
+                    services: p.services.clone(),
+                    rtt: live.map(|c| c.rtt()),
+                    dialed_by_me: p.dialed_by_me,
+                }
+            })
+            .collect()
+    }
+
+    /// For every service reachable from this node, the nodes that offer it (this one included).
+    pub fn service_map(&self) -> BTreeMap<String, Vec<String>> {
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for s in self.shared.local.keys() {
+            map.entry(s.clone()).or_default().push(self.shared.name.clone());
+        }
+        for p in self.peers().into_iter().filter(|p| p.connected) {
+            for s in p.services {
+                map.entry(s).or_default().push(p.name.clone());
+            }
+        }
+        map
+    }
+
+    /// A snapshot of the node's counters.
+    pub fn stats(&self) -> NodeStats {
+        let s = &self.shared.stats;
+        NodeStats {
+            streams_accepted: s.accepted.load(Ordering::Relaxed),
+            served_local: s.served_local.load(Ordering::Relaxed),
+            relayed: s.relayed.load(Ordering::Relaxed),
+            rejected: RejectCode::ALL
+                .iter()
+                .map(|c| (*c, s.rejected[c.index()].load(Ordering::Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            handshake_failures: s.handshake_failures.load(Ordering::Relaxed),
+            connections: self.shared.connections.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until the peer table changes (a peer connects, disconnects, or says hello).
+    pub async fn peers_changed(&self) {
+        let mut rx = self.shared.peers_changed.subscribe();
+        let _ = rx.changed().await;
+    }
+
+    /// Stops the node: closes every connection with an orderly close, waits briefly for the
+    /// close to be delivered, and stops all tasks.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+        self.shared.endpoint.close(codes::SHUTDOWN, b"node shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+        lock(&self.tasks).abort_all();
+        info!(node = %self.shared.name, "node stopped");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shared.shutdown.send_replace(true);
+        self.shared.endpoint.close(codes::SHUTDOWN, b"node dropped");
+    }
+}

@@ -1,0 +1,359 @@
+//! One accepted stream: read its header, check who may do what, then serve it locally or
+//! relay it one hop to a peer that offers the service.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, RecvStream, SendStream};
+use rand::seq::SliceRandom;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use super::conn::{end_control, run_control};
+use super::shared::{lock, Local, Shared};
+use crate::identity::{Identity, Role};
+use crate::protocol::{
+    codes, read_frame, read_header, write_frame, FrameError, RejectCode, Response, ServiceRequest, StreamHeader,
+    StreamKind, PROTOCOL_VERSION,
+};
+use crate::service::{splice_quic, splice_tcp, RequestContext, ServiceStream};
+
+/// A refusal to send back on the stream.
+struct Reject {
+    code: RejectCode,
+    reason: String,
+}
+
+fn reject(code: RejectCode, reason: impl Into<String>) -> Reject {
+    Reject {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// Writes a response frame, bounded in time so a peer that never reads cannot pin the task.
+async fn respond(shared: &Shared, send: &mut SendStream, resp: &Response) -> bool {
+    matches!(
+        tokio::time::timeout(shared.cfg.transport.header_timeout, write_frame(send, resp)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn send_reject(shared: &Shared, mut send: SendStream, mut recv: RecvStream, caller: &Identity, r: Reject) {
+    shared.stats.count_reject(r.code);
+    match r.code {
+        RejectCode::Unauthorized => info!(caller = %caller, code = %r.code, reason = %r.reason, "stream rejected"),
+        _ => debug!(caller = %caller, code = %r.code, reason = %r.reason, "stream rejected"),
+    }
+    let resp = Response::Reject {
+        code: r.code,
+        reason: r.reason,
+    };
+    if respond(shared, &mut send, &resp).await {
+        let _ = send.finish();
+    }
+    let _ = recv.stop(codes::STREAM_ABORTED);
+}
+
+/// Serves one stream opened by `caller` on `conn`.
+pub(crate) async fn handle_stream(
+    shared: Arc<Shared>,
+    conn: Connection,
+    caller: Arc<Identity>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let header = tokio::time::timeout(
+        shared.cfg.transport.header_timeout,
+        read_header(&mut recv, shared.cfg.limits.max_header_bytes),
+    )
+    .await;
+    let header = match header {
+        Ok(Ok(h)) => h,
+        Ok(Err(FrameError::Eof)) => {
+            let _ = send.finish();
+            return;
+        }
+        Ok(Err(e)) => {
+            let r = reject(e.reject_code(), e.to_string());
+            return send_reject(&shared, send, recv, &caller, r).await;
+        }
+        Err(_) => {
+            let r = reject(
+                RejectCode::BadHeader,
+                format!("no stream header within {:?}", shared.cfg.transport.header_timeout),
+            );
+            return send_reject(&shared, send, recv, &caller, r).await;
+        }
+    };
+    debug_assert_eq!(header.version, PROTOCOL_VERSION);
+    match header.kind {
+        StreamKind::Control => {
+            if caller.role != Role::Node {
+                let r = reject(RejectCode::Unauthorized, "only nodes may open a control stream");
+                return send_reject(&shared, send, recv, &caller, r).await;
+            }
+            let accept = Response::Accept {
+                node: shared.name.clone(),
+            };
+            if !respond(&shared, &mut send, &accept).await {
+                return;
+            }
+            let result = run_control(&shared, &conn, &caller.name, send, recv).await;
+            end_control(&conn, result);
+        }
+        StreamKind::Service(req) => {
+            let Ok(_permit) = shared.inflight.clone().try_acquire_owned() else {
+                let r = reject(
+                    RejectCode::Overloaded,
+                    format!("node {} is at limits.max_inflight ({})", shared.name, shared.cfg.limits.max_inflight),
+                );
+                return send_reject(&shared, send, recv, &caller, r).await;
+            };
+            shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            let deadline = req
+                .deadline_ms
+                .map(|ms| Instant::now() + Duration::from_millis(u64::from(ms)));
+            let stream = Incoming {
+                shared: &shared,
+                conn: &conn,
+                caller: &caller,
+                send,
+                recv,
+                deadline,
+            };
+            match route(&shared, &caller, &req) {
+                Err(r) => stream.reject(r).await,
+                Ok((origin, Some(local))) => stream.serve_local(&origin, &req, local).await,
+                Ok((origin, None)) => stream.relay(&origin, req).await,
+            }
+        }
+    }
+}
+
+/// Decides who the request is for and whether it is served here (`Some`) or relayed (`None`).
+fn route(shared: &Shared, caller: &Identity, req: &ServiceRequest) -> Result<(Identity, Option<Local>), Reject> {
+    // Relaying nodes vouch for their caller; nobody else may claim to speak for another.
+    let origin = match (&req.origin, caller.role) {
+        (None, _) => caller.clone(),
+        (Some(o), Role::Node) => {
+            let id: Identity = o
+                .parse()
+                .map_err(|e| reject(RejectCode::BadHeader, format!("origin: {e}")))?;
+            if id.trust_domain != shared.identity.trust_domain {
+                return Err(reject(RejectCode::Unauthorized, format!("origin {id} is outside this trust domain")));
+            }
+            id
+        }
+        (Some(_), Role::Client) => {
+            return Err(reject(RejectCode::Unauthorized, "only nodes may relay on behalf of another caller"))
+        }
+    };
+    if req.hops > 0 && caller.role != Role::Node {
+        return Err(reject(RejectCode::Unauthorized, "only nodes may relay (hops > 0)"));
+    }
+    if let Some(local) = shared.local.get(&req.service) {
+        return Ok((origin, Some(local.clone())));
+    }
+    if req.hops >= shared.cfg.limits.hop_limit {
+        return Err(reject(
+            RejectCode::HopLimit,
+            format!(
+                "service {:?} is not served on node {} and the stream has taken {} hop(s) (limits.hop_limit = {})",
+                req.service, shared.name, req.hops, shared.cfg.limits.hop_limit
+            ),
+        ));
+    }
+    Ok((origin, None))
+}
+
+fn timeout_until(deadline: Option<Instant>, cap: Duration) -> Duration {
+    match deadline {
+        Some(d) => d.saturating_duration_since(Instant::now()).min(cap),
+        None => cap,
+    }
+}
+
+/// Relay attempts per stream: the first candidate, and one retry if it refused or failed
+/// before any byte of the caller's was sent on.
+const RELAY_ATTEMPTS: usize = 2;
+
+/// An accepted service stream whose header has been read and checked.
+struct Incoming<'a> {
+    shared: &'a Arc<Shared>,
+    conn: &'a Connection,
+    caller: &'a Identity,
+    send: SendStream,
+    recv: RecvStream,
+    deadline: Option<Instant>,
+}
+
+/// Why opening the downstream leg of a relay failed.
+enum Downstream {
+    Rejected(RejectCode, String),
+    Failed(String),
+}
+
+impl Incoming<'_> {
+    async fn reject(self, r: Reject) {
+        send_reject(self.shared, self.send, self.recv, self.caller, r).await;
+    }
+
+    async fn accept(&mut self, node: &str) -> bool {
+        let accept = Response::Accept { node: node.to_owned() };
+        respond(self.shared, &mut self.send, &accept).await
+    }
+
+    fn fail(mut self, what: &str) {
+        debug!(caller = %self.caller, error = %what, "service stream failed");
+        let _ = self.send.reset(codes::STREAM_ABORTED);
+        let _ = self.recv.stop(codes::STREAM_ABORTED);
+    }
+
+    async fn serve_local(mut self, origin: &Identity, req: &ServiceRequest, local: Local) {
+        let shared = self.shared;
+        shared.stats.served_local.fetch_add(1, Ordering::Relaxed);
+        match local {
+            Local::Tcp(backend) => {
+                let wait = timeout_until(self.deadline, shared.cfg.transport.connect_timeout);
+                let tcp = match tokio::time::timeout(wait, TcpStream::connect(&backend)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        let reason = format!("backend {backend} of service {:?} on node {}: {e}", req.service, shared.name);
+                        return self.reject(reject(RejectCode::Unavailable, reason)).await;
+                    }
+                    Err(_) => {
+                        let reason = format!(
+                            "backend {backend} of service {:?} on node {}: connect timed out after {wait:?}",
+                            req.service, shared.name
+                        );
+                        return self.reject(reject(RejectCode::Unavailable, reason)).await;
+                    }
+                };
+                if !self.accept(&shared.name).await {
+                    return self.fail("caller stopped reading");
+                }
+                if let Err(e) = splice_tcp((self.conn, self.send, self.recv), tcp, self.deadline).await {
+                    debug!(caller = %self.caller, error = %e, "backend splice ended early");
+                }
+            }
+            Local::Handler(h) => {
+                if !self.accept(&shared.name).await {
+                    return self.fail("caller stopped reading");
+                }
+                let stream = ServiceStream::new(self.send, self.recv, shared.name.clone());
+                let ctx = RequestContext {
+                    caller: origin.clone(),
+                    service: req.service.clone(),
+                    node: shared.name.clone(),
+                    key: req.key.clone(),
+                };
+                let fut = h.serve(stream, ctx);
+                // Dropping the future drops its unfinished stream, which resets it.
+                let result = match self.deadline {
+                    Some(d) => tokio::time::timeout_at(d, fut)
+                        .await
+                        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "deadline exceeded"))),
+                    None => fut.await,
+                };
+                if let Err(e) = result {
+                    debug!(caller = %self.caller, service = %req.service, error = %e, "handler failed");
+                }
+            }
+        }
+    }
+
+    async fn relay(mut self, origin: &Identity, req: ServiceRequest) {
+        let shared = self.shared;
+        let (mut candidates, offline) = shared.candidates(&req.service);
+        if candidates.is_empty() {
+            let r = if offline {
+                reject(
+                    RejectCode::Unavailable,
+                    format!("no reachable node offers service {:?} (the nodes that do are disconnected)", req.service),
+                )
+            } else {
+                reject(RejectCode::UnknownService, format!("no node in the mesh offers service {:?}", req.service))
+            };
+            return self.reject(r).await;
+        }
+        candidates.shuffle(&mut *lock(&shared.rng));
+        let mut last = reject(RejectCode::Unavailable, "relay failed");
+        for (peer, pconn) in candidates.into_iter().take(RELAY_ATTEMPTS) {
+            let remaining_ms = match self.deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now()).as_millis();
+                    if left == 0 {
+                        return self.reject(reject(RejectCode::DeadlineExceeded, "deadline passed before relaying")).await;
+                    }
+                    Some(u32::try_from(left).unwrap_or(u32::MAX))
+                }
+                None => None,
+            };
+            let down = ServiceRequest {
+                hops: req.hops.saturating_add(1),
+                origin: Some(origin.uri()),
+                deadline_ms: remaining_ms,
+                ..req.clone()
+            };
+            match self.open_downstream(&pconn, down).await {
+                Ok((node, ds, dr)) => {
+                    if !self.accept(&node).await {
+                        let (mut ds, mut dr) = (ds, dr);
+                        let _ = ds.reset(codes::STREAM_ABORTED);
+                        let _ = dr.stop(codes::STREAM_ABORTED);
+                        return self.fail("caller stopped reading");
+                    }
+                    shared.stats.relayed.fetch_add(1, Ordering::Relaxed);
+                    let result = splice_quic((self.conn, self.send, self.recv), (&pconn, ds, dr), self.deadline).await;
+                    if let Err(e) = result {
+                        debug!(caller = %self.caller, via = %peer, error = %e, "relay ended early");
+                    }
+                    return;
+                }
+                Err(Downstream::Rejected(code, reason)) if code.is_retryable() => {
+                    last = reject(code, reason);
+                }
+                Err(Downstream::Rejected(code, reason)) => return self.reject(reject(code, reason)).await,
+                Err(Downstream::Failed(e)) => {
+                    last = reject(RejectCode::Unavailable, format!("relay to node {peer}: {e}"));
+                }
+            }
+        }
+        self.reject(last).await
+    }
+
+    async fn open_downstream(
+        &self,
+        pconn: &Connection,
+        req: ServiceRequest,
+    ) -> Result<(String, SendStream, RecvStream), Downstream> {
+        let shared = self.shared;
+        let wait = timeout_until(self.deadline, shared.cfg.transport.header_timeout);
+        let attempt = async {
+            let (mut s, mut r) = pconn.open_bi().await.map_err(|e| Downstream::Failed(e.to_string()))?;
+            let header = StreamHeader {
+                version: PROTOCOL_VERSION,
+                kind: StreamKind::Service(req),
+            };
+            write_frame(&mut s, &header).await.map_err(|e| Downstream::Failed(e.to_string()))?;
+            let resp: Response = read_frame(&mut r, shared.cfg.limits.max_header_bytes)
+                .await
+                .map_err(|e| Downstream::Failed(e.to_string()))?;
+            match resp {
+                Response::Accept { node } => Ok((node, s, r)),
+                Response::Reject { code, reason } => Err(Downstream::Rejected(code, reason)),
+            }
+        };
+        match tokio::time::timeout(wait, attempt).await {
+            Ok(r) => r,
+            Err(_) if self.deadline.is_some_and(|d| d <= Instant::now()) => Err(Downstream::Rejected(
+                RejectCode::DeadlineExceeded,
+                "deadline passed while waiting for the serving node".into(),
+            )),
+            Err(_) => Err(Downstream::Failed(format!("no answer within {wait:?}"))),
+        }
+    }
+}

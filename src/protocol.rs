@@ -1,0 +1,352 @@
+//! The wire protocol on top of QUIC streams.
+//!
+//! Every stream starts with one length-prefixed postcard frame, the [`StreamHeader`], and the
+//! acceptor answers with one [`Response`] frame. After `Accept`, a service stream is a plain
+//! byte pipe; a control stream carries a sequence of [`ControlMsg`] frames.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of postcard. The first
+//! byte of a header body is the protocol version, so a peer speaking another version gets
+//! `UnsupportedVersion` rather than a decode error. Enum variants are append-only.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The stream protocol version this build speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Default cap on a stream header frame.
+pub const DEFAULT_MAX_HEADER: usize = 16 * 1024;
+
+/// Cap on one control-stream message.
+pub const MAX_CONTROL_MESSAGE: usize = 1024 * 1024;
+
+/// QUIC application error codes used to close connections and reset streams.
+pub mod codes {
+    use quinn::VarInt;
+    /// Orderly shutdown of a node or client.
+    pub const SHUTDOWN: VarInt = VarInt::from_u32(0);
+    /// The connection lost the duplicate-connection tie-break against another one to the same peer.
+    pub const DUPLICATE: VarInt = VarInt::from_u32(1);
+    /// The peer's identity is not allowed here (e.g. wrong role for a node-to-node connection).
+    pub const FORBIDDEN: VarInt = VarInt::from_u32(2);
+    /// A stream was abandoned: the header did not arrive in time, or the other leg failed.
+    pub const STREAM_ABORTED: VarInt = VarInt::from_u32(3);
+    /// A protocol violation on the control stream.
+    pub const PROTOCOL: VarInt = VarInt::from_u32(4);
+}
+
+/// The first frame of every stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHeader {
+    /// Must be [`PROTOCOL_VERSION`]; always the first byte on the wire.
+    pub version: u8,
+    /// What the stream is for.
+    pub kind: StreamKind,
+}
+
+/// The purpose of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamKind {
+    /// The node-to-node control channel (one per peer connection). Nodes only.
+    Control,
+    /// A request for a service.
+    Service(ServiceRequest),
+}
+
+/// What a service stream asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRequest {
+    /// The service name.
+    pub service: String,
+    /// Optional routing key (consistent hashing).
+    pub key: Option<Vec<u8>>,
+    /// How many nodes have relayed this stream so far; only nodes may set it above zero.
+    pub hops: u8,
+    /// Milliseconds left until the caller gives up, if it set a deadline.
+    pub deadline_ms: Option<u32>,
+    /// The original caller's SPIFFE id, set by a relaying node; only nodes may set it.
+    pub origin: Option<String>,
+}
+
+impl StreamHeader {
+    /// A service header as a client sends it.
+    pub fn service(service: &str) -> Self {
+        StreamHeader {
+            version: PROTOCOL_VERSION,
+            kind: StreamKind::Service(ServiceRequest {
+                service: service.to_owned(),
+                key: None,
+                hops: 0,
+                deadline_ms: None,
+                origin: None,
+            }),
+        }
+    }
+
+    /// A control header.
+    pub fn control() -> Self {
+        StreamHeader {
+            version: PROTOCOL_VERSION,
+            kind: StreamKind::Control,
+        }
+    }
+}
+
+/// Why a stream was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RejectCode {
+    /// The header was malformed, too large, or did not arrive in time.
+    BadHeader,
+    /// The header's protocol version is not spoken here.
+    UnsupportedVersion,
+    /// No node in the mesh offers the service.
+    UnknownService,
+    /// The caller's identity may not do this.
+    Unauthorized,
+    /// The stream would need more relay hops than allowed.
+    HopLimit,
+    /// The service exists but cannot be reached now (backend down, peer unreachable).
+    Unavailable,
+    /// The node is at its limit of concurrent streams.
+    Overloaded,
+    /// The caller's deadline passed before the service answered.
+    DeadlineExceeded,
+}
+
+impl RejectCode {
+    /// Every code, in wire order.
+    pub const ALL: [RejectCode; 8] = [
+        RejectCode::BadHeader,
+        RejectCode::UnsupportedVersion,
+        RejectCode::UnknownService,
+        RejectCode::Unauthorized,
+        RejectCode::HopLimit,
+        RejectCode::Unavailable,
+        RejectCode::Overloaded,
+        RejectCode::DeadlineExceeded,
+    ];
+
+    /// Position in [`RejectCode::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether the same request may succeed on another node (nothing was processed).
+    pub fn is_retryable(self) -> bool {
+        matches!(self, RejectCode::Unavailable | RejectCode::Overloaded)
+    }
+}
+
+impl std::fmt::Display for RejectCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// The acceptor's answer to a [`StreamHeader`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The stream is accepted; `node` is the name of the node that serves it.
+    Accept {
+        /// The serving node.
+        node: String,
+    },
+    /// The stream is refused.
+    Reject {
+        /// Machine-readable reason.
+        code: RejectCode,
+        /// Human-readable detail.
+        reason: String,
+    },
+}
+
+/// Messages on the control stream between two nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlMsg {
+    /// Sent by each side first: who it is and what it offers.
+    Hello {
+        /// The sender's node name (must match its certificate).
+        node: String,
+        /// Services the sender serves locally.
+        services: Vec<String>,
+        /// Address the sender listens on, as it knows it.
+        listen: String,
+    },
+    /// RTT probe.
+    Ping {
+        /// Echoed back in the pong.
+        nonce: u64,
+    },
+    /// RTT probe answer.
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+}
+
+/// Errors reading or writing frames.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The stream failed or ended early.
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The stream ended cleanly before a frame began.
+    #[error("stream ended before a frame")]
+    Eof,
+    /// The length prefix exceeds the cap.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    Oversized {
+        /// Announced length.
+        len: usize,
+        /// Cap.
+        max: usize,
+    },
+    /// The body is not valid postcard for the expected type.
+    #[error("malformed frame: {0}")]
+    Decode(#[from] postcard::Error),
+    /// The header names another protocol version.
+    #[error("protocol version {0} is not supported (this node speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u8),
+}
+
+impl FrameError {
+    /// The reject code a header read failure maps to.
+    pub fn reject_code(&self) -> RejectCode {
+        match self {
+            FrameError::UnsupportedVersion(_) => RejectCode::UnsupportedVersion,
+            _ => RejectCode::BadHeader,
+        }
+    }
+}
+
+/// Encodes `msg` as one frame (length prefix + postcard).
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let mut buf = postcard::to_extend(msg, vec![0u8; 4])?;
+    let len = buf.len() - 4;
+    let len32 = u32::try_from(len).map_err(|_| FrameError::Oversized {
+        len,
+        max: u32::MAX as usize,
+    })?;
+    buf[..4].copy_from_slice(&len32.to_be_bytes());
+    Ok(buf)
+}
+
+/// Writes `msg` as one frame.
+pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), FrameError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let buf = encode_frame(msg)?;
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Reads one frame's body, refusing anything over `max` bytes before reading it.
+pub async fn read_frame_bytes<R>(r: &mut R, max: usize) -> Result<Vec<u8>, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len[got..]).await?;
+        if n == 0 {
+            return Err(if got == 0 {
+                FrameError::Eof
+            } else {
+                FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())
+            });
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(FrameError::Oversized { len, max });
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// Reads one frame and decodes it as `T`.
+pub async fn read_frame<R, T>(r: &mut R, max: usize) -> Result<T, FrameError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let body = read_frame_bytes(r, max).await?;
+    Ok(postcard::from_bytes(&body)?)
+}
+
+/// Decodes a header body, checking the version byte before anything else.
+pub fn decode_header(body: &[u8]) -> Result<StreamHeader, FrameError> {
+    match body.first() {
+        None => Err(FrameError::Decode(postcard::Error::DeserializeUnexpectedEnd)),
+        Some(&v) if v != PROTOCOL_VERSION => Err(FrameError::UnsupportedVersion(v)),
+        Some(_) => Ok(postcard::from_bytes(body)?),
+    }
+}
+
+/// Reads and decodes a stream header.
+pub async fn read_header<R>(r: &mut R, max: usize) -> Result<StreamHeader, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
+    let body = read_frame_bytes(r, max).await?;
+    decode_header(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[tokio::test]
+    async fn header_round_trip() {
+        let h = StreamHeader::service("echo");
+        let buf = encode_frame(&h).unwrap();
+        let got = read_header(&mut &buf[..], DEFAULT_MAX_HEADER).await.unwrap();
+        assert_eq!(got, h);
+    }
+
+    #[tokio::test]
+    async fn oversized_refused_before_reading_body() {
+        let mut buf = (DEFAULT_MAX_HEADER as u32 + 1).to_be_bytes().to_vec();
+        buf.extend_from_slice(&[0; 8]);
+        let err = read_header(&mut &buf[..], DEFAULT_MAX_HEADER).await.unwrap_err();
+        assert!(matches!(err, FrameError::Oversized { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn other_version_is_unsupported_not_garbage() {
+        let mut h = StreamHeader::service("echo");
+        h.version = 9;
+        let buf = encode_frame(&h).unwrap();
+        let err = read_header(&mut &buf[..], DEFAULT_MAX_HEADER).await.unwrap_err();
+        assert_eq!(err.reject_code(), RejectCode::UnsupportedVersion);
+    }
+
+    #[tokio::test]
+    async fn empty_stream_is_eof() {
+        let err = read_header(&mut &[][..], DEFAULT_MAX_HEADER).await.unwrap_err();
+        assert!(matches!(err, FrameError::Eof));
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode_header(&bytes);
+            let _ = postcard::from_bytes::<ControlMsg>(&bytes);
+            let _ = postcard::from_bytes::<Response>(&bytes);
+        }
+
+        #[test]
+        fn service_header_round_trips(name in "[a-z0-9-]{1,63}", key in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..32)), hops in any::<u8>(), dl in proptest::option::of(any::<u32>())) {
+            let h = StreamHeader { version: PROTOCOL_VERSION, kind: StreamKind::Service(ServiceRequest { service: name, key, hops, deadline_ms: dl, origin: None }) };
+            let buf = encode_frame(&h).unwrap();
+            prop_assert_eq!(decode_header(&buf[4..]).unwrap(), h);
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Byte pipes between an accepted stream and what serves it.
+//!
+//! Each direction is pumped independently so half-close works (a request body can end while
+//! the reply is still streaming). QUIC→QUIC uses `read_chunk`/`write_chunk`, which hands the
+//! received `Bytes` to the other stream without copying. If anything fails — a reset, a lost
+//! connection, the deadline — every direction that has not ended cleanly is reset, so neither
+//! side ever mistakes a broken transfer for a complete one.
+
+use std::future::Future;
+use std::io;
+
+use bytes::BytesMut;
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::protocol::codes;
+
+/// Bytes moved by a finished splice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Spliced {
+    /// From the caller to the service.
+    pub up: u64,
+    /// From the service to the caller.
+    pub down: u64,
+}
+
+/// Why a splice ended early.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SpliceError {
+    #[error("caller → service: {0}")]
+    Up(io::Error),
+    #[error("service → caller: {0}")]
+    Down(io::Error),
+    #[error("connection closed: {0}")]
+    ConnectionClosed(quinn::ConnectionError),
+    #[error("deadline exceeded")]
+    Deadline,
+}
+
+async fn quic_to_quic(from: &mut RecvStream, to: &mut SendStream) -> io::Result<u64> {
+    let mut n = 0u64;
+    while let Some(chunk) = from.read_chunk(usize::MAX, true).await.map_err(io::Error::from)? {
+        n += chunk.bytes.len() as u64;
+        to.write_chunk(chunk.bytes).await.map_err(io::Error::from)?;
+    }
+    to.finish().map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))?;
+    Ok(n)
+}
+
+async fn quic_to_tcp(from: &mut RecvStream, to: &mut OwnedWriteHalf) -> io::Result<u64> {
+    let mut n = 0u64;
+    while let Some(chunk) = from.read_chunk(usize::MAX, true).await.map_err(io::Error::from)? {
+        n += chunk.bytes.len() as u64;
+        to.write_all(&chunk.bytes).await?;
+    }
+    // Half-close toward the backend: it sees EOF on the request and can still reply.
+    to.shutdown().await?;
+    Ok(n)
+}
+
+async fn tcp_to_quic(from: &mut OwnedReadHalf, to: &mut SendStream) -> io::Result<u64> {
+    const CHUNK: usize = 64 * 1024;
+    let mut n = 0u64;
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    loop {
+        buf.reserve(CHUNK);
+        let got = from.read_buf(&mut buf).await?;
+        if got == 0 {
+            break;
+        }
+        n += got as u64;
+        to.write_chunk(buf.split().freeze()).await.map_err(io::Error::from)?;
+    }
+    to.finish().map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))?;
+    Ok(n)
+}
+
+/// Runs two pumps to completion, or stops at the first failure, connection loss or deadline.
+/// Returns which directions completed cleanly alongside the outcome.
+async fn run_pumps<A, B>(
+    up: A,
+    down: B,
+    conns: &[&Connection],
+    deadline: Option<Instant>,
+) -> (bool, bool, Result<Spliced, SpliceError>)
+where
+    A: Future<Output = io::Result<u64>>,
+    B: Future<Output = io::Result<u64>>,
+{
+    tokio::pin!(up, down);
+    let closed = async {
+        match conns {
+            [a] => a.closed().await,
+            [a, b, ..] => tokio::select! { e = a.closed() => e, e = b.closed() => e },
+            [] => std::future::pending().await,
+        }
+    };
+    tokio::pin!(closed);
+    let sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep);
+    let (mut up_n, mut down_n) = (None, None);
+    while up_n.is_none() || down_n.is_none() {
+        tokio::select! {
+            r = &mut up, if up_n.is_none() => match r {
+                Ok(n) => up_n = Some(n),
+                Err(e) => return (false, down_n.is_some(), Err(SpliceError::Up(e))),
+            },
+            r = &mut down, if down_n.is_none() => match r {
+                Ok(n) => down_n = Some(n),
+                Err(e) => return (up_n.is_some(), false, Err(SpliceError::Down(e))),
+            },
+            e = &mut closed => return (up_n.is_some(), down_n.is_some(), Err(SpliceError::ConnectionClosed(e))),
+            () = &mut sleep => return (up_n.is_some(), down_n.is_some(), Err(SpliceError::Deadline)),
+        }
+    }
+    let spliced = Spliced {
+        up: up_n.unwrap_or_default(),
+        down: down_n.unwrap_or_default(),
+    };
+    (true, true, Ok(spliced))
+}
+
+/// Splices a caller's stream to a stream on another node's connection (one relay hop).
+pub(crate) async fn splice_quic(
+    caller: (&Connection, SendStream, RecvStream),
+    server: (&Connection, SendStream, RecvStream),
+    deadline: Option<Instant>,
+) -> Result<Spliced, SpliceError> {
+    let (caller_conn, mut c_send, mut c_recv) = caller;
+    let (server_conn, mut s_send, mut s_recv) = server;
+    let (up_ok, down_ok, result) = run_pumps(
+        quic_to_quic(&mut c_recv, &mut s_send),
+        quic_to_quic(&mut s_recv, &mut c_send),
+        &[caller_conn, server_conn],
+        deadline,
+    )
+    .await;
+    if !up_ok {
+        let _ = c_recv.stop(codes::STREAM_ABORTED);
+        let _ = s_send.reset(codes::STREAM_ABORTED);
+    }
+    if !down_ok {
+        let _ = s_recv.stop(codes::STREAM_ABORTED);
+        let _ = c_send.reset(codes::STREAM_ABORTED);
+    }
+    result
+}
+
+/// Splices a caller's stream to a connected local TCP backend.
+pub(crate) async fn splice_tcp(
+    caller: (&Connection, SendStream, RecvStream),
+    backend: TcpStream,
+    deadline: Option<Instant>,
+) -> Result<Spliced, SpliceError> {
+    let (conn, mut c_send, mut c_recv) = caller;
+    let _ = backend.set_nodelay(true);
+    let (mut t_read, mut t_write) = backend.into_split();
+    let (up_ok, down_ok, result) = run_pumps(
+        quic_to_tcp(&mut c_recv, &mut t_write),
+        tcp_to_quic(&mut t_read, &mut c_send),
+        &[conn],
+        deadline,
+    )
+    .await;
+    if !up_ok {
+        let _ = c_recv.stop(codes::STREAM_ABORTED);
+    }
+    if !down_ok {
+        let _ = c_send.reset(codes::STREAM_ABORTED);
+    }
+    // Dropping both TCP halves closes the backend connection either way.
+    result
+}

@@ -1,0 +1,104 @@
+//! The QUIC layer: transport settings, endpoints, and the duplicate-connection rule.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+
+use crate::config::TransportSettings;
+
+/// Errors creating an endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The UDP socket could not be bound.
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The idle timeout does not fit QUIC's encoding.
+    #[error("idle timeout {0:?} is out of range")]
+    IdleTimeout(Duration),
+}
+
+/// Builds the quinn transport configuration.
+///
+/// `max_bidi_streams` is how many concurrent streams the *peer* may open to us: nodes allow
+/// their configured limit, clients allow none (nodes never open streams to clients).
+pub fn transport_config(t: &TransportSettings, max_bidi_streams: u32) -> Result<Arc<TransportConfig>, TransportError> {
+    let ms = u64::try_from(t.idle_timeout.as_millis()).map_err(|_| TransportError::IdleTimeout(t.idle_timeout))?;
+    let idle = VarInt::from_u64(ms).map_err(|_| TransportError::IdleTimeout(t.idle_timeout))?;
+    let mut tc = TransportConfig::default();
+    tc.keep_alive_interval(Some(t.keepalive))
+        .max_idle_timeout(Some(IdleTimeout::from(idle)))
+        .max_concurrent_bidi_streams(VarInt::from_u32(max_bidi_streams))
+        .max_concurrent_uni_streams(VarInt::from_u32(0));
+    Ok(Arc::new(tc))
+}
+
+/// Binds a UDP socket for an endpoint, reporting the address on failure.
+pub fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, TransportError> {
+    std::net::UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })
+}
+
+/// Two nodes that dial each other at the same moment end up with two connections; both sides
+/// must keep the same one without talking about it.
+///
+/// Rule: if the two connections were dialled by different sides and the existing one is
+/// young (`< window`), keep the one dialled by the node with the lower name. Otherwise keep
+/// the newer one: a peer dials only when it has lost its connection to us, so an older
+/// connection it did not dial is one it no longer has.
+///
+/// Returns `true` if the new connection should replace the existing one.
+pub fn keep_new_connection(
+    me: &str,
+    peer: &str,
+    existing_dialed_by_me: bool,
+    existing_age: Duration,
+    new_dialed_by_me: bool,
+    window: Duration,
+) -> bool {
+    if existing_dialed_by_me == new_dialed_by_me || existing_age >= window {
+        return true;
+    }
+    let i_am_lower = me < peer;
+    // The preferred connection is the one dialled by the lower name.
+    new_dialed_by_me == i_am_lower
+}
+
+/// The window in which two connections count as a simultaneous dial.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: Duration = DEDUP_WINDOW;
+    const YOUNG: Duration = Duration::from_millis(10);
+
+    #[test]
+    fn simultaneous_dial_both_sides_agree() {
+        // a dials b and b dials a at once. Each side sees the other's connection second.
+        // On a: existing = a's own dial, new = b's dial.
+        let a_keeps_new = keep_new_connection("a", "b", true, YOUNG, false, W);
+        // On b: existing = b's own dial, new = a's dial.
+        let b_keeps_new = keep_new_connection("b", "a", true, YOUNG, false, W);
+        // Both must keep a's dial: a keeps existing (false), b takes new (true).
+        assert!(!a_keeps_new);
+        assert!(b_keeps_new);
+        // And in the other arrival order the same connection survives.
+        assert!(keep_new_connection("a", "b", false, YOUNG, true, W));
+        assert!(!keep_new_connection("b", "a", false, YOUNG, true, W));
+    }
+
+    #[test]
+    fn reconnects_replace_stale_connections() {
+        assert!(keep_new_connection("a", "b", true, YOUNG, true, W));
+        assert!(keep_new_connection("a", "b", false, YOUNG, false, W));
+        // b restarted and dialled a; a's old dial to b is stale even though a is lower.
+        assert!(keep_new_connection("a", "b", true, Duration::from_secs(60), false, W));
+    }
+}

@@ -1,0 +1,114 @@
+//! Test harness: real certificates in a temp dir, real nodes on loopback.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use quicmesh::{Client, ClientConfig, Echo, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths};
+
+pub const TD: &str = "test.quicmesh";
+
+/// A CA and a directory of certificates.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: MeshCa,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        Self::with_domain(TD)
+    }
+
+    pub fn with_domain(td: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = MeshCa::generate(td, 2).unwrap();
+        ca.write(dir.path(), false).unwrap();
+        Pki { dir, ca }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Issues (once) and returns the files for `role`/`name`.
+    pub fn tls(&self, role: Role, name: &str) -> TlsPaths {
+        let cert = self.path().join(format!("{role}-{name}.crt"));
+        if !cert.exists() {
+            self.ca
+                .issue(&IssueOptions::new(role, name))
+                .unwrap()
+                .write(self.path(), role, name, false)
+                .unwrap();
+        }
+        TlsPaths {
+            ca: self.path().join("ca.crt"),
+            cert,
+            key: self.path().join(format!("{role}-{name}.key")),
+        }
+    }
+
+    pub fn node_config(&self, name: &str) -> NodeConfig {
+        let mut cfg = NodeConfig::new(name, self.tls(Role::Node, name));
+        cfg.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.reconnect.initial = Duration::from_millis(20);
+        cfg.reconnect.max = Duration::from_millis(500);
+        cfg
+    }
+
+    pub async fn client(&self, name: &str, entry: &Node) -> Client {
+        let cfg = ClientConfig::new(self.tls(Role::Client, name), vec![entry.local_addr().to_string()]);
+        Client::connect(cfg).await.unwrap()
+    }
+}
+
+/// Polls `cond` until it holds or `limit` passes (then panics with `what`).
+pub async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut cond: F) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Fails the test instead of hanging if `fut` takes longer than `limit`.
+pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no result within {limit:?}"),
+    }
+}
+
+/// Whether every node sees every listed service.
+pub fn sees_all(nodes: &[&Node], services: &[&str]) -> bool {
+    nodes.iter().all(|n| {
+        let m = n.service_map();
+        services.iter().all(|s| m.contains_key(*s))
+    })
+}
+
+/// Starts a chain-dialled mesh: each node dials the ones before it. `services[i]` are
+/// in-process echo handlers on node i.
+pub async fn mesh(pki: &Pki, names: &[&str], services: &[&[&str]]) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut cfg = pki.node_config(name);
+        cfg.peers = nodes.iter().map(|n| n.local_addr().to_string()).collect();
+        let mut b = Node::builder(cfg);
+        for s in services.get(i).copied().unwrap_or_default() {
+            b = b.handler(s, Echo);
+        }
+        nodes.push(b.start().await.unwrap());
+    }
+    let all: Vec<&str> = services.iter().flat_map(|s| s.iter().copied()).collect();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    eventually(Duration::from_secs(10), "mesh formed", || {
+        sees_all(&refs, &all) && refs.iter().all(|n| n.peers().iter().filter(|p| p.connected).count() == names.len() - 1)
+    })
+    .await;
+    nodes
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_quicmesh"))
+}
