@@ -5,6 +5,8 @@
 //! whole window is what keeps a fleet that lost a peer at the same instant from reconnecting
 //! in lockstep. Pure: time and randomness are passed in.
 
+#![deny(clippy::disallowed_methods)]
+
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -57,7 +59,10 @@ impl Backoff {
     pub fn ceiling(&self) -> Duration {
         // 2^20 · 100 ms is far past any sane max; capping the shift avoids overflow.
         let factor = 1u32 << self.attempt.min(20);
-        self.policy.initial.saturating_mul(factor).min(self.policy.max)
+        self.policy
+            .initial
+            .saturating_mul(factor)
+            .min(self.policy.max)
     }
 
     /// Draws the next wait and counts the attempt.
@@ -119,7 +124,10 @@ mod tests {
         let above_three_quarters = draws.iter().filter(|d| d.as_millis() > 750).count();
         // Uniform on [0, 1 s]: each quarter holds ~500 of 2000 draws.
         assert!((400..600).contains(&below_quarter), "{below_quarter}");
-        assert!((400..600).contains(&above_three_quarters), "{above_three_quarters}");
+        assert!(
+            (400..600).contains(&above_three_quarters),
+            "{above_three_quarters}"
+        );
     }
 
     #[test]
@@ -129,10 +137,15 @@ mod tests {
         for _ in 0..5 {
             b.next_delay(&mut rng);
         }
+        #[allow(clippy::disallowed_methods)] // an arbitrary origin; only differences matter
         let t0 = Instant::now();
         b.connected(t0);
         b.disconnected(t0 + Duration::from_secs(2));
-        assert_eq!(b.attempts(), 5, "a flapping connection must not reset the backoff");
+        assert_eq!(
+            b.attempts(),
+            5,
+            "a flapping connection must not reset the backoff"
+        );
         b.connected(t0 + Duration::from_secs(3));
         b.disconnected(t0 + Duration::from_secs(13));
         assert_eq!(b.attempts(), 0);

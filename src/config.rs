@@ -73,11 +73,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Formats a duration the way [`parse_duration`] reads it.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 || ms == 0 {
+    if !ms.is_multiple_of(1000) || ms == 0 {
         format!("{ms}ms")
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
     } else {
         format!("{}s", ms / 1000)
@@ -141,7 +141,10 @@ impl TransportSettings {
         }
         // QUIC idle timeouts are negotiated in milliseconds as a varint; keep well inside.
         if self.idle_timeout > Duration::from_secs(3600) {
-            return Err(invalid(format!("{prefix}.idle_timeout"), "must be at most 1h"));
+            return Err(invalid(
+                format!("{prefix}.idle_timeout"),
+                "must be at most 1h",
+            ));
         }
         if self.keepalive * 3 > self.idle_timeout {
             return Err(invalid(
@@ -188,13 +191,19 @@ impl Default for Limits {
 impl Limits {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.max_streams_per_connection == 0 {
-            return Err(invalid("limits.max_streams_per_connection", "must be at least 1"));
+            return Err(invalid(
+                "limits.max_streams_per_connection",
+                "must be at least 1",
+            ));
         }
         if self.max_inflight == 0 {
             return Err(invalid("limits.max_inflight", "must be at least 1"));
         }
         if !(256..=1 << 20).contains(&self.max_header_bytes) {
-            return Err(invalid("limits.max_header_bytes", "must be between 256 and 1048576"));
+            return Err(invalid(
+                "limits.max_header_bytes",
+                "must be between 256 and 1048576",
+            ));
         }
         if self.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
@@ -247,7 +256,10 @@ impl ReconnectSettings {
             return Err(invalid("reconnect.initial", "must be at least 1ms"));
         }
         if self.max < self.initial {
-            return Err(invalid("reconnect.max", "must be at least reconnect.initial"));
+            return Err(invalid(
+                "reconnect.max",
+                "must be at least reconnect.initial",
+            ));
         }
         Ok(())
     }
@@ -333,10 +345,13 @@ impl NodeConfig {
 
     /// Builds from a TOML table (a file's, with command-line overrides merged in).
     pub fn from_table(table: toml::Table, origin: &str) -> Result<Self, ConfigError> {
-        let cfg: NodeConfig = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-            origin: origin.to_owned(),
-            message: e.to_string(),
-        })?;
+        let cfg: NodeConfig =
+            table
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: origin.to_owned(),
+                    message: e.to_string(),
+                })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -413,7 +428,10 @@ impl ClientConfig {
     /// Checks every value; errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.entries.is_empty() {
-            return Err(invalid("entries", "give at least one entry node, host:port"));
+            return Err(invalid(
+                "entries",
+                "give at least one entry node, host:port",
+            ));
         }
         for (i, e) in self.entries.iter().enumerate() {
             validate_host_port(&format!("entries[{i}]"), e)?;
@@ -456,7 +474,8 @@ key = "node-a.key"
 
     #[test]
     fn unknown_key_is_named() {
-        let err = NodeConfig::from_toml(&format!("{BASE}\n[transport]\nkeepalvie = \"1s\"\n"), "t").unwrap_err();
+        let err = NodeConfig::from_toml(&format!("{BASE}\n[transport]\nkeepalvie = \"1s\"\n"), "t")
+            .unwrap_err();
         assert!(err.to_string().contains("keepalvie"), "{err}");
     }
 
@@ -468,14 +487,20 @@ key = "node-a.key"
         )
         .unwrap_err();
         assert!(err.to_string().contains("transport.keepalive"), "{err}");
-        assert!(NodeConfig::from_toml(&format!("{BASE}\n[transport]\nkeepalive = \"10s\"\n"), "t").is_ok());
+        assert!(
+            NodeConfig::from_toml(&format!("{BASE}\n[transport]\nkeepalive = \"10s\"\n"), "t")
+                .is_ok()
+        );
     }
 
     #[test]
     fn bad_values_name_their_key() {
         for (extra, key) in [
             ("peers = [\"nohost\"]", "peers[0]"),
-            ("[services.web]\nbackend = \"127.0.0.1:0\"", "services.web.backend"),
+            (
+                "[services.web]\nbackend = \"127.0.0.1:0\"",
+                "services.web.backend",
+            ),
             ("[services.Web]\nbackend = \"127.0.0.1:80\"", "services.Web"),
             ("[limits]\nhop_limit = 9", "limits.hop_limit"),
             ("[transport]\nidle_timeout = \"5x\"", "idle_timeout"),
@@ -488,7 +513,8 @@ key = "node-a.key"
             let err = NodeConfig::from_toml(&text, "t").unwrap_err().to_string();
             assert!(err.contains(key), "{extra}: {err}");
         }
-        let err = NodeConfig::from_toml(&BASE.replace("name = \"a\"", "name = \"A_1\""), "t").unwrap_err();
+        let err = NodeConfig::from_toml(&BASE.replace("name = \"a\"", "name = \"A_1\""), "t")
+            .unwrap_err();
         assert!(err.to_string().contains("`name`"), "{err}");
     }
 

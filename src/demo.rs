@@ -29,7 +29,10 @@ pub struct DemoOptions {
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions { calls: 50, serve: false }
+        DemoOptions {
+            calls: 50,
+            serve: false,
+        }
     }
 }
 
@@ -107,7 +110,10 @@ async fn start_nodes(dir: &Path, upper_backend: String) -> Result<Vec<Node>, Dem
                 b = b.handler("echo", Echo).handler(
                     "whoami",
                     request_handler(1024, |_req: Bytes, ctx| async move {
-                        Ok(Bytes::from(format!("{} served {} for {}", ctx.node, ctx.service, ctx.caller)))
+                        Ok(Bytes::from(format!(
+                            "{} served {} for {}",
+                            ctx.node, ctx.service, ctx.caller
+                        )))
                     }),
                 )
             }
@@ -138,7 +144,7 @@ async fn wait_for_mesh(nodes: &[Node]) -> Result<(), DemoError> {
         if Instant::now() >= deadline {
             return Err(DemoError::MeshTimeout(limit, missing.join(", ")));
         }
-        let _ = tokio::time::timeout(Duration::from_millis(200), nodes[0].peers_changed()).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -183,13 +189,27 @@ pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
         let peers: Vec<String> = n
             .peers()
             .iter()
-            .map(|p| format!("{} ({})", p.name, p.rtt.map(ms).unwrap_or_else(|| "down".into())))
+            .map(|p| {
+                format!(
+                    "{} ({})",
+                    p.name,
+                    p.rtt.map(ms).unwrap_or_else(|| "down".into())
+                )
+            })
             .collect();
         let mut here = n.local_services();
         if n.name() == "bravo" {
-            here = here.into_iter().map(|s| format!("{s} -> tcp {upper}")).collect();
+            here = here
+                .into_iter()
+                .map(|s| format!("{s} -> tcp {upper}"))
+                .collect();
         }
-        t.row([n.name().to_owned(), n.local_addr().to_string(), here.join(", "), peers.join(", ")]);
+        t.row([
+            n.name().to_owned(),
+            n.local_addr().to_string(),
+            here.join(", "),
+            peers.join(", "),
+        ]);
     }
     out.push_str(&t.render());
     out.push('\n');
@@ -198,7 +218,10 @@ pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
     let services = ["echo", "upper", "whoami"];
     let mut sample = String::new();
     for n in &nodes {
-        let cfg = ClientConfig::new(tls_paths(dir.path(), Role::Client, "demo"), vec![n.local_addr().to_string()]);
+        let cfg = ClientConfig::new(
+            tls_paths(dir.path(), Role::Client, "demo"),
+            vec![n.local_addr().to_string()],
+        );
         let client = Client::connect(cfg).await?;
         for svc in services {
             let mut lat = Vec::with_capacity(opts.calls);
@@ -217,7 +240,11 @@ pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
                 }
             }
             lat.sort();
-            let served = served.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" ");
+            let served = served
+                .iter()
+                .map(|(k, v)| format!("{k}×{v}"))
+                .collect::<Vec<_>>()
+                .join(" ");
             t.row([
                 n.name().to_owned(),
                 svc.to_owned(),
@@ -229,8 +256,15 @@ pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
             ]);
         }
         if n.name() == "alpha" {
-            let err = client.call("nope", "x").await.err().map(|e: CallError| e.to_string()).unwrap_or_default();
-            out.push_str(&format!("calling an unknown service through alpha: {err}\n"));
+            let err = client
+                .call("nope", "x")
+                .await
+                .err()
+                .map(|e: CallError| e.to_string())
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "calling an unknown service through alpha: {err}\n"
+            ));
         }
         client.close().await;
     }
@@ -241,7 +275,12 @@ pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
     let mut t = Table::new(["node", "accepted", "served here", "relayed", "rejected"]);
     for n in &nodes {
         let s = n.stats();
-        let rejected = s.rejected.iter().map(|(c, k)| format!("{c}×{k}")).collect::<Vec<_>>().join(" ");
+        let rejected = s
+            .rejected
+            .iter()
+            .map(|(c, k)| format!("{c}×{k}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         t.row([
             n.name().to_owned(),
             s.streams_accepted.to_string(),
@@ -261,8 +300,12 @@ pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
         );
         let _ = tokio::signal::ctrl_c().await;
     }
-    for n in &nodes {
-        n.shutdown().await;
-    }
+    let t0 = Instant::now();
+    tokio::join!(
+        nodes[0].shutdown(),
+        nodes[1].shutdown(),
+        nodes[2].shutdown()
+    );
+    tracing::debug!(took = ?t0.elapsed(), "nodes stopped");
     Ok(out)
 }

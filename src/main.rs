@@ -1,4 +1,5 @@
 //! The `quicmesh` command line.
+#![allow(clippy::disallowed_methods)] // tests and the CLI may read the clock; see clippy.toml
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -9,13 +10,18 @@ use clap::{Args, Parser, Subcommand};
 use quicmesh::config::parse_duration;
 use quicmesh::demo::{self, DemoOptions};
 use quicmesh::{
-    issue_leaf, CallOptions, Client, ClientConfig, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths,
+    issue_leaf, CallOptions, Client, ClientConfig, IssueOptions, MeshCa, Node, NodeConfig, Role,
+    TlsPaths,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
 #[derive(Parser)]
-#[command(name = "quicmesh", version, about = "A service mesh on QUIC with mTLS identities")]
+#[command(
+    name = "quicmesh",
+    version,
+    about = "A service mesh on QUIC with mTLS identities"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -199,7 +205,10 @@ struct DemoArgs {
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -211,7 +220,10 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     init_logging(default_log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -260,7 +272,12 @@ fn certs(cmd: CertsCmd) -> Result<(), BoxError> {
                 files.key.display()
             );
         }
-        CertsCmd::Node { name, common, dns, ips } => {
+        CertsCmd::Node {
+            name,
+            common,
+            dns,
+            ips,
+        } => {
             let mut opts = IssueOptions::new(Role::Node, &name);
             opts.days = common.days;
             if !dns.is_empty() {
@@ -270,13 +287,21 @@ fn certs(cmd: CertsCmd) -> Result<(), BoxError> {
                 opts.ips = ips;
             }
             let files = issue_leaf(&common.ca, &common.out, &opts, common.force)?;
-            println!("node {name}: {} and {}", files.cert.display(), files.key.display());
+            println!(
+                "node {name}: {} and {}",
+                files.cert.display(),
+                files.key.display()
+            );
         }
         CertsCmd::Client { name, common } => {
             let mut opts = IssueOptions::new(Role::Client, &name);
             opts.days = common.days;
             let files = issue_leaf(&common.ca, &common.out, &opts, common.force)?;
-            println!("client {name}: {} and {}", files.cert.display(), files.key.display());
+            println!(
+                "client {name}: {} and {}",
+                files.cert.display(),
+                files.key.display()
+            );
         }
     }
     Ok(())
@@ -310,8 +335,10 @@ fn path_value(p: &std::path::Path) -> toml::Value {
 fn node_config(a: &NodeArgs) -> Result<NodeConfig, BoxError> {
     let (mut table, origin) = match &a.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
-            let t: toml::Table = toml::from_str(&text).map_err(|e| format!("config {}: {e}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
+            let t: toml::Table =
+                toml::from_str(&text).map_err(|e| format!("config {}: {e}", p.display()))?;
             (t, format!("{} with flags", p.display()))
         }
         None => (toml::Table::new(), "flags".to_owned()),
@@ -324,7 +351,11 @@ fn node_config(a: &NodeArgs) -> Result<NodeConfig, BoxError> {
         set(&mut table, &["listen"], S(v.clone()));
     }
     if !a.peers.is_empty() {
-        set(&mut table, &["peers"], toml::Value::Array(a.peers.iter().cloned().map(S).collect()));
+        set(
+            &mut table,
+            &["peers"],
+            toml::Value::Array(a.peers.iter().cloned().map(S).collect()),
+        );
     }
     if let Some(v) = &a.ca {
         set(&mut table, &["tls", "ca"], path_value(v));
@@ -339,7 +370,11 @@ fn node_config(a: &NodeArgs) -> Result<NodeConfig, BoxError> {
         let (name, backend) = s
             .split_once('=')
             .ok_or_else(|| format!("--service {s:?}: expected NAME=HOST:PORT"))?;
-        set(&mut table, &["services", name, "backend"], S(backend.to_owned()));
+        set(
+            &mut table,
+            &["services", name, "backend"],
+            S(backend.to_owned()),
+        );
     }
     for (key, v) in [
         ("keepalive", &a.keepalive),
@@ -438,7 +473,11 @@ async fn call(a: CallArgs) -> Result<(), BoxError> {
     out.write_all(&reply.body).await?;
     out.flush().await?;
     if a.verbose {
-        eprintln!("served by {} in {:.2} ms", reply.served_by, elapsed.as_secs_f64() * 1000.0);
+        eprintln!(
+            "served by {} in {:.2} ms",
+            reply.served_by,
+            elapsed.as_secs_f64() * 1000.0
+        );
     }
     client.close().await;
     Ok(())
@@ -449,7 +488,11 @@ async fn forward(a: ForwardArgs) -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
-    eprintln!("forwarding {} -> mesh service {:?}", listener.local_addr()?, a.service);
+    eprintln!(
+        "forwarding {} -> mesh service {:?}",
+        listener.local_addr()?,
+        a.service
+    );
     loop {
         let (mut tcp, peer) = tokio::select! {
             r = listener.accept() => r?,

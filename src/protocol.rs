@@ -283,7 +283,9 @@ where
 /// Decodes a header body, checking the version byte before anything else.
 pub fn decode_header(body: &[u8]) -> Result<StreamHeader, FrameError> {
     match body.first() {
-        None => Err(FrameError::Decode(postcard::Error::DeserializeUnexpectedEnd)),
+        None => Err(FrameError::Decode(
+            postcard::Error::DeserializeUnexpectedEnd,
+        )),
         Some(&v) if v != PROTOCOL_VERSION => Err(FrameError::UnsupportedVersion(v)),
         Some(_) => Ok(postcard::from_bytes(body)?),
     }
@@ -307,7 +309,9 @@ mod tests {
     async fn header_round_trip() {
         let h = StreamHeader::service("echo");
         let buf = encode_frame(&h).unwrap();
-        let got = read_header(&mut &buf[..], DEFAULT_MAX_HEADER).await.unwrap();
+        let got = read_header(&mut &buf[..], DEFAULT_MAX_HEADER)
+            .await
+            .unwrap();
         assert_eq!(got, h);
     }
 
@@ -315,7 +319,9 @@ mod tests {
     async fn oversized_refused_before_reading_body() {
         let mut buf = (DEFAULT_MAX_HEADER as u32 + 1).to_be_bytes().to_vec();
         buf.extend_from_slice(&[0; 8]);
-        let err = read_header(&mut &buf[..], DEFAULT_MAX_HEADER).await.unwrap_err();
+        let err = read_header(&mut &buf[..], DEFAULT_MAX_HEADER)
+            .await
+            .unwrap_err();
         assert!(matches!(err, FrameError::Oversized { .. }), "{err}");
     }
 
@@ -324,13 +330,17 @@ mod tests {
         let mut h = StreamHeader::service("echo");
         h.version = 9;
         let buf = encode_frame(&h).unwrap();
-        let err = read_header(&mut &buf[..], DEFAULT_MAX_HEADER).await.unwrap_err();
+        let err = read_header(&mut &buf[..], DEFAULT_MAX_HEADER)
+            .await
+            .unwrap_err();
         assert_eq!(err.reject_code(), RejectCode::UnsupportedVersion);
     }
 
     #[tokio::test]
     async fn empty_stream_is_eof() {
-        let err = read_header(&mut &[][..], DEFAULT_MAX_HEADER).await.unwrap_err();
+        let err = read_header(&mut &[][..], DEFAULT_MAX_HEADER)
+            .await
+            .unwrap_err();
         assert!(matches!(err, FrameError::Eof));
     }
 

@@ -1,4 +1,5 @@
 //! Multi-node meshes on loopback with real certificates.
+#![allow(clippy::disallowed_methods)] // tests and the CLI may read the clock; see clippy.toml
 
 mod common;
 
@@ -19,10 +20,16 @@ async fn relays_a_large_payload_and_many_concurrent_calls() {
     let client = pki.client("web", &nodes[0]).await;
 
     // > 10 MiB through one relay hop, every byte checked.
-    let big: Vec<u8> = (0..12 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
-    let reply = within(LIMIT, "large call", client.request("echo", big.clone(), &Default::default()))
-        .await
-        .unwrap();
+    let big: Vec<u8> = (0..12 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let reply = within(
+        LIMIT,
+        "large call",
+        client.request("echo", big.clone(), &Default::default()),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.served_by, "c");
     assert!(reply.body == big, "large payload came back altered");
 
@@ -85,11 +92,18 @@ async fn tcp_backend_is_spliced_with_half_close() {
         },
     );
     let b = Node::builder(cfg).start().await.unwrap();
-    eventually(LIMIT, "a sees upper", || a.service_map().contains_key("upper")).await;
+    eventually(LIMIT, "a sees upper", || {
+        a.service_map().contains_key("upper")
+    })
+    .await;
     let client = pki.client("web", &a).await;
-    let reply = within(LIMIT, "upper", client.request("upper", "hello mesh", &Default::default()))
-        .await
-        .unwrap();
+    let reply = within(
+        LIMIT,
+        "upper",
+        client.request("upper", "hello mesh", &Default::default()),
+    )
+    .await
+    .unwrap();
     assert_eq!(&reply.body[..], b"HELLO MESH");
     assert_eq!(reply.served_by, "b");
     drop(b);
@@ -116,9 +130,14 @@ async fn tcp_backend_down_gives_unavailable_not_a_hang() {
     eventually(LIMIT, "b sees db", || b.service_map().contains_key("db")).await;
     for entry in [&a, &b] {
         let client = pki.client("web", entry).await;
-        let err = within(LIMIT, "call to dead backend", client.call("db", "x")).await.unwrap_err();
+        let err = within(LIMIT, "call to dead backend", client.call("db", "x"))
+            .await
+            .unwrap_err();
         assert_eq!(err.reject_code(), Some(RejectCode::Unavailable), "{err}");
-        assert!(err.to_string().contains(&dead.to_string()), "reason names the backend: {err}");
+        assert!(
+            err.to_string().contains(&dead.to_string()),
+            "reason names the backend: {err}"
+        );
     }
 }
 
@@ -127,17 +146,30 @@ async fn a_certificate_from_another_ca_is_refused() {
     let pki = Pki::new();
     // Same trust domain name, different CA: only the signature tells them apart.
     let rogue = Pki::new();
-    let a = Node::builder(pki.node_config("a")).handler("echo", quicmesh::Echo).start().await.unwrap();
+    let a = Node::builder(pki.node_config("a"))
+        .handler("echo", quicmesh::Echo)
+        .start()
+        .await
+        .unwrap();
 
-    let cfg = ClientConfig::new(rogue.tls(Role::Client, "web"), vec![a.local_addr().to_string()]);
+    let cfg = ClientConfig::new(
+        rogue.tls(Role::Client, "web"),
+        vec![a.local_addr().to_string()],
+    );
     let err = quicmesh::Client::connect(cfg).await.unwrap_err();
-    assert!(matches!(err, quicmesh::ClientError::NoEntryReachable(_)), "{err}");
+    assert!(
+        matches!(err, quicmesh::ClientError::NoEntryReachable(_)),
+        "{err}"
+    );
 
     // A node from the other CA dials us and never gets in.
     let mut cfg = rogue.node_config("b");
     cfg.peers = vec![a.local_addr().to_string()];
     let b = Node::builder(cfg).start().await.unwrap();
-    eventually(LIMIT, "a counts failed handshakes", || a.stats().handshake_failures >= 2).await;
+    eventually(LIMIT, "a counts failed handshakes", || {
+        a.stats().handshake_failures >= 2
+    })
+    .await;
     assert!(a.peers().is_empty(), "rogue node joined: {:?}", a.peers());
     assert!(b.peers().is_empty());
 
@@ -157,13 +189,20 @@ async fn a_node_refuses_to_start_with_a_client_certificate_or_wrong_name() {
     let mut cfg = pki.node_config("a");
     cfg.name = "b".into();
     let err = Node::builder(cfg).start().await.err().unwrap();
-    assert!(matches!(err, quicmesh::NodeError::NameMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, quicmesh::NodeError::NameMismatch { .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn a_stopped_peer_is_reconnected_when_it_comes_back() {
     let pki = Pki::new();
-    let a = Node::builder(pki.node_config("a")).handler("echo", quicmesh::Echo).start().await.unwrap();
+    let a = Node::builder(pki.node_config("a"))
+        .handler("echo", quicmesh::Echo)
+        .start()
+        .await
+        .unwrap();
     let addr = a.local_addr();
     let mut cfg = pki.node_config("b");
     cfg.peers = vec![addr.to_string()];
@@ -180,8 +219,15 @@ async fn a_stopped_peer_is_reconnected_when_it_comes_back() {
 
     let mut cfg = pki.node_config("a");
     cfg.listen = addr;
-    let a = Node::builder(cfg).handler("echo", quicmesh::Echo).start().await.unwrap();
-    eventually(LIMIT, "b reconnects to a", || connected(&b) && b.service_map().contains_key("echo")).await;
+    let a = Node::builder(cfg)
+        .handler("echo", quicmesh::Echo)
+        .start()
+        .await
+        .unwrap();
+    eventually(LIMIT, "b reconnects to a", || {
+        connected(&b) && b.service_map().contains_key("echo")
+    })
+    .await;
     assert_eq!(&client.call("echo", "back").await.unwrap()[..], b"back");
     drop(a);
 }
@@ -210,7 +256,11 @@ async fn simultaneous_dials_leave_one_connection_both_sides_agree_on() {
     eventually(LIMIT, "both connected", || one(&a) && one(&b)).await;
     // Let any duplicate close, then both sides must name the same dialler.
     eventually(LIMIT, "one connection, agreed", || {
-        one(&a) && one(&b) && a.peers()[0].dialed_by_me != b.peers()[0].dialed_by_me && a.stats().connections == 1 && b.stats().connections == 1
+        one(&a)
+            && one(&b)
+            && a.peers()[0].dialed_by_me != b.peers()[0].dialed_by_me
+            && a.stats().connections == 1
+            && b.stats().connections == 1
     })
     .await;
 }
@@ -244,13 +294,25 @@ async fn deadline_is_enforced_across_the_hop() {
         tokio::time::sleep(Duration::from_secs(30)).await;
         Ok(req)
     });
-    let _b = Node::builder(cfg).handler("slow", slow).start().await.unwrap();
-    eventually(LIMIT, "a sees slow", || a.service_map().contains_key("slow")).await;
+    let _b = Node::builder(cfg)
+        .handler("slow", slow)
+        .start()
+        .await
+        .unwrap();
+    eventually(LIMIT, "a sees slow", || {
+        a.service_map().contains_key("slow")
+    })
+    .await;
     let client = pki.client("web", &a).await;
     let opts = quicmesh::CallOptions {
         timeout: Some(Duration::from_millis(300)),
         ..Default::default()
     };
-    let err = within(LIMIT, "deadline call", client.request("slow", "x", &opts)).await.unwrap_err();
-    assert!(matches!(err, CallError::Timeout(_) | CallError::Stream(_)), "{err}");
+    let err = within(LIMIT, "deadline call", client.request("slow", "x", &opts))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CallError::Timeout(_) | CallError::Stream(_)),
+        "{err}"
+    );
 }

@@ -141,7 +141,11 @@ impl Identity {
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "spiffe://{}/{}/{}", self.trust_domain, self.role, self.name)
+        write!(
+            f,
+            "spiffe://{}/{}/{}",
+            self.trust_domain, self.role, self.name
+        )
     }
 }
 

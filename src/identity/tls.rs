@@ -141,7 +141,12 @@ impl TlsMaterial {
     }
 
     /// Builds material from PEM text held in memory (tests, the demo).
-    pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str, role: Role) -> Result<Self, TlsError> {
+    pub fn from_pem(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        role: Role,
+    ) -> Result<Self, TlsError> {
         Self::from_pem_named(
             (ca_pem.as_bytes(), "CA certificate"),
             (cert_pem.as_bytes(), "certificate"),
@@ -150,7 +155,12 @@ impl TlsMaterial {
         )
     }
 
-    fn from_pem_named(ca: (&[u8], &str), cert: (&[u8], &str), key: (&[u8], &str), role: Role) -> Result<Self, TlsError> {
+    fn from_pem_named(
+        ca: (&[u8], &str),
+        cert: (&[u8], &str),
+        key: (&[u8], &str),
+        role: Role,
+    ) -> Result<Self, TlsError> {
         let ca_certs = certs_from_pem(ca.0, ca.1)?;
         let mut roots = RootCertStore::empty();
         for c in &ca_certs {
@@ -187,9 +197,7 @@ impl TlsMaterial {
             });
         }
         // Catch a key that does not belong to the certificate now, not at the first handshake.
-        let signing = provider()
-            .key_provider
-            .load_private_key(key.clone_key())?;
+        let signing = provider().key_provider.load_private_key(key.clone_key())?;
         let ck = rustls::sign::CertifiedKey::new(chain.clone(), signing);
         ck.keys_match()?;
         Ok(TlsMaterial {
@@ -208,7 +216,8 @@ impl TlsMaterial {
     /// The server side of a node: requires a client certificate from the mesh CA naming an
     /// identity (node or client) of our trust domain.
     pub fn server_config(&self) -> Result<Arc<QuicServerConfig>, TlsError> {
-        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider()).build()?;
+        let inner =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider()).build()?;
         let verifier = Arc::new(MeshClientVerifier {
             inner,
             trust_domain: self.identity.trust_domain.clone(),
@@ -268,7 +277,9 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<Identity, IdentityError
 }
 
 fn identity_error(e: IdentityError) -> rustls::Error {
-    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(e))))
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(e),
+    )))
 }
 
 fn check_domain(id: &Identity, trust_domain: &str) -> Result<(), rustls::Error> {
@@ -369,7 +380,8 @@ impl ClientCertVerifier for MeshClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         let id = Identity::from_cert_der(end_entity).map_err(identity_error)?;
         check_domain(&id, &self.trust_domain)?;
         Ok(ClientCertVerified::assertion())

@@ -9,7 +9,10 @@ use tracing::{debug, info, warn, Instrument};
 use super::shared::Shared;
 use super::streams::handle_stream;
 use crate::identity::{peer_identity, Identity, Role};
-use crate::protocol::{codes, read_frame, write_frame, ControlMsg, FrameError, Response, StreamHeader, MAX_CONTROL_MESSAGE};
+use crate::protocol::{
+    codes, read_frame, write_frame, ControlMsg, FrameError, Response, StreamHeader,
+    MAX_CONTROL_MESSAGE,
+};
 
 /// Counts a live connection for the `max_connections` limit while it exists.
 struct ConnGuard<'a>(&'a Shared);
@@ -57,12 +60,18 @@ async fn handshake(shared: Arc<Shared>, incoming: quinn::Incoming) {
     let conn = match tokio::time::timeout(shared.cfg.transport.connect_timeout, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            shared.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            shared
+                .stats
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
             info!(%remote, error = %e, "handshake failed");
             return;
         }
         Err(_) => {
-            shared.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            shared
+                .stats
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
             info!(%remote, "handshake timed out");
             return;
         }
@@ -81,7 +90,12 @@ async fn handshake(shared: Arc<Shared>, incoming: quinn::Incoming) {
 
 /// Runs an established connection until it closes: registers node peers, opens the control
 /// stream if we dialled, and serves the streams the peer opens.
-pub(crate) async fn run_connection(shared: Arc<Shared>, conn: Connection, id: Identity, dialed_by_me: bool) {
+pub(crate) async fn run_connection(
+    shared: Arc<Shared>,
+    conn: Connection,
+    id: Identity,
+    dialed_by_me: bool,
+) {
     let span = tracing::info_span!("conn", peer = %id, remote = %conn.remote_address());
     async move {
         let _guard = ConnGuard::new(&shared);
@@ -98,7 +112,9 @@ pub(crate) async fn run_connection(shared: Arc<Shared>, conn: Connection, id: Id
             }
             info!(dialed_by_me, "peer connected");
             if dialed_by_me {
-                tokio::spawn(open_control(shared.clone(), conn.clone(), id.name.clone()).in_current_span());
+                tokio::spawn(
+                    open_control(shared.clone(), conn.clone(), id.name.clone()).in_current_span(),
+                );
             }
         } else {
             debug!("client connected");
@@ -107,7 +123,10 @@ pub(crate) async fn run_connection(shared: Arc<Shared>, conn: Connection, id: Id
         let reason = loop {
             match conn.accept_bi().await {
                 Ok((send, recv)) => {
-                    tokio::spawn(handle_stream(shared.clone(), conn.clone(), id.clone(), send, recv).in_current_span());
+                    tokio::spawn(
+                        handle_stream(shared.clone(), conn.clone(), id.clone(), send, recv)
+                            .in_current_span(),
+                    );
                 }
                 Err(e) => break e,
             }
@@ -161,7 +180,9 @@ pub(crate) fn end_control(conn: &Connection, result: Result<(), ControlError>) {
     match result {
         Ok(()) => {}
         Err(ControlError::Frame(FrameError::Eof)) => debug!("control stream ended"),
-        Err(e) if conn.close_reason().is_some() => debug!(error = %e, "control stream ended with the connection"),
+        Err(e) if conn.close_reason().is_some() => {
+            debug!(error = %e, "control stream ended with the connection")
+        }
         Err(e) => {
             // Without a control stream the peer's services are unknown; a fresh connection
             // (the dialler reconnects) is the clean way back.
@@ -198,7 +219,9 @@ pub(crate) async fn run_control(
                 debug!(?services, "peer hello");
                 shared.set_peer_services(peer, conn, services);
             }
-            ControlMsg::Ping { nonce } => write_frame(&mut send, &ControlMsg::Pong { nonce }).await?,
+            ControlMsg::Ping { nonce } => {
+                write_frame(&mut send, &ControlMsg::Pong { nonce }).await?
+            }
             ControlMsg::Pong { .. } => {}
         }
     }

@@ -75,11 +75,17 @@ enum DialError {
 }
 
 async fn resolve(target: &str) -> Result<SocketAddr, DialError> {
-    let mut addrs = tokio::net::lookup_host(target).await.map_err(DialError::Resolve)?;
+    let mut addrs = tokio::net::lookup_host(target)
+        .await
+        .map_err(DialError::Resolve)?;
     addrs.next().ok_or(DialError::NoAddress)
 }
 
-async fn dial_once(shared: &Arc<Shared>, target: &str, backoff: &mut Backoff) -> Result<DialOutcome, DialError> {
+async fn dial_once(
+    shared: &Arc<Shared>,
+    target: &str,
+    backoff: &mut Backoff,
+) -> Result<DialOutcome, DialError> {
     let addr = resolve(target).await?;
     let connecting = shared.endpoint.connect(addr, SNI)?;
     let conn = tokio::time::timeout(shared.cfg.transport.connect_timeout, connecting)

@@ -89,7 +89,11 @@ impl NodeBuilder {
 
     /// Binds the endpoint, starts accepting, and starts dialling the configured peers.
     pub async fn start(self) -> Result<Node, NodeError> {
-        let NodeBuilder { config, handlers, tls } = self;
+        let NodeBuilder {
+            config,
+            handlers,
+            tls,
+        } = self;
         config.validate()?;
         let tls = match tls {
             Some(t) => t,
@@ -113,7 +117,8 @@ impl NodeBuilder {
             }
         }
 
-        let server_transport = transport_config(&config.transport, config.limits.max_streams_per_connection)?;
+        let server_transport =
+            transport_config(&config.transport, config.limits.max_streams_per_connection)?;
         let mut server_config = quinn::ServerConfig::with_crypto(tls.server_config()?);
         server_config.transport_config(server_transport.clone());
         let mut client_config = quinn::ClientConfig::new(tls.client_config()?);
@@ -121,8 +126,13 @@ impl NodeBuilder {
         let socket = bind_udp(config.listen)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| NodeError::Endpoint(std::io::Error::other("no async runtime found")))?;
-        let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
-            .map_err(NodeError::Endpoint)?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            runtime,
+        )
+        .map_err(NodeError::Endpoint)?;
         endpoint.set_default_client_config(client_config);
         let local_addr = endpoint.local_addr().map_err(NodeError::Endpoint)?;
 
@@ -146,7 +156,8 @@ impl NodeBuilder {
         let mut tasks = JoinSet::new();
         tasks.spawn(conn::accept_loop(shared.clone()).instrument(span.clone()));
         for peer in &shared.cfg.peers {
-            tasks.spawn(dial::keep_connected(shared.clone(), peer.clone()).instrument(span.clone()));
+            tasks
+                .spawn(dial::keep_connected(shared.clone(), peer.clone()).instrument(span.clone()));
         }
         span.in_scope(|| {
             info!(
@@ -258,7 +269,9 @@ impl Node {
     pub fn service_map(&self) -> BTreeMap<String, Vec<String>> {
         let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for s in self.shared.local.keys() {
-            map.entry(s.clone()).or_default().push(self.shared.name.clone());
+            map.entry(s.clone())
+                .or_default()
+                .push(self.shared.name.clone());
         }
         for p in self.peers().into_iter().filter(|p| p.connected) {
             for s in p.services {
@@ -295,8 +308,11 @@ impl Node {
     /// close to be delivered, and stops all tasks.
     pub async fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
-        self.shared.endpoint.close(codes::SHUTDOWN, b"node shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+        self.shared
+            .endpoint
+            .close(codes::SHUTDOWN, b"node shutting down");
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
         lock(&self.tasks).abort_all();
         info!(node = %self.shared.name, "node stopped");
     }

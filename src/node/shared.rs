@@ -90,9 +90,12 @@ impl Shared {
         let now = Instant::now();
         let mut peers = lock(&self.peers);
         let entry = peers.get_mut(peer);
-        let live = entry
-            .as_ref()
-            .and_then(|e| e.conn.as_ref().filter(|c| c.close_reason().is_none()).map(|c| (c.clone(), e.dialed_by_me, e.since)));
+        let live = entry.as_ref().and_then(|e| {
+            e.conn
+                .as_ref()
+                .filter(|c| c.close_reason().is_none())
+                .map(|c| (c.clone(), e.dialed_by_me, e.since))
+        });
         if let Some((old, old_by_me, since)) = live {
             let keep_new = keep_new_connection(
                 &self.name,
@@ -109,7 +112,9 @@ impl Shared {
             }
             old.close(codes::DUPLICATE, b"duplicate connection");
         }
-        let services = entry.map(|e| std::mem::take(&mut e.services)).unwrap_or_default();
+        let services = entry
+            .map(|e| std::mem::take(&mut e.services))
+            .unwrap_or_default();
         peers.insert(
             peer.to_owned(),
             PeerState {

@@ -15,8 +15,8 @@ use super::conn::{end_control, run_control};
 use super::shared::{lock, Local, Shared};
 use crate::identity::{Identity, Role};
 use crate::protocol::{
-    codes, read_frame, read_header, write_frame, FrameError, RejectCode, Response, ServiceRequest, StreamHeader,
-    StreamKind, PROTOCOL_VERSION,
+    codes, read_frame, read_header, write_frame, FrameError, RejectCode, Response, ServiceRequest,
+    StreamHeader, StreamKind, PROTOCOL_VERSION,
 };
 use crate::service::{splice_quic, splice_tcp, RequestContext, ServiceStream};
 
@@ -41,10 +41,18 @@ async fn respond(shared: &Shared, send: &mut SendStream, resp: &Response) -> boo
     )
 }
 
-async fn send_reject(shared: &Shared, mut send: SendStream, mut recv: RecvStream, caller: &Identity, r: Reject) {
+async fn send_reject(
+    shared: &Shared,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    caller: &Identity,
+    r: Reject,
+) {
     shared.stats.count_reject(r.code);
     match r.code {
-        RejectCode::Unauthorized => info!(caller = %caller, code = %r.code, reason = %r.reason, "stream rejected"),
+        RejectCode::Unauthorized => {
+            info!(caller = %caller, code = %r.code, reason = %r.reason, "stream rejected")
+        }
         _ => debug!(caller = %caller, code = %r.code, reason = %r.reason, "stream rejected"),
     }
     let resp = Response::Reject {
@@ -83,7 +91,10 @@ pub(crate) async fn handle_stream(
         Err(_) => {
             let r = reject(
                 RejectCode::BadHeader,
-                format!("no stream header within {:?}", shared.cfg.transport.header_timeout),
+                format!(
+                    "no stream header within {:?}",
+                    shared.cfg.transport.header_timeout
+                ),
             );
             return send_reject(&shared, send, recv, &caller, r).await;
         }
@@ -92,7 +103,10 @@ pub(crate) async fn handle_stream(
     match header.kind {
         StreamKind::Control => {
             if caller.role != Role::Node {
-                let r = reject(RejectCode::Unauthorized, "only nodes may open a control stream");
+                let r = reject(
+                    RejectCode::Unauthorized,
+                    "only nodes may open a control stream",
+                );
                 return send_reject(&shared, send, recv, &caller, r).await;
             }
             let accept = Response::Accept {
@@ -108,7 +122,10 @@ pub(crate) async fn handle_stream(
             let Ok(_permit) = shared.inflight.clone().try_acquire_owned() else {
                 let r = reject(
                     RejectCode::Overloaded,
-                    format!("node {} is at limits.max_inflight ({})", shared.name, shared.cfg.limits.max_inflight),
+                    format!(
+                        "node {} is at limits.max_inflight ({})",
+                        shared.name, shared.cfg.limits.max_inflight
+                    ),
                 );
                 return send_reject(&shared, send, recv, &caller, r).await;
             };
@@ -134,7 +151,11 @@ pub(crate) async fn handle_stream(
 }
 
 /// Decides who the request is for and whether it is served here (`Some`) or relayed (`None`).
-fn route(shared: &Shared, caller: &Identity, req: &ServiceRequest) -> Result<(Identity, Option<Local>), Reject> {
+fn route(
+    shared: &Shared,
+    caller: &Identity,
+    req: &ServiceRequest,
+) -> Result<(Identity, Option<Local>), Reject> {
     // Relaying nodes vouch for their caller; nobody else may claim to speak for another.
     let origin = match (&req.origin, caller.role) {
         (None, _) => caller.clone(),
@@ -143,16 +164,25 @@ fn route(shared: &Shared, caller: &Identity, req: &ServiceRequest) -> Result<(Id
                 .parse()
                 .map_err(|e| reject(RejectCode::BadHeader, format!("origin: {e}")))?;
             if id.trust_domain != shared.identity.trust_domain {
-                return Err(reject(RejectCode::Unauthorized, format!("origin {id} is outside this trust domain")));
+                return Err(reject(
+                    RejectCode::Unauthorized,
+                    format!("origin {id} is outside this trust domain"),
+                ));
             }
             id
         }
         (Some(_), Role::Client) => {
-            return Err(reject(RejectCode::Unauthorized, "only nodes may relay on behalf of another caller"))
+            return Err(reject(
+                RejectCode::Unauthorized,
+                "only nodes may relay on behalf of another caller",
+            ))
         }
     };
     if req.hops > 0 && caller.role != Role::Node {
-        return Err(reject(RejectCode::Unauthorized, "only nodes may relay (hops > 0)"));
+        return Err(reject(
+            RejectCode::Unauthorized,
+            "only nodes may relay (hops > 0)",
+        ));
     }
     if let Some(local) = shared.local.get(&req.service) {
         return Ok((origin, Some(local.clone())));
@@ -202,7 +232,9 @@ impl Incoming<'_> {
     }
 
     async fn accept(&mut self, node: &str) -> bool {
-        let accept = Response::Accept { node: node.to_owned() };
+        let accept = Response::Accept {
+            node: node.to_owned(),
+        };
         respond(self.shared, &mut self.send, &accept).await
     }
 
@@ -221,7 +253,10 @@ impl Incoming<'_> {
                 let tcp = match tokio::time::timeout(wait, TcpStream::connect(&backend)).await {
                     Ok(Ok(t)) => t,
                     Ok(Err(e)) => {
-                        let reason = format!("backend {backend} of service {:?} on node {}: {e}", req.service, shared.name);
+                        let reason = format!(
+                            "backend {backend} of service {:?} on node {}: {e}",
+                            req.service, shared.name
+                        );
                         return self.reject(reject(RejectCode::Unavailable, reason)).await;
                     }
                     Err(_) => {
@@ -235,7 +270,9 @@ impl Incoming<'_> {
                 if !self.accept(&shared.name).await {
                     return self.fail("caller stopped reading");
                 }
-                if let Err(e) = splice_tcp((self.conn, self.send, self.recv), tcp, self.deadline).await {
+                if let Err(e) =
+                    splice_tcp((self.conn, self.send, self.recv), tcp, self.deadline).await
+                {
                     debug!(caller = %self.caller, error = %e, "backend splice ended early");
                 }
             }
@@ -253,9 +290,12 @@ impl Incoming<'_> {
                 let fut = h.serve(stream, ctx);
                 // Dropping the future drops its unfinished stream, which resets it.
                 let result = match self.deadline {
-                    Some(d) => tokio::time::timeout_at(d, fut)
-                        .await
-                        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "deadline exceeded"))),
+                    Some(d) => tokio::time::timeout_at(d, fut).await.unwrap_or_else(|_| {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "deadline exceeded",
+                        ))
+                    }),
                     None => fut.await,
                 };
                 if let Err(e) = result {
@@ -275,7 +315,10 @@ impl Incoming<'_> {
                     format!("no reachable node offers service {:?} (the nodes that do are disconnected)", req.service),
                 )
             } else {
-                reject(RejectCode::UnknownService, format!("no node in the mesh offers service {:?}", req.service))
+                reject(
+                    RejectCode::UnknownService,
+                    format!("no node in the mesh offers service {:?}", req.service),
+                )
             };
             return self.reject(r).await;
         }
@@ -286,7 +329,12 @@ impl Incoming<'_> {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now()).as_millis();
                     if left == 0 {
-                        return self.reject(reject(RejectCode::DeadlineExceeded, "deadline passed before relaying")).await;
+                        return self
+                            .reject(reject(
+                                RejectCode::DeadlineExceeded,
+                                "deadline passed before relaying",
+                            ))
+                            .await;
                     }
                     Some(u32::try_from(left).unwrap_or(u32::MAX))
                 }
@@ -307,7 +355,12 @@ impl Incoming<'_> {
                         return self.fail("caller stopped reading");
                     }
                     shared.stats.relayed.fetch_add(1, Ordering::Relaxed);
-                    let result = splice_quic((self.conn, self.send, self.recv), (&pconn, ds, dr), self.deadline).await;
+                    let result = splice_quic(
+                        (self.conn, self.send, self.recv),
+                        (&pconn, ds, dr),
+                        self.deadline,
+                    )
+                    .await;
                     if let Err(e) = result {
                         debug!(caller = %self.caller, via = %peer, error = %e, "relay ended early");
                     }
@@ -316,9 +369,14 @@ impl Incoming<'_> {
                 Err(Downstream::Rejected(code, reason)) if code.is_retryable() => {
                     last = reject(code, reason);
                 }
-                Err(Downstream::Rejected(code, reason)) => return self.reject(reject(code, reason)).await,
+                Err(Downstream::Rejected(code, reason)) => {
+                    return self.reject(reject(code, reason)).await
+                }
                 Err(Downstream::Failed(e)) => {
-                    last = reject(RejectCode::Unavailable, format!("relay to node {peer}: {e}"));
+                    last = reject(
+                        RejectCode::Unavailable,
+                        format!("relay to node {peer}: {e}"),
+                    );
                 }
             }
         }
@@ -333,12 +391,17 @@ impl Incoming<'_> {
         let shared = self.shared;
         let wait = timeout_until(self.deadline, shared.cfg.transport.header_timeout);
         let attempt = async {
-            let (mut s, mut r) = pconn.open_bi().await.map_err(|e| Downstream::Failed(e.to_string()))?;
+            let (mut s, mut r) = pconn
+                .open_bi()
+                .await
+                .map_err(|e| Downstream::Failed(e.to_string()))?;
             let header = StreamHeader {
                 version: PROTOCOL_VERSION,
                 kind: StreamKind::Service(req),
             };
-            write_frame(&mut s, &header).await.map_err(|e| Downstream::Failed(e.to_string()))?;
+            write_frame(&mut s, &header)
+                .await
+                .map_err(|e| Downstream::Failed(e.to_string()))?;
             let resp: Response = read_frame(&mut r, shared.cfg.limits.max_header_bytes)
                 .await
                 .map_err(|e| Downstream::Failed(e.to_string()))?;
@@ -349,10 +412,12 @@ impl Incoming<'_> {
         };
         match tokio::time::timeout(wait, attempt).await {
             Ok(r) => r,
-            Err(_) if self.deadline.is_some_and(|d| d <= Instant::now()) => Err(Downstream::Rejected(
-                RejectCode::DeadlineExceeded,
-                "deadline passed while waiting for the serving node".into(),
-            )),
+            Err(_) if self.deadline.is_some_and(|d| d <= Instant::now()) => {
+                Err(Downstream::Rejected(
+                    RejectCode::DeadlineExceeded,
+                    "deadline passed while waiting for the serving node".into(),
+                ))
+            }
             Err(_) => Err(Downstream::Failed(format!("no answer within {wait:?}"))),
         }
     }

@@ -42,17 +42,26 @@ pub(crate) enum SpliceError {
 
 async fn quic_to_quic(from: &mut RecvStream, to: &mut SendStream) -> io::Result<u64> {
     let mut n = 0u64;
-    while let Some(chunk) = from.read_chunk(usize::MAX, true).await.map_err(io::Error::from)? {
+    while let Some(chunk) = from
+        .read_chunk(usize::MAX, true)
+        .await
+        .map_err(io::Error::from)?
+    {
         n += chunk.bytes.len() as u64;
         to.write_chunk(chunk.bytes).await.map_err(io::Error::from)?;
     }
-    to.finish().map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))?;
+    to.finish()
+        .map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))?;
     Ok(n)
 }
 
 async fn quic_to_tcp(from: &mut RecvStream, to: &mut OwnedWriteHalf) -> io::Result<u64> {
     let mut n = 0u64;
-    while let Some(chunk) = from.read_chunk(usize::MAX, true).await.map_err(io::Error::from)? {
+    while let Some(chunk) = from
+        .read_chunk(usize::MAX, true)
+        .await
+        .map_err(io::Error::from)?
+    {
         n += chunk.bytes.len() as u64;
         to.write_all(&chunk.bytes).await?;
     }
@@ -72,9 +81,12 @@ async fn tcp_to_quic(from: &mut OwnedReadHalf, to: &mut SendStream) -> io::Resul
             break;
         }
         n += got as u64;
-        to.write_chunk(buf.split().freeze()).await.map_err(io::Error::from)?;
+        to.write_chunk(buf.split().freeze())
+            .await
+            .map_err(io::Error::from)?;
     }
-    to.finish().map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))?;
+    to.finish()
+        .map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))?;
     Ok(n)
 }
 

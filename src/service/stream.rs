@@ -70,7 +70,9 @@ impl ServiceStream {
     /// Half-closes our sending side: the peer reads end-of-stream after our last byte.
     pub fn finish(&mut self) -> io::Result<()> {
         self.finished = true;
-        self.send.finish().map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))
+        self.send
+            .finish()
+            .map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))
     }
 
     /// Aborts both directions; the peer sees a reset, never a clean end.
@@ -92,13 +94,21 @@ impl Drop for ServiceStream {
 }
 
 impl AsyncRead for ServiceStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         tokio::io::AsyncRead::poll_read(Pin::new(&mut self.recv), cx, buf)
     }
 }
 
 impl AsyncWrite for ServiceStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         tokio::io::AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
     }
 

@@ -5,7 +5,9 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use quicmesh::{Client, ClientConfig, Echo, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths};
+use quicmesh::{
+    Client, ClientConfig, Echo, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths,
+};
 
 pub const TD: &str = "test.quicmesh";
 
@@ -57,7 +59,10 @@ impl Pki {
     }
 
     pub async fn client(&self, name: &str, entry: &Node) -> Client {
-        let cfg = ClientConfig::new(self.tls(Role::Client, name), vec![entry.local_addr().to_string()]);
+        let cfg = ClientConfig::new(
+            self.tls(Role::Client, name),
+            vec![entry.local_addr().to_string()],
+        );
         Client::connect(cfg).await.unwrap()
     }
 }
@@ -66,7 +71,10 @@ impl Pki {
 pub async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut cond: F) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -103,7 +111,10 @@ pub async fn mesh(pki: &Pki, names: &[&str], services: &[&[&str]]) -> Vec<Node> 
     let all: Vec<&str> = services.iter().flat_map(|s| s.iter().copied()).collect();
     let refs: Vec<&Node> = nodes.iter().collect();
     eventually(Duration::from_secs(10), "mesh formed", || {
-        sees_all(&refs, &all) && refs.iter().all(|n| n.peers().iter().filter(|p| p.connected).count() == names.len() - 1)
+        sees_all(&refs, &all)
+            && refs
+                .iter()
+                .all(|n| n.peers().iter().filter(|p| p.connected).count() == names.len() - 1)
     })
     .await;
     nodes

@@ -1,0 +1,324 @@
+//! The `quicmesh` binary, run as a user would.
+#![allow(clippy::disallowed_methods)] // tests and the CLI may read the clock; see clippy.toml
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::bin;
+use quicmesh::{Echo, Node, NodeConfig, TlsPaths};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn make_certs(dir: &Path) {
+    let d = dir.to_str().unwrap();
+    assert!(
+        run(&["certs", "init", "--trust-domain", "cli.test", "--out", d])
+            .status
+            .success()
+    );
+    for (kind, name) in [("node", "n1"), ("node", "n2"), ("client", "cli")] {
+        let o = run(&["certs", kind, name, "--ca", d, "--out", d]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn certs_commands_make_files_refuse_overwrites_and_bad_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    make_certs(dir.path());
+    for f in ["ca.key", "node-n1.key", "client-cli.key"] {
+        let mode = std::fs::metadata(dir.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    let o = run(&["certs", "init", "--trust-domain", "cli.test", "--out", d]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("already exists") && stderr(&o).contains("--force"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["certs", "node", "Bad_Name", "--ca", d, "--out", d]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("Bad_Name") && stderr(&o).contains("a-z"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "certs", "node", "n1", "--ca", d, "--out", d, "--force", "--dns", "n1.mesh", "--ip",
+        "10.0.0.1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["certs", "client", "x", "--ca", "/nonexistent", "--out", d]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/nonexistent/ca.crt"), "{}", stderr(&o));
+}
+
+#[test]
+fn node_config_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "name = \"n1\"\n[tls]\nca = \"ca.crt\"\ncert = \"c.crt\"\nkey = \"c.key\"\n";
+    for (extra, key) in [
+        ("[transport]\nkeepalive = \"20s\"\n", "transport.keepalive"),
+        ("[transport]\nbogus = 1\n", "bogus"),
+        ("[limits]\nmax_inflight = 0\n", "limits.max_inflight"),
+    ] {
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, format!("{base}{extra}")).unwrap();
+        let o = run(&["node", "--config", path.to_str().unwrap()]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(key), "{extra}: {}", stderr(&o));
+    }
+    // Flags override the file and go through the same checks.
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, base).unwrap();
+    let o = run(&[
+        "node",
+        "--config",
+        path.to_str().unwrap(),
+        "--peer",
+        "nohost",
+    ]);
+    assert!(stderr(&o).contains("peers[0]"), "{}", stderr(&o));
+    let o = run(&[
+        "node",
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:9999",
+        "--print-config",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(printed.contains("listen = \"127.0.0.1:9999\""), "{printed}");
+    assert!(printed.contains("keepalive = \"5s\""), "{printed}");
+}
+
+fn client_flags(dir: &Path, entry: &str) -> Vec<String> {
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    vec![
+        "--entry".into(),
+        entry.into(),
+        "--ca".into(),
+        p("ca.crt"),
+        "--cert".into(),
+        p("client-cli.crt"),
+        "--cert-key".into(),
+        p("client-cli.key"),
+    ]
+}
+
+#[tokio::test]
+async fn call_and_forward_through_an_in_process_node() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let tls = TlsPaths {
+        ca: dir.path().join("ca.crt"),
+        cert: dir.path().join("node-n1.crt"),
+        key: dir.path().join("node-n1.key"),
+    };
+    let mut cfg = NodeConfig::new("n1", tls);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    let node = Node::builder(cfg)
+        .handler("echo", Echo)
+        .start()
+        .await
+        .unwrap();
+    let entry = node.local_addr().to_string();
+
+    let mut args = vec!["call".to_owned(), "echo".into(), "-v".into()];
+    args.extend(client_flags(dir.path(), &entry));
+    let mut child = tokio::process::Command::new(bin())
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"via the cli")
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, b"via the cli");
+    assert!(stderr(&out).contains("served by n1"), "{}", stderr(&out));
+
+    let mut args = vec!["call".to_owned(), "missing".into()];
+    args.extend(client_flags(dir.path(), &entry));
+    let out = tokio::process::Command::new(bin())
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("UnknownService"), "{}", stderr(&out));
+
+    // forward: local TCP port -> mesh service.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["forward".to_owned(), listen.clone(), "echo".into()];
+    args.extend(client_flags(dir.path(), &entry));
+    let mut fwd = tokio::process::Command::new(bin())
+        .args(&args)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sock = loop {
+        match tokio::net::TcpStream::connect(&listen).await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "forward never listened: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    sock.write_all(b"tcp through the mesh").await.unwrap();
+    sock.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    sock.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"tcp through the mesh");
+    fwd.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_node_processes_from_config_files() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let d = dir.path().display();
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf).await;
+                let _ = s
+                    .write_all(format!("backend got {} bytes", buf.len()).as_bytes())
+                    .await;
+            });
+        }
+    });
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let n1 = format!(
+        "name = \"n1\"\nlisten = \"127.0.0.1:{}\"\n[tls]\nca = \"{d}/ca.crt\"\ncert = \"{d}/node-n1.crt\"\nkey = \"{d}/node-n1.key\"\n[services.count]\nbackend = \"{backend_addr}\"\n",
+        ports[0]
+    );
+    let n2 = format!(
+        "name = \"n2\"\nlisten = \"127.0.0.1:{}\"\npeers = [\"127.0.0.1:{}\"]\n[tls]\nca = \"{d}/ca.crt\"\ncert = \"{d}/node-n2.crt\"\nkey = \"{d}/node-n2.key\"\n",
+        ports[1], ports[0]
+    );
+    let mut procs = Vec::new();
+    for (name, text) in [("n1", n1), ("n2", n2)] {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        procs.push(
+            tokio::process::Command::new(bin())
+                .args(["node", "--config", path.to_str().unwrap()])
+                .env("RUST_LOG", "warn")
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    // Poll until the mesh answers through n2 (which must relay to n1).
+    let entry = format!("127.0.0.1:{}", ports[1]);
+    let mut args = vec!["call".to_owned(), "count".into(), "-v".into()];
+    args.extend(client_flags(dir.path(), &entry));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut child = tokio::process::Command::new(bin())
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&[7u8; 1000])
+            .await
+            .unwrap();
+        let out = child.wait_with_output().await.unwrap();
+        if out.status.success() {
+            assert_eq!(out.stdout, b"backend got 1000 bytes");
+            assert!(stderr(&out).contains("served by n1"), "{}", stderr(&out));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mesh never answered: {}",
+            stderr(&out)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for mut p in procs {
+        // SIGTERM: the node shuts down cleanly and exits 0.
+        let pid = p.id().unwrap();
+        Command::new("kill").arg(pid.to_string()).status().unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), p.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "node exited with {status}");
+    }
+}
+
+#[test]
+fn demo_runs_and_every_call_succeeds() {
+    let o = run(&["demo", "--calls", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("mesh formed"), "{out}");
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 3
+                && ["alpha", "bravo", "charlie"].contains(&cols[0])
+                && ["echo", "upper", "whoami"].contains(&cols[1])
+        })
+        .collect();
+    assert_eq!(rows.len(), 9, "{out}");
+    for r in rows {
+        let cols: Vec<&str> = r.split_whitespace().collect();
+        assert_eq!(cols[2], "5", "{r}");
+        assert_eq!(cols[3], "5", "every call ok: {r}");
+    }
+    assert!(out.contains("UnknownService"), "{out}");
+}

@@ -1,0 +1,196 @@
+//! Bad input on real connections: the node refuses it with a precise code and keeps serving.
+#![allow(clippy::disallowed_methods)] // tests and the CLI may read the clock; see clippy.toml
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{mesh, within, Pki};
+use quicmesh::protocol::{
+    encode_frame, read_frame, Response, ServiceRequest, StreamHeader, StreamKind, PROTOCOL_VERSION,
+};
+use quicmesh::{Node, RejectCode, Role, TlsMaterial};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A raw QUIC connection with a real certificate, speaking the protocol by hand.
+async fn raw_conn(pki: &Pki, role: Role, name: &str, to: SocketAddr) -> quinn::Connection {
+    let tls = TlsMaterial::load(&pki.tls(role, name), role).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(tls.client_config().unwrap()));
+    ep.connect(to, "quicmesh").unwrap().await.unwrap()
+}
+
+/// Sends `bytes` on a new stream, finishes it, and returns the node's response.
+async fn send_raw(conn: &quinn::Connection, bytes: &[u8]) -> Response {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    let _ = send.finish();
+    read_frame(&mut recv, 64 * 1024).await.unwrap()
+}
+
+fn code(r: &Response) -> Option<RejectCode> {
+    match r {
+        Response::Reject { code, .. } => Some(*code),
+        Response::Accept { .. } => None,
+    }
+}
+
+fn service_header(service: &str, hops: u8, origin: Option<String>) -> Vec<u8> {
+    encode_frame(&StreamHeader {
+        version: PROTOCOL_VERSION,
+        kind: StreamKind::Service(ServiceRequest {
+            service: service.into(),
+            key: None,
+            hops,
+            deadline_ms: None,
+            origin,
+        }),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_client_cannot_act_as_a_node() {
+    let pki = Pki::new();
+    let nodes = mesh(&pki, &["a", "b"], &[&[], &["echo"]]).await;
+    let conn = raw_conn(&pki, Role::Client, "mallory", nodes[0].local_addr()).await;
+
+    let r = send_raw(&conn, &encode_frame(&StreamHeader::control()).unwrap()).await;
+    assert_eq!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+    let r = send_raw(&conn, &service_header("echo", 1, None)).await;
+    assert_eq!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+    let r = send_raw(
+        &conn,
+        &service_header(
+            "echo",
+            0,
+            Some("spiffe://test.quicmesh/client/admin".into()),
+        ),
+    )
+    .await;
+    assert_eq!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+    // A correct request on the same connection still works.
+    let r = send_raw(&conn, &service_header("echo", 0, None)).await;
+    assert_eq!(r, Response::Accept { node: "b".into() });
+}
+
+#[tokio::test]
+async fn the_hop_limit_stops_a_second_relay() {
+    let pki = Pki::new();
+    let nodes = mesh(&pki, &["a", "b"], &[&[], &["echo"]]).await;
+    // A node identity may relay, but a stream that already took its one hop is not relayed again.
+    let conn = raw_conn(&pki, Role::Node, "relay", nodes[0].local_addr()).await;
+    let r = send_raw(
+        &conn,
+        &service_header("echo", 1, Some("spiffe://test.quicmesh/client/web".into())),
+    )
+    .await;
+    assert_eq!(code(&r), Some(RejectCode::HopLimit), "{r:?}");
+    // A relayed stream for a service served right there is fine.
+    let conn = raw_conn(&pki, Role::Node, "relay", nodes[1].local_addr()).await;
+    let r = send_raw(
+        &conn,
+        &service_header("echo", 1, Some("spiffe://test.quicmesh/client/web".into())),
+    )
+    .await;
+    assert_eq!(r, Response::Accept { node: "b".into() });
+    // An origin outside the trust domain is refused.
+    let r = send_raw(
+        &conn,
+        &service_header("echo", 1, Some("spiffe://other.domain/client/web".into())),
+    )
+    .await;
+    assert_eq!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_bad_headers_then_good_calls() {
+    let pki = Pki::new();
+    let nodes = mesh(&pki, &["a", "b"], &[&[], &["echo"]]).await;
+    let conn = Arc::new(raw_conn(&pki, Role::Client, "fuzzer", nodes[0].local_addr()).await);
+    let mut wrong_version = service_header("echo", 0, None);
+    wrong_version[4] = 7;
+    let cases: Vec<(Vec<u8>, RejectCode)> = vec![
+        // Garbage that is a valid length prefix followed by nonsense.
+        (
+            [&[0, 0, 0, 6][..], &[1, 9, 9, 9, 9, 9]].concat(),
+            RejectCode::BadHeader,
+        ),
+        // A length prefix over the cap.
+        (
+            [&(1u32 << 20).to_be_bytes()[..], &[1, 2, 3]].concat(),
+            RejectCode::BadHeader,
+        ),
+        // Another protocol version.
+        (wrong_version, RejectCode::UnsupportedVersion),
+        // A header cut short.
+        (
+            service_header("echo", 0, None)[..7].to_vec(),
+            RejectCode::BadHeader,
+        ),
+        // Three bytes: not even a length prefix.
+        (vec![0, 0, 1], RejectCode::BadHeader),
+    ];
+    let cases = Arc::new(cases);
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..20usize {
+        let conn = conn.clone();
+        let cases = cases.clone();
+        tasks.spawn(async move {
+            for i in 0..50usize {
+                let (bytes, want) = &cases[(worker + i) % cases.len()];
+                let r = send_raw(&conn, bytes).await;
+                assert_eq!(
+                    code(&r),
+                    Some(*want),
+                    "case {} gave {r:?}",
+                    (worker + i) % cases.len()
+                );
+            }
+        });
+    }
+    within(LIMIT, "1000 bad streams", async {
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    })
+    .await;
+    let rejected: u64 = nodes[0].stats().rejected.values().sum();
+    assert_eq!(rejected, 1000);
+    let client = pki.client("web", &nodes[0]).await;
+    for _ in 0..10 {
+        assert_eq!(
+            &client.call("echo", "still here").await.unwrap()[..],
+            b"still here"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stream_that_never_sends_its_header_is_closed_at_the_header_timeout() {
+    let pki = Pki::new();
+    let mut cfg = pki.node_config("a");
+    cfg.transport.header_timeout = Duration::from_millis(200);
+    let a = Node::builder(cfg)
+        .handler("echo", quicmesh::Echo)
+        .start()
+        .await
+        .unwrap();
+    let conn = raw_conn(&pki, Role::Client, "slowloris", a.local_addr()).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    // Two bytes of a length prefix, then silence.
+    send.write_all(&[0, 0]).await.unwrap();
+    let r: Response = within(LIMIT, "header timeout", read_frame(&mut recv, 1024))
+        .await
+        .unwrap();
+    match r {
+        Response::Reject { code, reason } => {
+            assert_eq!(code, RejectCode::BadHeader);
+            assert!(reason.contains("no stream header within"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
