@@ -12,7 +12,9 @@
 
 use std::time::Duration;
 
-use quicmesh::{CallOptions, Client, ClientConfig, Echo, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths};
+use quicmesh::{
+    CallOptions, Client, ClientConfig, Echo, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths,
+};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::main]
@@ -21,7 +23,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Keep the temp dir and node alive for the whole run when we make our own.
     let (_dir, _node, entry, tls) = match args.as_slice() {
         [entry, ca, cert, key] => {
-            let tls = TlsPaths { ca: ca.into(), cert: cert.into(), key: key.into() };
+            let tls = TlsPaths {
+                ca: ca.into(),
+                cert: cert.into(),
+                key: key.into(),
+            };
             (None, None, entry.clone(), tls)
         }
         [] => {
@@ -29,16 +35,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let dir = tempfile::tempdir()?;
             let ca = MeshCa::generate("example.quicmesh", 1)?;
             ca.write(dir.path(), false)?;
-            let node_files = ca.issue(&IssueOptions::new(Role::Node, "n1"))?.write(dir.path(), Role::Node, "n1", false)?;
-            let client_files =
-                ca.issue(&IssueOptions::new(Role::Client, "web"))?.write(dir.path(), Role::Client, "web", false)?;
+            let node_files = ca.issue(&IssueOptions::new(Role::Node, "n1"))?.write(
+                dir.path(),
+                Role::Node,
+                "n1",
+                false,
+            )?;
+            let client_files = ca.issue(&IssueOptions::new(Role::Client, "web"))?.write(
+                dir.path(),
+                Role::Client,
+                "web",
+                false,
+            )?;
             // 2. A node that serves `echo` in-process.
             let ca_path = dir.path().join("ca.crt");
-            let mut cfg = NodeConfig::new("n1", TlsPaths { ca: ca_path.clone(), cert: node_files.cert, key: node_files.key });
+            let mut cfg = NodeConfig::new(
+                "n1",
+                TlsPaths {
+                    ca: ca_path.clone(),
+                    cert: node_files.cert,
+                    key: node_files.key,
+                },
+            );
             cfg.listen = "127.0.0.1:0".parse()?;
             let node = Node::builder(cfg).handler("echo", Echo).start().await?;
             let entry = node.local_addr().to_string();
-            let tls = TlsPaths { ca: ca_path, cert: client_files.cert, key: client_files.key };
+            let tls = TlsPaths {
+                ca: ca_path,
+                cert: client_files.cert,
+                key: client_files.key,
+            };
             (Some(dir), Some(node), entry, tls)
         }
         _ => return Err("usage: client [ENTRY CA CERT KEY]".into()),
@@ -53,7 +79,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("echo replied {:?}", String::from_utf8_lossy(&reply));
 
     // 5. With a deadline that travels with the request, and who served it.
-    let opts = CallOptions { timeout: Some(Duration::from_secs(2)), ..Default::default() };
+    let opts = CallOptions {
+        timeout: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
     let reply = client.request("echo", "with a deadline", &opts).await?;
     println!("served by node {:?}", reply.served_by);
 
