@@ -12,9 +12,7 @@
 
 use std::time::Duration;
 
-use quicmesh::{
-    CallOptions, Client, ClientConfig, Echo, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths,
-};
+use quicmesh::{CallOptions, Client, ClientConfig, Echo, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::main]
@@ -35,18 +33,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let dir = tempfile::tempdir()?;
             let ca = MeshCa::generate("example.quicmesh", 1)?;
             ca.write(dir.path(), false)?;
-            let node_files = ca.issue(&IssueOptions::new(Role::Node, "n1"))?.write(
-                dir.path(),
-                Role::Node,
-                "n1",
-                false,
-            )?;
-            let client_files = ca.issue(&IssueOptions::new(Role::Client, "web"))?.write(
-                dir.path(),
-                Role::Client,
-                "web",
-                false,
-            )?;
+            let node_files =
+                ca.issue(&IssueOptions::new(Role::Node, "n1"))?
+                    .write(dir.path(), Role::Node, "n1", false)?;
+            let client_files =
+                ca.issue(&IssueOptions::new(Role::Client, "web"))?
+                    .write(dir.path(), Role::Client, "web", false)?;
             // 2. A node that serves `echo` in-process.
             let ca_path = dir.path().join("ca.crt");
             let mut cfg = NodeConfig::new(

@@ -59,10 +59,7 @@ impl Backoff {
     pub fn ceiling(&self) -> Duration {
         // 2^20 · 100 ms is far past any sane max; capping the shift avoids overflow.
         let factor = 1u32 << self.attempt.min(20);
-        self.policy
-            .initial
-            .saturating_mul(factor)
-            .min(self.policy.max)
+        self.policy.initial.saturating_mul(factor).min(self.policy.max)
     }
 
     /// Draws the next wait and counts the attempt.
@@ -117,17 +114,12 @@ mod tests {
             initial: Duration::from_secs(1),
             ..Default::default()
         };
-        let draws: Vec<Duration> = (0..2000)
-            .map(|_| Backoff::new(policy).next_delay(&mut rng))
-            .collect();
+        let draws: Vec<Duration> = (0..2000).map(|_| Backoff::new(policy).next_delay(&mut rng)).collect();
         let below_quarter = draws.iter().filter(|d| d.as_millis() < 250).count();
         let above_three_quarters = draws.iter().filter(|d| d.as_millis() > 750).count();
         // Uniform on [0, 1 s]: each quarter holds ~500 of 2000 draws.
         assert!((400..600).contains(&below_quarter), "{below_quarter}");
-        assert!(
-            (400..600).contains(&above_three_quarters),
-            "{above_three_quarters}"
-        );
+        assert!((400..600).contains(&above_three_quarters), "{above_three_quarters}");
     }
 
     #[test]
@@ -141,11 +133,7 @@ mod tests {
         let t0 = Instant::now();
         b.connected(t0);
         b.disconnected(t0 + Duration::from_secs(2));
-        assert_eq!(
-            b.attempts(),
-            5,
-            "a flapping connection must not reset the backoff"
-        );
+        assert_eq!(b.attempts(), 5, "a flapping connection must not reset the backoff");
         b.connected(t0 + Duration::from_secs(3));
         b.disconnected(t0 + Duration::from_secs(13));
         assert_eq!(b.attempts(), 0);

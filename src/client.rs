@@ -22,8 +22,8 @@ use crate::config::{ClientConfig, ConfigError};
 use crate::identity::{peer_identity, Identity, Role, TlsError, TlsMaterial};
 use crate::node::SNI;
 use crate::protocol::{
-    codes, encode_frame, read_frame, FrameError, RejectCode, Response, ServiceRequest,
-    StreamHeader, StreamKind, PROTOCOL_VERSION,
+    codes, encode_frame, read_frame, FrameError, RejectCode, Response, ServiceRequest, StreamHeader, StreamKind,
+    PROTOCOL_VERSION,
 };
 use crate::service::ServiceStream;
 use crate::transport::{bind_udp, transport_config, TransportError};
@@ -163,12 +163,10 @@ impl Client {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
         let socket = bind_udp(bind)?;
-        let runtime = quinn::default_runtime().ok_or_else(|| {
-            ClientError::Endpoint(std::io::Error::other("no async runtime found"))
-        })?;
-        let mut endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-                .map_err(ClientError::Endpoint)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| ClientError::Endpoint(std::io::Error::other("no async runtime found")))?;
+        let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+            .map_err(ClientError::Endpoint)?;
         let mut client_config = quinn::ClientConfig::new(tls.client_config()?);
         // Nodes never open streams toward clients.
         client_config.transport_config(transport_config(&cfg.transport, 0)?);
@@ -234,11 +232,7 @@ impl Client {
 
     async fn dial(&self, entry: &str) -> Result<quinn::Connection, String> {
         let addr = resolve(entry).await?;
-        let connecting = self
-            .inner
-            .endpoint
-            .connect(addr, SNI)
-            .map_err(|e| e.to_string())?;
+        let connecting = self.inner.endpoint.connect(addr, SNI).map_err(|e| e.to_string())?;
         let timeout = self.inner.cfg.transport.connect_timeout;
         let conn = tokio::time::timeout(timeout, connecting)
             .await
@@ -259,34 +253,22 @@ impl Client {
     }
 
     /// Opens a duplex stream to `service` with options.
-    pub async fn open_with(
-        &self,
-        service: &str,
-        opts: &CallOptions,
-    ) -> Result<ServiceStream, CallError> {
+    pub async fn open_with(&self, service: &str, opts: &CallOptions) -> Result<ServiceStream, CallError> {
         let fut = self.open_inner(service, opts);
         match opts.timeout {
-            Some(t) => tokio::time::timeout(t, fut)
-                .await
-                .map_err(|_| CallError::Timeout(t))?,
+            Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| CallError::Timeout(t))?,
             None => fut.await,
         }
     }
 
-    async fn open_inner(
-        &self,
-        service: &str,
-        opts: &CallOptions,
-    ) -> Result<ServiceStream, CallError> {
+    async fn open_inner(&self, service: &str, opts: &CallOptions) -> Result<ServiceStream, CallError> {
         let header = StreamHeader {
             version: PROTOCOL_VERSION,
             kind: StreamKind::Service(ServiceRequest {
                 service: service.to_owned(),
                 key: opts.key.as_ref().map(|k| k.to_vec()),
                 hops: 0,
-                deadline_ms: opts
-                    .timeout
-                    .map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX)),
+                deadline_ms: opts.timeout.map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX)),
                 origin: None,
             }),
         };
@@ -316,19 +298,11 @@ impl Client {
 
     /// Sends `body` to `service` and returns the whole reply.
     pub async fn call(&self, service: &str, body: impl Into<Bytes>) -> Result<Bytes, CallError> {
-        Ok(self
-            .request(service, body, &CallOptions::default())
-            .await?
-            .body)
+        Ok(self.request(service, body, &CallOptions::default()).await?.body)
     }
 
     /// Sends `body` to `service` with options; returns the reply and the serving node.
-    pub async fn request(
-        &self,
-        service: &str,
-        body: impl Into<Bytes>,
-        opts: &CallOptions,
-    ) -> Result<Reply, CallError> {
+    pub async fn request(&self, service: &str, body: impl Into<Bytes>, opts: &CallOptions) -> Result<Reply, CallError> {
         let body = body.into();
         let max = self.inner.cfg.max_response_bytes;
         let fut = async {
@@ -367,9 +341,7 @@ impl Client {
             })
         };
         match opts.timeout {
-            Some(t) => tokio::time::timeout(t, fut)
-                .await
-                .map_err(|_| CallError::Timeout(t))?,
+            Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| CallError::Timeout(t))?,
             None => fut.await,
         }
     }

@@ -84,7 +84,7 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-mod duration_str {
+pub(crate) mod duration_str {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
@@ -114,6 +114,9 @@ pub struct TransportSettings {
     /// A stream whose header has not arrived after this long is reset. Default `"5s"`.
     #[serde(with = "duration_str")]
     pub header_timeout: Duration,
+    /// Interval of RTT pings on each peer's control stream. Default `"1s"`.
+    #[serde(with = "duration_str")]
+    pub ping_interval: Duration,
 }
 
 impl Default for TransportSettings {
@@ -123,6 +126,7 @@ impl Default for TransportSettings {
             idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(1),
         }
     }
 }
@@ -134,6 +138,7 @@ impl TransportSettings {
             ("idle_timeout", self.idle_timeout),
             ("connect_timeout", self.connect_timeout),
             ("header_timeout", self.header_timeout),
+            ("ping_interval", self.ping_interval),
         ] {
             if d < Duration::from_millis(10) {
                 return Err(invalid(format!("{prefix}.{key}"), "must be at least 10ms"));
@@ -141,10 +146,7 @@ impl TransportSettings {
         }
         // QUIC idle timeouts are negotiated in milliseconds as a varint; keep well inside.
         if self.idle_timeout > Duration::from_secs(3600) {
-            return Err(invalid(
-                format!("{prefix}.idle_timeout"),
-                "must be at most 1h",
-            ));
+            return Err(invalid(format!("{prefix}.idle_timeout"), "must be at most 1h"));
         }
         if self.keepalive * 3 > self.idle_timeout {
             return Err(invalid(
@@ -191,19 +193,13 @@ impl Default for Limits {
 impl Limits {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.max_streams_per_connection == 0 {
-            return Err(invalid(
-                "limits.max_streams_per_connection",
-                "must be at least 1",
-            ));
+            return Err(invalid("limits.max_streams_per_connection", "must be at least 1"));
         }
         if self.max_inflight == 0 {
             return Err(invalid("limits.max_inflight", "must be at least 1"));
         }
         if !(256..=1 << 20).contains(&self.max_header_bytes) {
-            return Err(invalid(
-                "limits.max_header_bytes",
-                "must be between 256 and 1048576",
-            ));
+            return Err(invalid("limits.max_header_bytes", "must be between 256 and 1048576"));
         }
         if self.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
@@ -256,10 +252,7 @@ impl ReconnectSettings {
             return Err(invalid("reconnect.initial", "must be at least 1ms"));
         }
         if self.max < self.initial {
-            return Err(invalid(
-                "reconnect.max",
-                "must be at least reconnect.initial",
-            ));
+            return Err(invalid("reconnect.max", "must be at least reconnect.initial"));
         }
         Ok(())
     }
@@ -299,6 +292,21 @@ pub struct NodeConfig {
     /// Peer reconnect backoff.
     #[serde(default)]
     pub reconnect: ReconnectSettings,
+    /// Address other nodes should dial to reach this one, `host:port`. Default: `listen`
+    /// (which must then not be an unspecified address like 0.0.0.0 for gossip-learned peers to
+    /// reach this node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// Relative capacity published in the load table. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Membership gossip and failure detection.
+    #[serde(default)]
+    pub gossip: crate::gossip::GossipConfig,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 fn default_listen() -> SocketAddr {
@@ -331,7 +339,15 @@ impl NodeConfig {
             transport: TransportSettings::default(),
             limits: Limits::default(),
             reconnect: ReconnectSettings::default(),
+            advertise: None,
+            weight: default_weight(),
+            gossip: crate::gossip::GossipConfig::default(),
         }
+    }
+
+    /// The address announced to other nodes.
+    pub fn advertised(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
     }
 
     /// Parses TOML text; `origin` names it in errors.
@@ -345,13 +361,10 @@ impl NodeConfig {
 
     /// Builds from a TOML table (a file's, with command-line overrides merged in).
     pub fn from_table(table: toml::Table, origin: &str) -> Result<Self, ConfigError> {
-        let cfg: NodeConfig =
-            table
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    origin: origin.to_owned(),
-                    message: e.to_string(),
-                })?;
+        let cfg: NodeConfig = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -370,10 +383,23 @@ impl NodeConfig {
         }
         for (name, svc) in &self.services {
             validate_name(name).map_err(|e| invalid(format!("services.{name}"), e.to_string()))?;
+            if name == crate::protocol::STATUS_SERVICE {
+                return Err(invalid(
+                    format!("services.{name}"),
+                    "this name is reserved for the built-in status service",
+                ));
+            }
             validate_host_port(&format!("services.{name}.backend"), &svc.backend)?;
+        }
+        if let Some(a) = &self.advertise {
+            validate_host_port("advertise", a)?;
+        }
+        if self.weight == 0 {
+            return Err(invalid("weight", "must be at least 1"));
         }
         self.transport.validate("transport")?;
         self.limits.validate()?;
+        self.gossip.validate()?;
         self.reconnect.validate()
     }
 
@@ -428,10 +454,7 @@ impl ClientConfig {
     /// Checks every value; errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.entries.is_empty() {
-            return Err(invalid(
-                "entries",
-                "give at least one entry node, host:port",
-            ));
+            return Err(invalid("entries", "give at least one entry node, host:port"));
         }
         for (i, e) in self.entries.iter().enumerate() {
             validate_host_port(&format!("entries[{i}]"), e)?;
@@ -474,8 +497,7 @@ key = "node-a.key"
 
     #[test]
     fn unknown_key_is_named() {
-        let err = NodeConfig::from_toml(&format!("{BASE}\n[transport]\nkeepalvie = \"1s\"\n"), "t")
-            .unwrap_err();
+        let err = NodeConfig::from_toml(&format!("{BASE}\n[transport]\nkeepalvie = \"1s\"\n"), "t").unwrap_err();
         assert!(err.to_string().contains("keepalvie"), "{err}");
     }
 
@@ -487,20 +509,14 @@ key = "node-a.key"
         )
         .unwrap_err();
         assert!(err.to_string().contains("transport.keepalive"), "{err}");
-        assert!(
-            NodeConfig::from_toml(&format!("{BASE}\n[transport]\nkeepalive = \"10s\"\n"), "t")
-                .is_ok()
-        );
+        assert!(NodeConfig::from_toml(&format!("{BASE}\n[transport]\nkeepalive = \"10s\"\n"), "t").is_ok());
     }
 
     #[test]
     fn bad_values_name_their_key() {
         for (extra, key) in [
             ("peers = [\"nohost\"]", "peers[0]"),
-            (
-                "[services.web]\nbackend = \"127.0.0.1:0\"",
-                "services.web.backend",
-            ),
+            ("[services.web]\nbackend = \"127.0.0.1:0\"", "services.web.backend"),
             ("[services.Web]\nbackend = \"127.0.0.1:80\"", "services.Web"),
             ("[limits]\nhop_limit = 9", "limits.hop_limit"),
             ("[transport]\nidle_timeout = \"5x\"", "idle_timeout"),
@@ -513,8 +529,7 @@ key = "node-a.key"
             let err = NodeConfig::from_toml(&text, "t").unwrap_err().to_string();
             assert!(err.contains(key), "{extra}: {err}");
         }
-        let err = NodeConfig::from_toml(&BASE.replace("name = \"a\"", "name = \"A_1\""), "t")
-            .unwrap_err();
+        let err = NodeConfig::from_toml(&BASE.replace("name = \"a\"", "name = \"A_1\""), "t").unwrap_err();
         assert!(err.to_string().contains("`name`"), "{err}");
     }
 

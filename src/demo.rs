@@ -189,20 +189,11 @@ pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
         let peers: Vec<String> = n
             .peers()
             .iter()
-            .map(|p| {
-                format!(
-                    "{} ({})",
-                    p.name,
-                    p.rtt.map(ms).unwrap_or_else(|| "down".into())
-                )
-            })
+            .map(|p| format!("{} ({})", p.name, p.rtt.map(ms).unwrap_or_else(|| "down".into())))
             .collect();
         let mut here = n.local_services();
         if n.name() == "bravo" {
-            here = here
-                .into_iter()
-                .map(|s| format!("{s} -> tcp {upper}"))
-                .collect();
+            here = here.into_iter().map(|s| format!("{s} -> tcp {upper}")).collect();
         }
         t.row([
             n.name().to_owned(),
@@ -262,9 +253,7 @@ pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
                 .err()
                 .map(|e: CallError| e.to_string())
                 .unwrap_or_default();
-            out.push_str(&format!(
-                "calling an unknown service through alpha: {err}\n"
-            ));
+            out.push_str(&format!("calling an unknown service through alpha: {err}\n"));
         }
         client.close().await;
     }
@@ -301,11 +290,7 @@ pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
         let _ = tokio::signal::ctrl_c().await;
     }
     let t0 = Instant::now();
-    tokio::join!(
-        nodes[0].shutdown(),
-        nodes[1].shutdown(),
-        nodes[2].shutdown()
-    );
+    tokio::join!(nodes[0].shutdown(), nodes[1].shutdown(), nodes[2].shutdown());
     tracing::debug!(took = ?t0.elapsed(), "nodes stopped");
     Ok(out)
 }

@@ -34,10 +34,13 @@ mod backoff;
 mod client;
 pub mod config;
 pub mod demo;
+pub mod gossip;
 mod identity;
 mod node;
 pub mod protocol;
 mod service;
+pub mod sim;
+mod sysload;
 mod table;
 mod transport;
 
@@ -45,13 +48,11 @@ pub use backoff::{Backoff, BackoffPolicy};
 pub use client::{CallError, CallOptions, Client, ClientError, Reply};
 pub use config::{ClientConfig, ConfigError, NodeConfig};
 pub use identity::{
-    issue_leaf, validate_name, CaFiles, CertError, Identity, IdentityError, IssueOptions,
-    IssuedCert, LeafFiles, MeshCa, Role, TlsError, TlsMaterial, TlsPaths, ALPN,
+    issue_leaf, validate_name, CaFiles, CertError, Identity, IdentityError, IssueOptions, IssuedCert, LeafFiles,
+    MeshCa, Role, TlsError, TlsMaterial, TlsPaths, ALPN,
 };
 pub use node::{Node, NodeBuilder, NodeError, NodeStats, PeerInfo};
 pub use protocol::RejectCode;
-pub use service::{
-    request_handler, BoxFuture, Echo, Handler, RequestContext, RequestFn, ServiceStream,
-};
+pub use service::{request_handler, BoxFuture, Echo, Handler, RequestContext, RequestFn, ServiceStream};
 pub use table::Table;
 pub use transport::TransportError;

@@ -9,19 +9,12 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use quicmesh::config::parse_duration;
 use quicmesh::demo::{self, DemoOptions};
-use quicmesh::{
-    issue_leaf, CallOptions, Client, ClientConfig, IssueOptions, MeshCa, Node, NodeConfig, Role,
-    TlsPaths,
-};
+use quicmesh::{issue_leaf, CallOptions, Client, ClientConfig, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
 #[derive(Parser)]
-#[command(
-    name = "quicmesh",
-    version,
-    about = "A service mesh on QUIC with mTLS identities"
-)]
+#[command(name = "quicmesh", version, about = "A service mesh on QUIC with mTLS identities")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -220,10 +213,7 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     init_logging(default_log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -272,12 +262,7 @@ fn certs(cmd: CertsCmd) -> Result<(), BoxError> {
                 files.key.display()
             );
         }
-        CertsCmd::Node {
-            name,
-            common,
-            dns,
-            ips,
-        } => {
+        CertsCmd::Node { name, common, dns, ips } => {
             let mut opts = IssueOptions::new(Role::Node, &name);
             opts.days = common.days;
             if !dns.is_empty() {
@@ -287,21 +272,13 @@ fn certs(cmd: CertsCmd) -> Result<(), BoxError> {
                 opts.ips = ips;
             }
             let files = issue_leaf(&common.ca, &common.out, &opts, common.force)?;
-            println!(
-                "node {name}: {} and {}",
-                files.cert.display(),
-                files.key.display()
-            );
+            println!("node {name}: {} and {}", files.cert.display(), files.key.display());
         }
         CertsCmd::Client { name, common } => {
             let mut opts = IssueOptions::new(Role::Client, &name);
             opts.days = common.days;
             let files = issue_leaf(&common.ca, &common.out, &opts, common.force)?;
-            println!(
-                "client {name}: {} and {}",
-                files.cert.display(),
-                files.key.display()
-            );
+            println!("client {name}: {} and {}", files.cert.display(), files.key.display());
         }
     }
     Ok(())
@@ -335,10 +312,8 @@ fn path_value(p: &std::path::Path) -> toml::Value {
 fn node_config(a: &NodeArgs) -> Result<NodeConfig, BoxError> {
     let (mut table, origin) = match &a.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
-            let t: toml::Table =
-                toml::from_str(&text).map_err(|e| format!("config {}: {e}", p.display()))?;
+            let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
+            let t: toml::Table = toml::from_str(&text).map_err(|e| format!("config {}: {e}", p.display()))?;
             (t, format!("{} with flags", p.display()))
         }
         None => (toml::Table::new(), "flags".to_owned()),
@@ -370,11 +345,7 @@ fn node_config(a: &NodeArgs) -> Result<NodeConfig, BoxError> {
         let (name, backend) = s
             .split_once('=')
             .ok_or_else(|| format!("--service {s:?}: expected NAME=HOST:PORT"))?;
-        set(
-            &mut table,
-            &["services", name, "backend"],
-            S(backend.to_owned()),
-        );
+        set(&mut table, &["services", name, "backend"], S(backend.to_owned()));
     }
     for (key, v) in [
         ("keepalive", &a.keepalive),
@@ -431,8 +402,9 @@ fn client_config(a: &ClientArgs) -> Result<ClientConfig, BoxError> {
         Some(p) => ClientConfig::load(p)?,
         None => {
             let need = |v: &Option<PathBuf>, flag: &str| {
-                v.clone()
-                    .ok_or_else(|| format!("missing {flag} (or --client-config, or the QUICMESH_* environment variables)"))
+                v.clone().ok_or_else(|| {
+                    format!("missing {flag} (or --client-config, or the QUICMESH_* environment variables)")
+                })
             };
             let tls = TlsPaths {
                 ca: need(&a.ca, "--ca")?,
@@ -488,11 +460,7 @@ async fn forward(a: ForwardArgs) -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
-    eprintln!(
-        "forwarding {} -> mesh service {:?}",
-        listener.local_addr()?,
-        a.service
-    );
+    eprintln!("forwarding {} -> mesh service {:?}", listener.local_addr()?, a.service);
     loop {
         let (mut tcp, peer) = tokio::select! {
             r = listener.accept() => r?,

@@ -162,18 +162,12 @@ pub enum Response {
 }
 
 /// Messages on the control stream between two nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ControlMsg {
-    /// Sent by each side first: who it is and what it offers.
-    Hello {
-        /// The sender's node name (must match its certificate).
-        node: String,
-        /// Services the sender serves locally.
-        services: Vec<String>,
-        /// Address the sender listens on, as it knows it.
-        listen: String,
-    },
-    /// RTT probe.
+    /// Membership and load gossip. Each side opens with a `Syn` as soon as the stream is up,
+    /// which is how two nodes introduce themselves.
+    Gossip(crate::gossip::GossipMsg),
+    /// RTT probe; `nonce` is the sender's clock in microseconds, echoed back.
     Ping {
         /// Echoed back in the pong.
         nonce: u64,
@@ -184,6 +178,31 @@ pub enum ControlMsg {
         nonce: u64,
     },
 }
+
+/// The reply of the built-in [`STATUS_SERVICE`]: a node's view of the mesh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The answering node.
+    pub node: String,
+    /// Its quicmesh version.
+    pub version: String,
+    /// Every member it knows, itself included.
+    pub members: Vec<MemberStatus>,
+}
+
+/// One row of a [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// The member's record as gossiped.
+    pub member: crate::gossip::Member,
+    /// Whether the answering node has a live connection to it.
+    pub connected: bool,
+    /// Round-trip time measured by control-stream pings (EWMA), in microseconds.
+    pub rtt_us: Option<u64>,
+}
+
+/// The service name under which every node answers with its [`StatusReport`] (postcard).
+pub const STATUS_SERVICE: &str = "quicmesh-status";
 
 /// Errors reading or writing frames.
 #[derive(Debug, thiserror::Error)]
@@ -283,9 +302,7 @@ where
 /// Decodes a header body, checking the version byte before anything else.
 pub fn decode_header(body: &[u8]) -> Result<StreamHeader, FrameError> {
     match body.first() {
-        None => Err(FrameError::Decode(
-            postcard::Error::DeserializeUnexpectedEnd,
-        )),
+        None => Err(FrameError::Decode(postcard::Error::DeserializeUnexpectedEnd)),
         Some(&v) if v != PROTOCOL_VERSION => Err(FrameError::UnsupportedVersion(v)),
         Some(_) => Ok(postcard::from_bytes(body)?),
     }
@@ -309,9 +326,7 @@ mod tests {
     async fn header_round_trip() {
         let h = StreamHeader::service("echo");
         let buf = encode_frame(&h).unwrap();
-        let got = read_header(&mut &buf[..], DEFAULT_MAX_HEADER)
-            .await
-            .unwrap();
+        let got = read_header(&mut &buf[..], DEFAULT_MAX_HEADER).await.unwrap();
         assert_eq!(got, h);
     }
 
@@ -319,9 +334,7 @@ mod tests {
     async fn oversized_refused_before_reading_body() {
         let mut buf = (DEFAULT_MAX_HEADER as u32 + 1).to_be_bytes().to_vec();
         buf.extend_from_slice(&[0; 8]);
-        let err = read_header(&mut &buf[..], DEFAULT_MAX_HEADER)
-            .await
-            .unwrap_err();
+        let err = read_header(&mut &buf[..], DEFAULT_MAX_HEADER).await.unwrap_err();
         assert!(matches!(err, FrameError::Oversized { .. }), "{err}");
     }
 
@@ -330,17 +343,13 @@ mod tests {
         let mut h = StreamHeader::service("echo");
         h.version = 9;
         let buf = encode_frame(&h).unwrap();
-        let err = read_header(&mut &buf[..], DEFAULT_MAX_HEADER)
-            .await
-            .unwrap_err();
+        let err = read_header(&mut &buf[..], DEFAULT_MAX_HEADER).await.unwrap_err();
         assert_eq!(err.reject_code(), RejectCode::UnsupportedVersion);
     }
 
     #[tokio::test]
     async fn empty_stream_is_eof() {
-        let err = read_header(&mut &[][..], DEFAULT_MAX_HEADER)
-            .await
-            .unwrap_err();
+        let err = read_header(&mut &[][..], DEFAULT_MAX_HEADER).await.unwrap_err();
         assert!(matches!(err, FrameError::Eof));
     }
 
@@ -349,6 +358,7 @@ mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = decode_header(&bytes);
             let _ = postcard::from_bytes::<ControlMsg>(&bytes);
+            let _ = postcard::from_bytes::<crate::gossip::GossipMsg>(&bytes);
             let _ = postcard::from_bytes::<Response>(&bytes);
         }
 

@@ -41,13 +41,7 @@ impl Table {
         };
         let mut out = line(&self.header);
         out.push('\n');
-        out.push_str(
-            &width
-                .iter()
-                .map(|w| "-".repeat(*w))
-                .collect::<Vec<_>>()
-                .join("  "),
-        );
+        out.push_str(&width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
         out.push('\n');
         for r in &self.rows {
             out.push_str(&line(r));

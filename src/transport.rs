@@ -28,12 +28,8 @@ pub enum TransportError {
 ///
 /// `max_bidi_streams` is how many concurrent streams the *peer* may open to us: nodes allow
 /// their configured limit, clients allow none (nodes never open streams to clients).
-pub fn transport_config(
-    t: &TransportSettings,
-    max_bidi_streams: u32,
-) -> Result<Arc<TransportConfig>, TransportError> {
-    let ms = u64::try_from(t.idle_timeout.as_millis())
-        .map_err(|_| TransportError::IdleTimeout(t.idle_timeout))?;
+pub fn transport_config(t: &TransportSettings, max_bidi_streams: u32) -> Result<Arc<TransportConfig>, TransportError> {
+    let ms = u64::try_from(t.idle_timeout.as_millis()).map_err(|_| TransportError::IdleTimeout(t.idle_timeout))?;
     let idle = VarInt::from_u64(ms).map_err(|_| TransportError::IdleTimeout(t.idle_timeout))?;
     let mut tc = TransportConfig::default();
     tc.keep_alive_interval(Some(t.keepalive))
@@ -103,13 +99,6 @@ mod tests {
         assert!(keep_new_connection("a", "b", true, YOUNG, true, W));
         assert!(keep_new_connection("a", "b", false, YOUNG, false, W));
         // b restarted and dialled a; a's old dial to b is stale even though a is lower.
-        assert!(keep_new_connection(
-            "a",
-            "b",
-            true,
-            Duration::from_secs(60),
-            false,
-            W
-        ));
+        assert!(keep_new_connection("a", "b", true, Duration::from_secs(60), false, W));
     }
 }

@@ -22,11 +22,9 @@ fn stderr(o: &Output) -> String {
 
 fn make_certs(dir: &Path) {
     let d = dir.to_str().unwrap();
-    assert!(
-        run(&["certs", "init", "--trust-domain", "cli.test", "--out", d])
-            .status
-            .success()
-    );
+    assert!(run(&["certs", "init", "--trust-domain", "cli.test", "--out", d])
+        .status
+        .success());
     for (kind, name) in [("node", "n1"), ("node", "n2"), ("client", "cli")] {
         let o = run(&["certs", kind, name, "--ca", d, "--out", d]);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -39,11 +37,7 @@ fn certs_commands_make_files_refuse_overwrites_and_bad_names() {
     let d = dir.path().to_str().unwrap();
     make_certs(dir.path());
     for f in ["ca.key", "node-n1.key", "client-cli.key"] {
-        let mode = std::fs::metadata(dir.path().join(f))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
     let o = run(&["certs", "init", "--trust-domain", "cli.test", "--out", d]);
@@ -61,8 +55,7 @@ fn certs_commands_make_files_refuse_overwrites_and_bad_names() {
         stderr(&o)
     );
     let o = run(&[
-        "certs", "node", "n1", "--ca", d, "--out", d, "--force", "--dns", "n1.mesh", "--ip",
-        "10.0.0.1",
+        "certs", "node", "n1", "--ca", d, "--out", d, "--force", "--dns", "n1.mesh", "--ip", "10.0.0.1",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = run(&["certs", "client", "x", "--ca", "/nonexistent", "--out", d]);
@@ -88,13 +81,7 @@ fn node_config_errors_name_the_key() {
     // Flags override the file and go through the same checks.
     let path = dir.path().join("node.toml");
     std::fs::write(&path, base).unwrap();
-    let o = run(&[
-        "node",
-        "--config",
-        path.to_str().unwrap(),
-        "--peer",
-        "nohost",
-    ]);
+    let o = run(&["node", "--config", path.to_str().unwrap(), "--peer", "nohost"]);
     assert!(stderr(&o).contains("peers[0]"), "{}", stderr(&o));
     let o = run(&[
         "node",
@@ -135,11 +122,7 @@ async fn call_and_forward_through_an_in_process_node() {
     };
     let mut cfg = NodeConfig::new("n1", tls);
     cfg.listen = "127.0.0.1:0".parse().unwrap();
-    let node = Node::builder(cfg)
-        .handler("echo", Echo)
-        .start()
-        .await
-        .unwrap();
+    let node = Node::builder(cfg).handler("echo", Echo).start().await.unwrap();
     let entry = node.local_addr().to_string();
 
     let mut args = vec!["call".to_owned(), "echo".into(), "-v".into()];
@@ -151,13 +134,7 @@ async fn call_and_forward_through_an_in_process_node() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"via the cli")
-        .await
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"via the cli").await.unwrap();
     let out = child.wait_with_output().await.unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(out.stdout, b"via the cli");
@@ -218,9 +195,7 @@ async fn two_node_processes_from_config_files() {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let _ = s.read_to_end(&mut buf).await;
-                let _ = s
-                    .write_all(format!("backend got {} bytes", buf.len()).as_bytes())
-                    .await;
+                let _ = s.write_all(format!("backend got {} bytes", buf.len()).as_bytes()).await;
             });
         }
     });
@@ -267,24 +242,14 @@ async fn two_node_processes_from_config_files() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&[7u8; 1000])
-            .await
-            .unwrap();
+        child.stdin.take().unwrap().write_all(&[7u8; 1000]).await.unwrap();
         let out = child.wait_with_output().await.unwrap();
         if out.status.success() {
             assert_eq!(out.stdout, b"backend got 1000 bytes");
             assert!(stderr(&out).contains("served by n1"), "{}", stderr(&out));
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "mesh never answered: {}",
-            stderr(&out)
-        );
+        assert!(Instant::now() < deadline, "mesh never answered: {}", stderr(&out));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for mut p in procs {

@@ -64,11 +64,7 @@ async fn a_client_cannot_act_as_a_node() {
     assert_eq!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
     let r = send_raw(
         &conn,
-        &service_header(
-            "echo",
-            0,
-            Some("spiffe://test.quicmesh/client/admin".into()),
-        ),
+        &service_header("echo", 0, Some("spiffe://test.quicmesh/client/admin".into())),
     )
     .await;
     assert_eq!(code(&r), Some(RejectCode::Unauthorized), "{r:?}");
@@ -115,10 +111,7 @@ async fn a_thousand_bad_headers_then_good_calls() {
     wrong_version[4] = 7;
     let cases: Vec<(Vec<u8>, RejectCode)> = vec![
         // Garbage that is a valid length prefix followed by nonsense.
-        (
-            [&[0, 0, 0, 6][..], &[1, 9, 9, 9, 9, 9]].concat(),
-            RejectCode::BadHeader,
-        ),
+        ([&[0, 0, 0, 6][..], &[1, 9, 9, 9, 9, 9]].concat(), RejectCode::BadHeader),
         // A length prefix over the cap.
         (
             [&(1u32 << 20).to_be_bytes()[..], &[1, 2, 3]].concat(),
@@ -127,10 +120,7 @@ async fn a_thousand_bad_headers_then_good_calls() {
         // Another protocol version.
         (wrong_version, RejectCode::UnsupportedVersion),
         // A header cut short.
-        (
-            service_header("echo", 0, None)[..7].to_vec(),
-            RejectCode::BadHeader,
-        ),
+        (service_header("echo", 0, None)[..7].to_vec(), RejectCode::BadHeader),
         // Three bytes: not even a length prefix.
         (vec![0, 0, 1], RejectCode::BadHeader),
     ];
@@ -143,12 +133,7 @@ async fn a_thousand_bad_headers_then_good_calls() {
             for i in 0..50usize {
                 let (bytes, want) = &cases[(worker + i) % cases.len()];
                 let r = send_raw(&conn, bytes).await;
-                assert_eq!(
-                    code(&r),
-                    Some(*want),
-                    "case {} gave {r:?}",
-                    (worker + i) % cases.len()
-                );
+                assert_eq!(code(&r), Some(*want), "case {} gave {r:?}", (worker + i) % cases.len());
             }
         });
     }
@@ -162,10 +147,7 @@ async fn a_thousand_bad_headers_then_good_calls() {
     assert_eq!(rejected, 1000);
     let client = pki.client("web", &nodes[0]).await;
     for _ in 0..10 {
-        assert_eq!(
-            &client.call("echo", "still here").await.unwrap()[..],
-            b"still here"
-        );
+        assert_eq!(&client.call("echo", "still here").await.unwrap()[..], b"still here");
     }
 }
 

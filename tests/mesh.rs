@@ -92,10 +92,7 @@ async fn tcp_backend_is_spliced_with_half_close() {
         },
     );
     let b = Node::builder(cfg).start().await.unwrap();
-    eventually(LIMIT, "a sees upper", || {
-        a.service_map().contains_key("upper")
-    })
-    .await;
+    eventually(LIMIT, "a sees upper", || a.service_map().contains_key("upper")).await;
     let client = pki.client("web", &a).await;
     let reply = within(
         LIMIT,
@@ -152,15 +149,9 @@ async fn a_certificate_from_another_ca_is_refused() {
         .await
         .unwrap();
 
-    let cfg = ClientConfig::new(
-        rogue.tls(Role::Client, "web"),
-        vec![a.local_addr().to_string()],
-    );
+    let cfg = ClientConfig::new(rogue.tls(Role::Client, "web"), vec![a.local_addr().to_string()]);
     let err = quicmesh::Client::connect(cfg).await.unwrap_err();
-    assert!(
-        matches!(err, quicmesh::ClientError::NoEntryReachable(_)),
-        "{err}"
-    );
+    assert!(matches!(err, quicmesh::ClientError::NoEntryReachable(_)), "{err}");
 
     // A node from the other CA dials us and never gets in.
     let mut cfg = rogue.node_config("b");
@@ -189,10 +180,7 @@ async fn a_node_refuses_to_start_with_a_client_certificate_or_wrong_name() {
     let mut cfg = pki.node_config("a");
     cfg.name = "b".into();
     let err = Node::builder(cfg).start().await.err().unwrap();
-    assert!(
-        matches!(err, quicmesh::NodeError::NameMismatch { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, quicmesh::NodeError::NameMismatch { .. }), "{err}");
 }
 
 #[tokio::test]
@@ -294,15 +282,8 @@ async fn deadline_is_enforced_across_the_hop() {
         tokio::time::sleep(Duration::from_secs(30)).await;
         Ok(req)
     });
-    let _b = Node::builder(cfg)
-        .handler("slow", slow)
-        .start()
-        .await
-        .unwrap();
-    eventually(LIMIT, "a sees slow", || {
-        a.service_map().contains_key("slow")
-    })
-    .await;
+    let _b = Node::builder(cfg).handler("slow", slow).start().await.unwrap();
+    eventually(LIMIT, "a sees slow", || a.service_map().contains_key("slow")).await;
     let client = pki.client("web", &a).await;
     let opts = quicmesh::CallOptions {
         timeout: Some(Duration::from_millis(300)),
@@ -311,8 +292,5 @@ async fn deadline_is_enforced_across_the_hop() {
     let err = within(LIMIT, "deadline call", client.request("slow", "x", &opts))
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, CallError::Timeout(_) | CallError::Stream(_)),
-        "{err}"
-    );
+    assert!(matches!(err, CallError::Timeout(_) | CallError::Stream(_)), "{err}");
 }

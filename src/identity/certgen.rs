@@ -9,8 +9,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
 };
 
 use super::spiffe::{validate_trust_domain, Identity, IdentityError, Role};
@@ -105,10 +105,7 @@ impl IssueOptions {
     /// Defaults for `role` and `name`: a year's validity; nodes get `localhost` and `127.0.0.1`.
     pub fn new(role: Role, name: &str) -> Self {
         let (dns, ips) = match role {
-            Role::Node => (
-                vec!["localhost".to_owned()],
-                vec![IpAddr::from([127, 0, 0, 1])],
-            ),
+            Role::Node => (vec!["localhost".to_owned()], vec![IpAddr::from([127, 0, 0, 1])]),
             Role::Client => (Vec::new(), Vec::new()),
         };
         IssueOptions {
@@ -171,8 +168,7 @@ impl MeshCa {
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.subject_alt_names =
-            vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
+        params.subject_alt_names = vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
         params.not_before = not_before;
         params.not_after = not_after;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
@@ -237,10 +233,7 @@ impl MeshCa {
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = match opts.role {
-            Role::Node => vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
+            Role::Node => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
             Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
         };
         let mut sans = vec![SanType::URI(id.uri().try_into()?)];
@@ -262,43 +255,22 @@ impl MeshCa {
     /// Writes `ca.crt` and `ca.key` into `dir` (created if missing).
     pub fn write(&self, dir: &Path, force: bool) -> Result<CaFiles, CertError> {
         let files = CaFiles::in_dir(dir);
-        write_pair(
-            dir,
-            (&files.cert, &self.cert_pem),
-            (&files.key, &self.key_pem()),
-            force,
-        )?;
+        write_pair(dir, (&files.cert, &self.cert_pem), (&files.key, &self.key_pem()), force)?;
         Ok(files)
     }
 }
 
 impl IssuedCert {
     /// Writes `<role>-<name>.crt` and `.key` into `dir` (created if missing).
-    pub fn write(
-        &self,
-        dir: &Path,
-        role: Role,
-        name: &str,
-        force: bool,
-    ) -> Result<LeafFiles, CertError> {
+    pub fn write(&self, dir: &Path, role: Role, name: &str, force: bool) -> Result<LeafFiles, CertError> {
         let files = LeafFiles::in_dir(dir, role, name);
-        write_pair(
-            dir,
-            (&files.cert, &self.cert_pem),
-            (&files.key, &self.key_pem),
-            force,
-        )?;
+        write_pair(dir, (&files.cert, &self.cert_pem), (&files.key, &self.key_pem), force)?;
         Ok(files)
     }
 }
 
 /// Loads the CA in `ca_dir`, issues a leaf, and writes it into `out_dir`.
-pub fn issue_leaf(
-    ca_dir: &Path,
-    out_dir: &Path,
-    opts: &IssueOptions,
-    force: bool,
-) -> Result<LeafFiles, CertError> {
+pub fn issue_leaf(ca_dir: &Path, out_dir: &Path, opts: &IssueOptions, force: bool) -> Result<LeafFiles, CertError> {
     let ca = MeshCa::load(&CaFiles::in_dir(ca_dir))?;
     // Check before generating so that a refusal costs nothing and writes nothing.
     let files = LeafFiles::in_dir(out_dir, opts.role, &opts.name);
@@ -321,9 +293,7 @@ fn ca_trust_domain(der: &[u8]) -> Result<String, String> {
                 .map(str::to_owned),
             _ => None,
         })
-        .ok_or_else(|| {
-            "no spiffe://<trust-domain> URI SAN (was it made by `quicmesh certs init`?)".into()
-        })
+        .ok_or_else(|| "no spiffe://<trust-domain> URI SAN (was it made by `quicmesh certs init`?)".into())
 }
 
 fn read_to_string(path: &Path) -> Result<String, CertError> {
@@ -343,12 +313,7 @@ fn refuse_existing(paths: &[&PathBuf], force: bool) -> Result<(), CertError> {
     }
 }
 
-fn write_pair(
-    dir: &Path,
-    cert: (&PathBuf, &str),
-    key: (&PathBuf, &str),
-    force: bool,
-) -> Result<(), CertError> {
+fn write_pair(dir: &Path, cert: (&PathBuf, &str), key: (&PathBuf, &str), force: bool) -> Result<(), CertError> {
     refuse_existing(&[cert.0, key.0], force)?;
     fs::create_dir_all(dir).map_err(|source| CertError::Io {
         path: dir.to_owned(),
@@ -372,8 +337,7 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
         .open(path)
         .map_err(io)?;
     // `mode` only applies on creation; an overwritten file keeps its old bits otherwise.
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io)?;
+    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io)?;
     f.write_all(contents.as_bytes()).map_err(io)
 }
 
@@ -389,18 +353,12 @@ mod tests {
         let files = ca.write(dir.path(), false).unwrap();
         let mode = fs::metadata(&files.key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(matches!(
-            ca.write(dir.path(), false),
-            Err(CertError::Exists(_))
-        ));
+        assert!(matches!(ca.write(dir.path(), false), Err(CertError::Exists(_))));
 
         let opts = IssueOptions::new(Role::Node, "a");
         let leaf = issue_leaf(dir.path(), dir.path(), &opts, false).unwrap();
         let pem = fs::read_to_string(&leaf.cert).unwrap();
-        let der = rustls_pemfile::certs(&mut pem.as_bytes())
-            .next()
-            .unwrap()
-            .unwrap();
+        let der = rustls_pemfile::certs(&mut pem.as_bytes()).next().unwrap().unwrap();
         let id = Identity::from_cert_der(&der).unwrap();
         assert_eq!(id.uri(), "spiffe://mesh.test/node/a");
         assert!(matches!(

@@ -113,8 +113,8 @@ impl Identity {
 
     /// Extracts the single SPIFFE identity from a DER certificate.
     pub fn from_cert_der(der: &[u8]) -> Result<Self, IdentityError> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| IdentityError::Unparsable(e.to_string()))?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| IdentityError::Unparsable(e.to_string()))?;
         let san = cert
             .subject_alternative_name()
             .map_err(|e| IdentityError::Unparsable(e.to_string()))?;
@@ -141,11 +141,7 @@ impl Identity {
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/{}/{}",
-            self.trust_domain, self.role, self.name
-        )
+        write!(f, "spiffe://{}/{}/{}", self.trust_domain, self.role, self.name)
     }
 }
 
@@ -156,9 +152,7 @@ impl FromStr for Identity {
         let bad = || IdentityError::InvalidUri(s.to_owned());
         let rest = s.strip_prefix("spiffe://").ok_or_else(bad)?;
         let mut parts = rest.split('/');
-        let (Some(td), Some(role), Some(name), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(td), Some(role), Some(name), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(bad());
         };
         let role = match role {

@@ -141,12 +141,7 @@ impl TlsMaterial {
     }
 
     /// Builds material from PEM text held in memory (tests, the demo).
-    pub fn from_pem(
-        ca_pem: &str,
-        cert_pem: &str,
-        key_pem: &str,
-        role: Role,
-    ) -> Result<Self, TlsError> {
+    pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str, role: Role) -> Result<Self, TlsError> {
         Self::from_pem_named(
             (ca_pem.as_bytes(), "CA certificate"),
             (cert_pem.as_bytes(), "certificate"),
@@ -186,10 +181,7 @@ impl TlsMaterial {
                 expected: role,
             });
         }
-        let ca_domain = ca_certs
-            .iter()
-            .find_map(|c| ca_spiffe_domain(c))
-            .unwrap_or_default();
+        let ca_domain = ca_certs.iter().find_map(|c| ca_spiffe_domain(c)).unwrap_or_default();
         if !ca_domain.is_empty() && ca_domain != identity.trust_domain {
             return Err(TlsError::ForeignCa {
                 found: identity,
@@ -216,8 +208,7 @@ impl TlsMaterial {
     /// The server side of a node: requires a client certificate from the mesh CA naming an
     /// identity (node or client) of our trust domain.
     pub fn server_config(&self) -> Result<Arc<QuicServerConfig>, TlsError> {
-        let inner =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider()).build()?;
+        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider()).build()?;
         let verifier = Arc::new(MeshClientVerifier {
             inner,
             trust_domain: self.identity.trust_domain.clone(),
@@ -277,9 +268,7 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<Identity, IdentityError
 }
 
 fn identity_error(e: IdentityError) -> rustls::Error {
-    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-        Arc::new(e),
-    )))
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(e))))
 }
 
 fn check_domain(id: &Identity, trust_domain: &str) -> Result<(), rustls::Error> {
@@ -346,18 +335,11 @@ impl ServerCertVerifier for MeshServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -380,8 +362,7 @@ impl ClientCertVerifier for MeshClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        self.inner.verify_client_cert(end_entity, intermediates, now)?;
         let id = Identity::from_cert_der(end_entity).map_err(identity_error)?;
         check_domain(&id, &self.trust_domain)?;
         Ok(ClientCertVerified::assertion())

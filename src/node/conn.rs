@@ -2,16 +2,18 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
 use tracing::{debug, info, warn, Instrument};
 
-use super::shared::Shared;
+use tokio::sync::mpsc;
+
+use super::shared::{lock, ControlHandle, Shared};
 use super::streams::handle_stream;
 use crate::identity::{peer_identity, Identity, Role};
 use crate::protocol::{
-    codes, read_frame, write_frame, ControlMsg, FrameError, Response, StreamHeader,
-    MAX_CONTROL_MESSAGE,
+    codes, read_frame, write_frame, ControlMsg, FrameError, Response, StreamHeader, MAX_CONTROL_MESSAGE,
 };
 
 /// Counts a live connection for the `max_connections` limit while it exists.
@@ -60,18 +62,12 @@ async fn handshake(shared: Arc<Shared>, incoming: quinn::Incoming) {
     let conn = match tokio::time::timeout(shared.cfg.transport.connect_timeout, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            shared
-                .stats
-                .handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
+            shared.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
             info!(%remote, error = %e, "handshake failed");
             return;
         }
         Err(_) => {
-            shared
-                .stats
-                .handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
+            shared.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
             info!(%remote, "handshake timed out");
             return;
         }
@@ -90,12 +86,7 @@ async fn handshake(shared: Arc<Shared>, incoming: quinn::Incoming) {
 
 /// Runs an established connection until it closes: registers node peers, opens the control
 /// stream if we dialled, and serves the streams the peer opens.
-pub(crate) async fn run_connection(
-    shared: Arc<Shared>,
-    conn: Connection,
-    id: Identity,
-    dialed_by_me: bool,
-) {
+pub(crate) async fn run_connection(shared: Arc<Shared>, conn: Connection, id: Identity, dialed_by_me: bool) {
     let span = tracing::info_span!("conn", peer = %id, remote = %conn.remote_address());
     async move {
         let _guard = ConnGuard::new(&shared);
@@ -112,9 +103,7 @@ pub(crate) async fn run_connection(
             }
             info!(dialed_by_me, "peer connected");
             if dialed_by_me {
-                tokio::spawn(
-                    open_control(shared.clone(), conn.clone(), id.name.clone()).in_current_span(),
-                );
+                tokio::spawn(open_control(shared.clone(), conn.clone(), id.name.clone()).in_current_span());
             }
         } else {
             debug!("client connected");
@@ -123,16 +112,16 @@ pub(crate) async fn run_connection(
         let reason = loop {
             match conn.accept_bi().await {
                 Ok((send, recv)) => {
-                    tokio::spawn(
-                        handle_stream(shared.clone(), conn.clone(), id.clone(), send, recv)
-                            .in_current_span(),
-                    );
+                    tokio::spawn(handle_stream(shared.clone(), conn.clone(), id.clone(), send, recv).in_current_span());
                 }
                 Err(e) => break e,
             }
         };
         if is_node {
-            shared.unregister_peer(&id.name, &conn);
+            if shared.unregister_peer(&id.name, &conn) {
+                // Direct evidence: suspect it now; gossip decides whether it is dead.
+                lock(&shared.gossip).disconnected(&id.name, shared.now());
+            }
             info!(%reason, "peer disconnected");
         } else {
             debug!(%reason, "client disconnected");
@@ -151,8 +140,6 @@ pub(crate) enum ControlError {
     Frame(#[from] FrameError),
     #[error("peer refused the control stream: {0}")]
     Refused(String),
-    #[error("peer said hello as {said:?} but its certificate names {cert:?}")]
-    NameMismatch { said: String, cert: String },
     #[error("no answer within the header timeout")]
     Timeout,
 }
@@ -192,37 +179,79 @@ pub(crate) fn end_control(conn: &Connection, result: Result<(), ControlError>) {
     }
 }
 
-/// Both sides of a control stream after its header: send our hello, then process messages.
+/// Both sides of a control stream after its header: open a gossip round, ping for RTT, and
+/// process messages until the stream or connection ends.
 pub(crate) async fn run_control(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     conn: &Connection,
     peer: &str,
-    mut send: SendStream,
+    send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), ControlError> {
-    let hello = ControlMsg::Hello {
-        node: shared.name.clone(),
-        services: shared.local.keys().cloned().collect(),
-        listen: shared.cfg.listen.to_string(),
-    };
-    write_frame(&mut send, &hello).await?;
-    loop {
-        let msg: ControlMsg = read_frame(&mut recv, MAX_CONTROL_MESSAGE).await?;
-        match msg {
-            ControlMsg::Hello { node, services, .. } => {
-                if node != peer {
-                    return Err(ControlError::NameMismatch {
-                        said: node,
-                        cert: peer.to_owned(),
-                    });
+    let (tx, mut rx) = mpsc::channel::<ControlMsg>(256);
+    let conn_id = conn.stable_id();
+    lock(&shared.control).insert(
+        peer.to_owned(),
+        ControlHandle {
+            conn_id,
+            tx: tx.clone(),
+        },
+    );
+    let writer = tokio::spawn(async move {
+        let mut send = send;
+        while let Some(msg) = rx.recv().await {
+            if write_frame(&mut send, &msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let syn = lock(&shared.gossip).connected(peer, shared.now());
+    let _ = tx.try_send(ControlMsg::Gossip(syn));
+    let pinger = {
+        let tx = tx.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(shared.cfg.transport.ping_interval);
+            loop {
+                every.tick().await;
+                let nonce = u64::try_from(shared.now().as_micros()).unwrap_or(u64::MAX);
+                if tx.send(ControlMsg::Ping { nonce }).await.is_err() {
+                    break;
                 }
-                debug!(?services, "peer hello");
-                shared.set_peer_services(peer, conn, services);
+            }
+        })
+    };
+    let result = loop {
+        let msg: ControlMsg = match read_frame(&mut recv, MAX_CONTROL_MESSAGE).await {
+            Ok(m) => m,
+            Err(e) => break Err(ControlError::from(e)),
+        };
+        match msg {
+            ControlMsg::Gossip(g) => {
+                let now = shared.now();
+                let replies = lock(&shared.gossip).handle(peer, g, now);
+                for (_, reply) in replies {
+                    let _ = tx.try_send(ControlMsg::Gossip(reply));
+                }
             }
             ControlMsg::Ping { nonce } => {
-                write_frame(&mut send, &ControlMsg::Pong { nonce }).await?
+                let _ = tx.try_send(ControlMsg::Pong { nonce });
             }
-            ControlMsg::Pong { .. } => {}
+            ControlMsg::Pong { nonce } => {
+                let now = u64::try_from(shared.now().as_micros()).unwrap_or(u64::MAX);
+                let sample = Duration::from_micros(now.saturating_sub(nonce)).as_secs_f64();
+                let mut rtt = lock(&shared.rtt);
+                let e = rtt.entry(peer.to_owned()).or_insert(sample);
+                // EWMA with α = 0.3: follows a real change in a few pings, shrugs off one outlier.
+                *e = 0.7 * *e + 0.3 * sample;
+            }
         }
+    };
+    pinger.abort();
+    writer.abort();
+    let mut control = lock(&shared.control);
+    if control.get(peer).is_some_and(|h| h.conn_id == conn_id) {
+        control.remove(peer);
     }
+    result
 }

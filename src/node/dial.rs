@@ -14,15 +14,29 @@ use crate::identity::{peer_identity, Role};
 /// Server name sent in the TLS SNI. Peers are verified by SPIFFE id, not by this name.
 pub(crate) const SNI: &str = "quicmesh";
 
-/// Dials `target` (`host:port`) and keeps a connection to it until shutdown.
-pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String) {
+/// Whether gossip still lists `name` as a live member at `addr`.
+fn member_wanted(shared: &Shared, name: &str, addr: &str) -> bool {
+    lock(&shared.gossip)
+        .member(name)
+        .is_some_and(|m| !m.status.is_gone() && m.addr == addr)
+}
+
+/// Dials `target` (`host:port`) and keeps a connection to it: forever for a configured peer
+/// (`member` is `None`), or while gossip lists `member` alive at that address.
+pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String, member: Option<String>) {
     let span = tracing::info_span!("dial", peer = %target);
-    async move {
+    async {
         let mut backoff = Backoff::new(shared.cfg.reconnect.policy());
         let mut shutdown = shared.shutdown.subscribe();
         loop {
             if shared.is_shutting_down() {
                 return;
+            }
+            if let Some(name) = &member {
+                if !member_wanted(&shared, name, &target) {
+                    debug!(member = %name, "member gone or moved; no longer dialling it");
+                    return;
+                }
             }
             match dial_once(&shared, &target, &mut backoff).await {
                 Ok(DialOutcome::Ran { peer }) => {
@@ -48,7 +62,10 @@ pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String) {
         }
     }
     .instrument(span)
-    .await
+    .await;
+    if let Some(name) = member {
+        lock(&shared.dialing).remove(&name);
+    }
 }
 
 enum DialOutcome {
@@ -75,17 +92,11 @@ enum DialError {
 }
 
 async fn resolve(target: &str) -> Result<SocketAddr, DialError> {
-    let mut addrs = tokio::net::lookup_host(target)
-        .await
-        .map_err(DialError::Resolve)?;
+    let mut addrs = tokio::net::lookup_host(target).await.map_err(DialError::Resolve)?;
     addrs.next().ok_or(DialError::NoAddress)
 }
 
-async fn dial_once(
-    shared: &Arc<Shared>,
-    target: &str,
-    backoff: &mut Backoff,
-) -> Result<DialOutcome, DialError> {
+async fn dial_once(shared: &Arc<Shared>, target: &str, backoff: &mut Backoff) -> Result<DialOutcome, DialError> {
     let addr = resolve(target).await?;
     let connecting = shared.endpoint.connect(addr, SNI)?;
     let conn = tokio::time::timeout(shared.cfg.transport.connect_timeout, connecting)

@@ -12,6 +12,7 @@
 
 mod conn;
 mod dial;
+mod membership;
 mod shared;
 mod streams;
 
@@ -19,7 +20,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -31,8 +32,9 @@ pub(crate) use dial::SNI;
 use shared::{lock, Local, Shared, Stats};
 
 use crate::config::{ConfigError, NodeConfig};
+use crate::gossip::{Gossip, Member};
 use crate::identity::{Identity, Role, TlsError, TlsMaterial};
-use crate::protocol::{codes, RejectCode};
+use crate::protocol::{codes, ControlMsg, MemberStatus, RejectCode, StatusReport};
 use crate::service::Handler;
 use crate::transport::{bind_udp, transport_config, TransportError};
 
@@ -89,11 +91,7 @@ impl NodeBuilder {
 
     /// Binds the endpoint, starts accepting, and starts dialling the configured peers.
     pub async fn start(self) -> Result<Node, NodeError> {
-        let NodeBuilder {
-            config,
-            handlers,
-            tls,
-        } = self;
+        let NodeBuilder { config, handlers, tls } = self;
         config.validate()?;
         let tls = match tls {
             Some(t) => t,
@@ -117,8 +115,7 @@ impl NodeBuilder {
             }
         }
 
-        let server_transport =
-            transport_config(&config.transport, config.limits.max_streams_per_connection)?;
+        let server_transport = transport_config(&config.transport, config.limits.max_streams_per_connection)?;
         let mut server_config = quinn::ServerConfig::with_crypto(tls.server_config()?);
         server_config.transport_config(server_transport.clone());
         let mut client_config = quinn::ClientConfig::new(tls.client_config()?);
@@ -126,18 +123,30 @@ impl NodeBuilder {
         let socket = bind_udp(config.listen)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| NodeError::Endpoint(std::io::Error::other("no async runtime found")))?;
-        let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server_config),
-            socket,
-            runtime,
-        )
-        .map_err(NodeError::Endpoint)?;
+        let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
+            .map_err(NodeError::Endpoint)?;
         endpoint.set_default_client_config(client_config);
         let local_addr = endpoint.local_addr().map_err(NodeError::Endpoint)?;
 
         let (shutdown, _) = watch::channel(false);
         let (peers_changed, _) = watch::channel(0);
+        // The incarnation is the start time: a restarted node always outranks its old record,
+        // with nothing to persist.
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(1);
+        let services: Vec<String> = local.keys().cloned().collect();
+        let mut me = Member::new(&config.name, &config.advertised(), incarnation, services);
+        me.load.capacity = config.weight;
+        let epoch = Instant::now();
+        let gossip = Gossip::new(config.gossip.clone(), me, Duration::ZERO);
+        if config.advertise.is_none() && config.listen.ip().is_unspecified() {
+            tracing::warn!(
+                listen = %config.listen,
+                "listen address is unspecified and `advertise` is not set: nodes that learn of this one by gossip cannot dial it"
+            );
+        }
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             identity,
@@ -151,13 +160,20 @@ impl NodeBuilder {
             stats: Stats::default(),
             shutdown,
             rng: Mutex::new(StdRng::from_os_rng()),
+            epoch,
+            gossip: Mutex::new(gossip),
+            control: Mutex::new(BTreeMap::new()),
+            rtt: Mutex::new(BTreeMap::new()),
+            per_service: Mutex::new(BTreeMap::new()),
+            latency_us: Mutex::new(0.0),
+            dialing: Mutex::new(std::collections::BTreeSet::new()),
         });
         let span = tracing::info_span!("node", name = %shared.name);
         let mut tasks = JoinSet::new();
         tasks.spawn(conn::accept_loop(shared.clone()).instrument(span.clone()));
+        tasks.spawn(membership::gossip_loop(shared.clone()).instrument(span.clone()));
         for peer in &shared.cfg.peers {
-            tasks
-                .spawn(dial::keep_connected(shared.clone(), peer.clone()).instrument(span.clone()));
+            tasks.spawn(dial::keep_connected(shared.clone(), peer.clone(), None).instrument(span.clone()));
         }
         span.in_scope(|| {
             info!(
@@ -192,9 +208,7 @@ pub struct PeerInfo {
     pub connected: bool,
     /// The peer's address as last seen.
     pub remote: SocketAddr,
-    /// Services it announced.
-    pub services: Vec<String>,
-    /// Smoothed round-trip time of the connection, if connected.
+    /// Round-trip time: the control-stream ping EWMA, else QUIC's own estimate, if connected.
     pub rtt: Option<Duration>,
     /// Whether this node dialled the connection (else the peer did).
     pub dialed_by_me: bool,
@@ -249,6 +263,7 @@ impl Node {
 
     /// The peers this node knows, connected or not.
     pub fn peers(&self) -> Vec<PeerInfo> {
+        let rtt = lock(&self.shared.rtt).clone();
         lock(&self.shared.peers)
             .iter()
             .map(|(name, p)| {
@@ -257,28 +272,48 @@ impl Node {
                     name: name.clone(),
                     connected: live.is_some(),
                     remote: live.map(|c| c.remote_address()).unwrap_or(p.remote),
-                    services: p.services.clone(),
-                    rtt: live.map(|c| c.rtt()),
+                    rtt: live.map(|c| {
+                        rtt.get(name)
+                            .map(|s| Duration::from_secs_f64(*s))
+                            .unwrap_or_else(|| c.rtt())
+                    }),
                     dialed_by_me: p.dialed_by_me,
                 }
             })
             .collect()
     }
 
-    /// For every service reachable from this node, the nodes that offer it (this one included).
+    /// For every service reachable from this node, the nodes that would take a new stream for
+    /// it now (this one included).
     pub fn service_map(&self) -> BTreeMap<String, Vec<String>> {
         let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for s in self.shared.local.keys() {
-            map.entry(s.clone())
-                .or_default()
-                .push(self.shared.name.clone());
+            map.entry(s.clone()).or_default().push(self.shared.name.clone());
         }
-        for p in self.peers().into_iter().filter(|p| p.connected) {
-            for s in p.services {
-                map.entry(s).or_default().push(p.name.clone());
+        let services: std::collections::BTreeSet<String> = lock(&self.shared.gossip)
+            .members()
+            .flat_map(|m| m.services.clone())
+            .collect();
+        for s in services {
+            for (name, _) in self.shared.candidates(&s).0 {
+                let nodes = map.entry(s.clone()).or_default();
+                if !nodes.contains(&name) {
+                    nodes.push(name);
+                }
             }
         }
         map
+    }
+
+    /// This node's view of the mesh: every member's gossiped record, with connection state and
+    /// ping RTT.
+    pub fn status(&self) -> StatusReport {
+        status_report(&self.shared)
+    }
+
+    /// Marks this node Draining (peers route no new streams to it) or Alive again.
+    pub fn set_draining(&self, draining: bool) {
+        lock(&self.shared.gossip).set_draining(draining);
     }
 
     /// A snapshot of the node's counters.
@@ -307,12 +342,20 @@ impl Node {
     /// Stops the node: closes every connection with an orderly close, waits briefly for the
     /// close to be delivered, and stops all tasks.
     pub async fn shutdown(&self) {
+        // Say goodbye first, so peers mark us Left rather than suspecting a crash.
+        let goodbye = {
+            let mut g = lock(&self.shared.gossip);
+            g.leave();
+            g.syn()
+        };
+        let peers: Vec<String> = lock(&self.shared.control).keys().cloned().collect();
+        for p in peers {
+            self.shared.send_control(&p, ControlMsg::Gossip(goodbye.clone()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
         self.shared.shutdown.send_replace(true);
-        self.shared
-            .endpoint
-            .close(codes::SHUTDOWN, b"node shutting down");
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+        self.shared.endpoint.close(codes::SHUTDOWN, b"node shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
         lock(&self.tasks).abort_all();
         info!(node = %self.shared.name, "node stopped");
     }
@@ -322,5 +365,27 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.shared.shutdown.send_replace(true);
         self.shared.endpoint.close(codes::SHUTDOWN, b"node dropped");
+    }
+}
+
+/// Builds the node's status report (also served as the built-in status service).
+pub(crate) fn status_report(shared: &Shared) -> StatusReport {
+    let rtt = lock(&shared.rtt).clone();
+    let members: Vec<crate::gossip::Member> = lock(&shared.gossip).members().cloned().collect();
+    StatusReport {
+        node: shared.name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        members: members
+            .into_iter()
+            .map(|m| {
+                let connected = m.name == shared.name || shared.peer_conn(&m.name).is_some();
+                let rtt_us = rtt.get(&m.name).map(|s| (s * 1e6) as u64);
+                MemberStatus {
+                    member: m,
+                    connected,
+                    rtt_us,
+                }
+            })
+            .collect(),
     }
 }

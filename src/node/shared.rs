@@ -4,15 +4,16 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quinn::{Connection, Endpoint};
 use rand::rngs::StdRng;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::NodeConfig;
+use crate::gossip::Gossip;
 use crate::identity::Identity;
-use crate::protocol::{codes, RejectCode};
+use crate::protocol::{codes, ControlMsg, RejectCode};
 use crate::service::Handler;
 use crate::transport::{keep_new_connection, DEDUP_WINDOW};
 
@@ -23,6 +24,8 @@ pub(crate) enum Local {
     Tcp(String),
     /// Handled in-process.
     Handler(Arc<dyn Handler>),
+    /// The built-in status service.
+    Status,
 }
 
 /// What this node knows of one peer node.
@@ -34,9 +37,6 @@ pub(crate) struct PeerState {
     pub dialed_by_me: bool,
     /// When `conn` was registered.
     pub since: Instant,
-    /// Services the peer announced in its last hello (kept while disconnected, so that a
-    /// request for them gets Unavailable rather than UnknownService).
-    pub services: Vec<String>,
     /// The peer's address as we last saw it.
     pub remote: SocketAddr,
 }
@@ -71,6 +71,26 @@ pub(crate) struct Shared {
     pub stats: Stats,
     pub shutdown: watch::Sender<bool>,
     pub rng: Mutex<StdRng>,
+    /// Origin of the gossip clock.
+    pub epoch: Instant,
+    pub gossip: Mutex<Gossip>,
+    /// The writer of each peer's control stream.
+    pub control: Mutex<BTreeMap<String, ControlHandle>>,
+    /// Ping RTT per peer (EWMA, seconds).
+    pub rtt: Mutex<BTreeMap<String, f64>>,
+    /// In-flight streams per service, for the load table.
+    pub per_service: Mutex<BTreeMap<String, u32>>,
+    /// EWMA of locally served stream durations, microseconds.
+    pub latency_us: Mutex<f64>,
+    /// Gossip-learned members being dialled now.
+    pub dialing: Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// The sending side of one peer's control stream.
+pub(crate) struct ControlHandle {
+    /// The connection the stream belongs to.
+    pub conn_id: usize,
+    pub tx: tokio::sync::mpsc::Sender<ControlMsg>,
 }
 
 /// Locks a mutex, recovering the data if a panicking task poisoned it: every critical
@@ -89,8 +109,7 @@ impl Shared {
     pub fn register_peer(&self, peer: &str, conn: &Connection, dialed_by_me: bool) -> bool {
         let now = Instant::now();
         let mut peers = lock(&self.peers);
-        let entry = peers.get_mut(peer);
-        let live = entry.as_ref().and_then(|e| {
+        let live = peers.get(peer).and_then(|e| {
             e.conn
                 .as_ref()
                 .filter(|c| c.close_reason().is_none())
@@ -112,16 +131,12 @@ impl Shared {
             }
             old.close(codes::DUPLICATE, b"duplicate connection");
         }
-        let services = entry
-            .map(|e| std::mem::take(&mut e.services))
-            .unwrap_or_default();
         peers.insert(
             peer.to_owned(),
             PeerState {
                 conn: Some(conn.clone()),
                 dialed_by_me,
                 since: now,
-                services,
                 remote: conn.remote_address(),
             },
         );
@@ -130,28 +145,18 @@ impl Shared {
         true
     }
 
-    /// Forgets `conn` as the connection to `peer`, if it still is.
-    pub fn unregister_peer(&self, peer: &str, conn: &Connection) {
+    /// Forgets `conn` as the connection to `peer`, if it still is; returns whether it was.
+    pub fn unregister_peer(&self, peer: &str, conn: &Connection) -> bool {
         let mut peers = lock(&self.peers);
         if let Some(e) = peers.get_mut(peer) {
             if e.conn.as_ref().map(|c| c.stable_id()) == Some(conn.stable_id()) {
                 e.conn = None;
                 drop(peers);
                 self.bump();
+                return true;
             }
         }
-    }
-
-    /// Records the services a peer announced on `conn`.
-    pub fn set_peer_services(&self, peer: &str, conn: &Connection, services: Vec<String>) {
-        let mut peers = lock(&self.peers);
-        if let Some(e) = peers.get_mut(peer) {
-            if e.conn.as_ref().map(|c| c.stable_id()) == Some(conn.stable_id()) {
-                e.services = services;
-                drop(peers);
-                self.bump();
-            }
-        }
+        false
     }
 
     /// The live connection to `peer`, if any.
@@ -162,21 +167,39 @@ impl Shared {
             .filter(|c| c.close_reason().is_none())
     }
 
-    /// Peers offering `service`: (connected ones, whether any disconnected one offers it).
+    /// Nodes that may take a new stream for `service`: Alive or Suspect in the gossip view,
+    /// offering it, and connected. The flag says whether some node offers it but cannot take
+    /// it now (disconnected, draining, dead), which makes the answer Unavailable rather than
+    /// UnknownService.
     pub fn candidates(&self, service: &str) -> (Vec<(String, Connection)>, bool) {
-        let peers = lock(&self.peers);
+        let offering: Vec<(String, bool)> = lock(&self.gossip)
+            .members()
+            .filter(|m| m.name != self.name && m.services.iter().any(|s| s == service))
+            .map(|m| (m.name.clone(), m.status.takes_work()))
+            .collect();
         let mut live = Vec::new();
         let mut offline = false;
-        for (name, e) in peers.iter() {
-            if !e.services.iter().any(|s| s == service) {
-                continue;
-            }
-            match e.conn.as_ref().filter(|c| c.close_reason().is_none()) {
-                Some(c) => live.push((name.clone(), c.clone())),
+        for (name, takes_work) in offering {
+            match self.peer_conn(&name).filter(|_| takes_work) {
+                Some(c) => live.push((name, c)),
                 None => offline = true,
             }
         }
         (live, offline)
+    }
+
+    /// Time since the node started: the clock of the gossip state machine.
+    pub fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// Sends a control message to `peer` if a control stream to it is up; drops it if the
+    /// stream is congested (gossip repeats itself, pings are periodic).
+    pub fn send_control(&self, peer: &str, msg: ControlMsg) -> bool {
+        match lock(&self.control).get(peer) {
+            Some(h) => h.tx.try_send(msg).is_ok(),
+            None => false,
+        }
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -15,8 +15,8 @@ use super::conn::{end_control, run_control};
 use super::shared::{lock, Local, Shared};
 use crate::identity::{Identity, Role};
 use crate::protocol::{
-    codes, read_frame, read_header, write_frame, FrameError, RejectCode, Response, ServiceRequest,
-    StreamHeader, StreamKind, PROTOCOL_VERSION,
+    codes, read_frame, read_header, write_frame, FrameError, RejectCode, Response, ServiceRequest, StreamHeader,
+    StreamKind, PROTOCOL_VERSION, STATUS_SERVICE,
 };
 use crate::service::{splice_quic, splice_tcp, RequestContext, ServiceStream};
 
@@ -41,13 +41,7 @@ async fn respond(shared: &Shared, send: &mut SendStream, resp: &Response) -> boo
     )
 }
 
-async fn send_reject(
-    shared: &Shared,
-    mut send: SendStream,
-    mut recv: RecvStream,
-    caller: &Identity,
-    r: Reject,
-) {
+async fn send_reject(shared: &Shared, mut send: SendStream, mut recv: RecvStream, caller: &Identity, r: Reject) {
     shared.stats.count_reject(r.code);
     match r.code {
         RejectCode::Unauthorized => {
@@ -91,10 +85,7 @@ pub(crate) async fn handle_stream(
         Err(_) => {
             let r = reject(
                 RejectCode::BadHeader,
-                format!(
-                    "no stream header within {:?}",
-                    shared.cfg.transport.header_timeout
-                ),
+                format!("no stream header within {:?}", shared.cfg.transport.header_timeout),
             );
             return send_reject(&shared, send, recv, &caller, r).await;
         }
@@ -103,10 +94,7 @@ pub(crate) async fn handle_stream(
     match header.kind {
         StreamKind::Control => {
             if caller.role != Role::Node {
-                let r = reject(
-                    RejectCode::Unauthorized,
-                    "only nodes may open a control stream",
-                );
+                let r = reject(RejectCode::Unauthorized, "only nodes may open a control stream");
                 return send_reject(&shared, send, recv, &caller, r).await;
             }
             let accept = Response::Accept {
@@ -141,6 +129,7 @@ pub(crate) async fn handle_stream(
                 recv,
                 deadline,
             };
+            let _counted = ServiceGuard::new(&shared, &req.service);
             match route(&shared, &caller, &req) {
                 Err(r) => stream.reject(r).await,
                 Ok((origin, Some(local))) => stream.serve_local(&origin, &req, local).await,
@@ -151,11 +140,7 @@ pub(crate) async fn handle_stream(
 }
 
 /// Decides who the request is for and whether it is served here (`Some`) or relayed (`None`).
-fn route(
-    shared: &Shared,
-    caller: &Identity,
-    req: &ServiceRequest,
-) -> Result<(Identity, Option<Local>), Reject> {
+fn route(shared: &Shared, caller: &Identity, req: &ServiceRequest) -> Result<(Identity, Option<Local>), Reject> {
     // Relaying nodes vouch for their caller; nobody else may claim to speak for another.
     let origin = match (&req.origin, caller.role) {
         (None, _) => caller.clone(),
@@ -179,10 +164,10 @@ fn route(
         }
     };
     if req.hops > 0 && caller.role != Role::Node {
-        return Err(reject(
-            RejectCode::Unauthorized,
-            "only nodes may relay (hops > 0)",
-        ));
+        return Err(reject(RejectCode::Unauthorized, "only nodes may relay (hops > 0)"));
+    }
+    if req.service == STATUS_SERVICE {
+        return Ok((origin, Some(Local::Status)));
     }
     if let Some(local) = shared.local.get(&req.service) {
         return Ok((origin, Some(local.clone())));
@@ -232,9 +217,7 @@ impl Incoming<'_> {
     }
 
     async fn accept(&mut self, node: &str) -> bool {
-        let accept = Response::Accept {
-            node: node.to_owned(),
-        };
+        let accept = Response::Accept { node: node.to_owned() };
         respond(self.shared, &mut self.send, &accept).await
     }
 
@@ -246,8 +229,26 @@ impl Incoming<'_> {
 
     async fn serve_local(mut self, origin: &Identity, req: &ServiceRequest, local: Local) {
         let shared = self.shared;
-        shared.stats.served_local.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        if !matches!(local, Local::Status) {
+            shared.stats.served_local.fetch_add(1, Ordering::Relaxed);
+        }
         match local {
+            Local::Status => {
+                if !self.accept(&shared.name).await {
+                    return self.fail("caller stopped reading");
+                }
+                let report = super::status_report(shared);
+                match postcard::to_allocvec(&report) {
+                    Ok(bytes) => {
+                        if self.send.write_all(&bytes).await.is_ok() {
+                            let _ = self.send.finish();
+                        }
+                    }
+                    Err(e) => self.fail(&e.to_string()),
+                }
+                return;
+            }
             Local::Tcp(backend) => {
                 let wait = timeout_until(self.deadline, shared.cfg.transport.connect_timeout);
                 let tcp = match tokio::time::timeout(wait, TcpStream::connect(&backend)).await {
@@ -270,9 +271,7 @@ impl Incoming<'_> {
                 if !self.accept(&shared.name).await {
                     return self.fail("caller stopped reading");
                 }
-                if let Err(e) =
-                    splice_tcp((self.conn, self.send, self.recv), tcp, self.deadline).await
-                {
+                if let Err(e) = splice_tcp((self.conn, self.send, self.recv), tcp, self.deadline).await {
                     debug!(caller = %self.caller, error = %e, "backend splice ended early");
                 }
             }
@@ -291,10 +290,7 @@ impl Incoming<'_> {
                 // Dropping the future drops its unfinished stream, which resets it.
                 let result = match self.deadline {
                     Some(d) => tokio::time::timeout_at(d, fut).await.unwrap_or_else(|_| {
-                        Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "deadline exceeded",
-                        ))
+                        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "deadline exceeded"))
                     }),
                     None => fut.await,
                 };
@@ -303,6 +299,10 @@ impl Incoming<'_> {
                 }
             }
         }
+        let us = started.elapsed().as_secs_f64() * 1e6;
+        let mut lat = lock(&shared.latency_us);
+        // EWMA, α = 0.2, of how long this node takes to serve a stream.
+        *lat = if *lat == 0.0 { us } else { 0.8 * *lat + 0.2 * us };
     }
 
     async fn relay(mut self, origin: &Identity, req: ServiceRequest) {
@@ -312,7 +312,10 @@ impl Incoming<'_> {
             let r = if offline {
                 reject(
                     RejectCode::Unavailable,
-                    format!("no reachable node offers service {:?} (the nodes that do are disconnected)", req.service),
+                    format!(
+                        "no reachable node offers service {:?} (the nodes that do are disconnected)",
+                        req.service
+                    ),
                 )
             } else {
                 reject(
@@ -330,10 +333,7 @@ impl Incoming<'_> {
                     let left = d.saturating_duration_since(Instant::now()).as_millis();
                     if left == 0 {
                         return self
-                            .reject(reject(
-                                RejectCode::DeadlineExceeded,
-                                "deadline passed before relaying",
-                            ))
+                            .reject(reject(RejectCode::DeadlineExceeded, "deadline passed before relaying"))
                             .await;
                     }
                     Some(u32::try_from(left).unwrap_or(u32::MAX))
@@ -355,12 +355,7 @@ impl Incoming<'_> {
                         return self.fail("caller stopped reading");
                     }
                     shared.stats.relayed.fetch_add(1, Ordering::Relaxed);
-                    let result = splice_quic(
-                        (self.conn, self.send, self.recv),
-                        (&pconn, ds, dr),
-                        self.deadline,
-                    )
-                    .await;
+                    let result = splice_quic((self.conn, self.send, self.recv), (&pconn, ds, dr), self.deadline).await;
                     if let Err(e) = result {
                         debug!(caller = %self.caller, via = %peer, error = %e, "relay ended early");
                     }
@@ -369,14 +364,9 @@ impl Incoming<'_> {
                 Err(Downstream::Rejected(code, reason)) if code.is_retryable() => {
                     last = reject(code, reason);
                 }
-                Err(Downstream::Rejected(code, reason)) => {
-                    return self.reject(reject(code, reason)).await
-                }
+                Err(Downstream::Rejected(code, reason)) => return self.reject(reject(code, reason)).await,
                 Err(Downstream::Failed(e)) => {
-                    last = reject(
-                        RejectCode::Unavailable,
-                        format!("relay to node {peer}: {e}"),
-                    );
+                    last = reject(RejectCode::Unavailable, format!("relay to node {peer}: {e}"));
                 }
             }
         }
@@ -391,10 +381,7 @@ impl Incoming<'_> {
         let shared = self.shared;
         let wait = timeout_until(self.deadline, shared.cfg.transport.header_timeout);
         let attempt = async {
-            let (mut s, mut r) = pconn
-                .open_bi()
-                .await
-                .map_err(|e| Downstream::Failed(e.to_string()))?;
+            let (mut s, mut r) = pconn.open_bi().await.map_err(|e| Downstream::Failed(e.to_string()))?;
             let header = StreamHeader {
                 version: PROTOCOL_VERSION,
                 kind: StreamKind::Service(req),
@@ -412,13 +399,39 @@ impl Incoming<'_> {
         };
         match tokio::time::timeout(wait, attempt).await {
             Ok(r) => r,
-            Err(_) if self.deadline.is_some_and(|d| d <= Instant::now()) => {
-                Err(Downstream::Rejected(
-                    RejectCode::DeadlineExceeded,
-                    "deadline passed while waiting for the serving node".into(),
-                ))
-            }
+            Err(_) if self.deadline.is_some_and(|d| d <= Instant::now()) => Err(Downstream::Rejected(
+                RejectCode::DeadlineExceeded,
+                "deadline passed while waiting for the serving node".into(),
+            )),
             Err(_) => Err(Downstream::Failed(format!("no answer within {wait:?}"))),
+        }
+    }
+}
+
+/// Counts a stream in the per-service in-flight table while it lives.
+struct ServiceGuard<'a> {
+    shared: &'a Shared,
+    service: String,
+}
+
+impl<'a> ServiceGuard<'a> {
+    fn new(shared: &'a Shared, service: &str) -> Self {
+        *lock(&shared.per_service).entry(service.to_owned()).or_insert(0) += 1;
+        ServiceGuard {
+            shared,
+            service: service.to_owned(),
+        }
+    }
+}
+
+impl Drop for ServiceGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = lock(&self.shared.per_service);
+        if let Some(n) = map.get_mut(&self.service) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.service);
+            }
         }
     }
 }

@@ -42,11 +42,7 @@ pub(crate) enum SpliceError {
 
 async fn quic_to_quic(from: &mut RecvStream, to: &mut SendStream) -> io::Result<u64> {
     let mut n = 0u64;
-    while let Some(chunk) = from
-        .read_chunk(usize::MAX, true)
-        .await
-        .map_err(io::Error::from)?
-    {
+    while let Some(chunk) = from.read_chunk(usize::MAX, true).await.map_err(io::Error::from)? {
         n += chunk.bytes.len() as u64;
         to.write_chunk(chunk.bytes).await.map_err(io::Error::from)?;
     }
@@ -57,11 +53,7 @@ async fn quic_to_quic(from: &mut RecvStream, to: &mut SendStream) -> io::Result<
 
 async fn quic_to_tcp(from: &mut RecvStream, to: &mut OwnedWriteHalf) -> io::Result<u64> {
     let mut n = 0u64;
-    while let Some(chunk) = from
-        .read_chunk(usize::MAX, true)
-        .await
-        .map_err(io::Error::from)?
-    {
+    while let Some(chunk) = from.read_chunk(usize::MAX, true).await.map_err(io::Error::from)? {
         n += chunk.bytes.len() as u64;
         to.write_all(&chunk.bytes).await?;
     }
@@ -81,9 +73,7 @@ async fn tcp_to_quic(from: &mut OwnedReadHalf, to: &mut SendStream) -> io::Resul
             break;
         }
         n += got as u64;
-        to.write_chunk(buf.split().freeze())
-            .await
-            .map_err(io::Error::from)?;
+        to.write_chunk(buf.split().freeze()).await.map_err(io::Error::from)?;
     }
     to.finish()
         .map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))?;

@@ -59,10 +59,9 @@ impl ServiceStream {
     /// Reads everything until the peer half-closes; fails if it exceeds `limit` bytes.
     pub async fn read_to_end(&mut self, limit: usize) -> io::Result<Vec<u8>> {
         self.recv.read_to_end(limit).await.map_err(|e| match e {
-            quinn::ReadToEndError::TooLong => io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("more than {limit} bytes"),
-            ),
+            quinn::ReadToEndError::TooLong => {
+                io::Error::new(io::ErrorKind::InvalidData, format!("more than {limit} bytes"))
+            }
             quinn::ReadToEndError::Read(e) => e.into(),
         })
     }
@@ -94,21 +93,13 @@ impl Drop for ServiceStream {
 }
 
 impl AsyncRead for ServiceStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         tokio::io::AsyncRead::poll_read(Pin::new(&mut self.recv), cx, buf)
     }
 }
 
 impl AsyncWrite for ServiceStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         tokio::io::AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
     }
 

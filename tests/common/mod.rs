@@ -5,9 +5,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use quicmesh::{
-    Client, ClientConfig, Echo, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths,
-};
+use quicmesh::{Client, ClientConfig, Echo, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths};
 
 pub const TD: &str = "test.quicmesh";
 
@@ -59,10 +57,7 @@ impl Pki {
     }
 
     pub async fn client(&self, name: &str, entry: &Node) -> Client {
-        let cfg = ClientConfig::new(
-            self.tls(Role::Client, name),
-            vec![entry.local_addr().to_string()],
-        );
+        let cfg = ClientConfig::new(self.tls(Role::Client, name), vec![entry.local_addr().to_string()]);
         Client::connect(cfg).await.unwrap()
     }
 }

@@ -1,0 +1,552 @@
+//! The gossip state machine.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand::seq::{IteratorRandom, SliceRandom};
+use rand::Rng;
+
+use super::{DigestEntry, GossipConfig, GossipMsg, Load, Member, PhiDetector, Status};
+
+/// Something that changed in the membership, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GossipEvent {
+    /// A member was seen for the first time (or came back with a new incarnation).
+    Joined {
+        /// Its name.
+        name: String,
+        /// Its incarnation.
+        incarnation: u64,
+    },
+    /// A member's status changed.
+    StatusChanged {
+        /// Its name.
+        name: String,
+        /// Old status.
+        from: Status,
+        /// New status.
+        to: Status,
+    },
+    /// This node refuted a suspicion about itself.
+    Refuted {
+        /// The new incarnation.
+        incarnation: u64,
+    },
+    /// A Dead or Left record was dropped after `dead_ttl`.
+    Forgotten {
+        /// Its name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    member: Member,
+    detector: PhiDetector,
+    /// When this node first saw the current suspicion.
+    suspect_since: Option<Duration>,
+    /// When this node first saw the member Dead or Left (recorded once).
+    gone_since: Option<Duration>,
+}
+
+/// One node's view of the mesh. See the module docs of [`crate::gossip`].
+#[derive(Debug, Clone)]
+pub struct Gossip {
+    cfg: GossipConfig,
+    me: String,
+    own: Member,
+    /// Every other member.
+    members: BTreeMap<String, Entry>,
+    /// Forgotten members: incarnation at death, and when to forget the tombstone too.
+    tombstones: BTreeMap<String, (u64, Duration)>,
+    local_health: u32,
+    sent_since_tick: u32,
+    heard_since_tick: u32,
+    load_published: Duration,
+    pending_load: Option<Load>,
+    events: Vec<GossipEvent>,
+}
+
+fn stretch(d: Duration, factor: u32) -> Duration {
+    d.saturating_mul(factor.saturating_add(1))
+}
+
+impl Gossip {
+    /// A node's gossip state, starting with only its own record. `me.incarnation` should grow
+    /// across restarts (the node uses its start time in milliseconds).
+    pub fn new(cfg: GossipConfig, me: Member, now: Duration) -> Self {
+        let _ = now;
+        Gossip {
+            cfg,
+            me: me.name.clone(),
+            own: me,
+            members: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
+            local_health: 0,
+            sent_since_tick: 0,
+            heard_since_tick: 0,
+            load_published: Duration::ZERO,
+            pending_load: None,
+            events: Vec::new(),
+        }
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.me
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GossipConfig {
+        &self.cfg
+    }
+
+    /// This node's own record.
+    pub fn me(&self) -> &Member {
+        &self.own
+    }
+
+    fn own_mut(&mut self) -> &mut Member {
+        &mut self.own
+    }
+
+    /// A member's record (this node's own included).
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        if name == self.me {
+            return Some(&self.own);
+        }
+        self.members.get(name).map(|e| &e.member)
+    }
+
+    /// All known members, this node included.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        std::iter::once(&self.own).chain(self.members.values().map(|e| &e.member))
+    }
+
+    /// φ of a member at `now` (how long it has been silent, in units of its usual silence).
+    pub fn phi(&self, name: &str, now: Duration) -> Option<f64> {
+        self.members.get(name).map(|e| e.detector.phi(now))
+    }
+
+    /// Lifeguard's local-health multiplier: 0 when this node hears its peers normally.
+    pub fn local_health(&self) -> u32 {
+        self.local_health
+    }
+
+    /// Takes the events since the last call.
+    pub fn take_events(&mut self) -> Vec<GossipEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn bump(&mut self) {
+        let m = self.own_mut();
+        m.version += 1;
+    }
+
+    /// Replaces the services this node announces.
+    pub fn set_services(&mut self, services: Vec<String>) {
+        if self.me().services != services {
+            self.own_mut().services = services;
+            self.bump();
+        }
+    }
+
+    /// Publishes this node's load, at most once per `load_interval` (later values wait for
+    /// the next tick).
+    pub fn set_load(&mut self, load: Load, now: Duration) {
+        if self.me().load == load {
+            self.pending_load = None;
+            return;
+        }
+        if now.saturating_sub(self.load_published) >= self.cfg.load_interval {
+            self.own_mut().load = load;
+            self.load_published = now;
+            self.pending_load = None;
+            self.bump();
+        } else {
+            self.pending_load = Some(load);
+        }
+    }
+
+    /// Marks this node Draining (no new work) or Alive again.
+    pub fn set_draining(&mut self, draining: bool) {
+        let want = if draining { Status::Draining } else { Status::Alive };
+        if self.me().status != want && self.me().status != Status::Left {
+            self.own_mut().status = want;
+            self.bump();
+        }
+    }
+
+    /// Marks this node Left: a graceful goodbye that others keep for `dead_ttl`.
+    pub fn leave(&mut self) {
+        if self.me().status != Status::Left {
+            self.own_mut().status = Status::Left;
+            self.bump();
+        }
+    }
+
+    /// Every record, this node's own included, in name order.
+    fn sorted_members(&self) -> Vec<&Member> {
+        let mut v = Vec::with_capacity(self.members.len() + 1);
+        let mut own_done = false;
+        for e in self.members.values() {
+            if !own_done && self.own.name < e.member.name {
+                v.push(&self.own);
+                own_done = true;
+            }
+            v.push(&e.member);
+        }
+        if !own_done {
+            v.push(&self.own);
+        }
+        v
+    }
+
+    /// The digest, in name order (receivers merge-join it against their own sorted view).
+    fn digest(&self) -> Vec<DigestEntry> {
+        self.sorted_members()
+            .into_iter()
+            .map(|m| DigestEntry {
+                name: m.name.clone(),
+                key: m.key(),
+                heartbeat: m.heartbeat,
+            })
+            .collect()
+    }
+
+    /// A round opener for `peer`, e.g. right after a connection to it comes up.
+    pub fn syn(&mut self) -> GossipMsg {
+        self.sent_since_tick += 1;
+        GossipMsg::Syn {
+            digest: std::sync::Arc::new(self.digest()),
+        }
+    }
+
+    /// A peer connection came up: open a round with it at once rather than at the next tick.
+    pub fn connected(&mut self, _peer: &str, _now: Duration) -> GossipMsg {
+        self.syn()
+    }
+
+    /// A peer connection went down: direct evidence, so suspect it now (if it is not already).
+    /// It becomes Dead only through the usual suspicion timeout, giving it time to refute
+    /// through other members if only this link failed.
+    pub fn disconnected(&mut self, peer: &str, now: Duration) {
+        let me = self.me.clone();
+        if let Some(e) = self.members.get_mut(peer) {
+            if e.member.status.rank() == 0 {
+                let from = e.member.status;
+                e.member.status = Status::Suspect;
+                e.member.suspectors = vec![me];
+                e.suspect_since = Some(now);
+                self.events.push(GossipEvent::StatusChanged {
+                    name: peer.to_owned(),
+                    from,
+                    to: Status::Suspect,
+                });
+            }
+        }
+    }
+
+    /// Handles a message from `from`; returns the replies (all addressed to `from`).
+    pub fn handle(&mut self, from: &str, msg: GossipMsg, now: Duration) -> Vec<(String, GossipMsg)> {
+        self.heard_since_tick += 1;
+        match msg {
+            GossipMsg::Syn { digest } => {
+                let delta = self.newer_than(from, &digest, now);
+                let reply = GossipMsg::SynAck {
+                    digest: self.digest(),
+                    delta,
+                };
+                vec![(from.to_owned(), reply)]
+            }
+            GossipMsg::SynAck { digest, delta } => {
+                for m in delta {
+                    self.merge(m, now);
+                }
+                let back = self.newer_than(from, &digest, now);
+                if back.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![(from.to_owned(), GossipMsg::Ack { delta: back })]
+                }
+            }
+            GossipMsg::Ack { delta } => {
+                for m in delta {
+                    self.merge(m, now);
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// Applies the heartbeats in `digest` and returns our records that it lacks or has older.
+    ///
+    /// Both sides are in name order, so this is one merge-join pass: O(N) with no lookups,
+    /// which is what keeps a 1,000-node round cheap.
+    fn newer_than(&mut self, to: &str, digest: &[DigestEntry], now: Duration) -> Vec<Member> {
+        let mut sorted_copy;
+        let digest = if digest.windows(2).all(|w| w[0].name < w[1].name) {
+            digest
+        } else {
+            // Not from a quicmesh node (or duplicated names): sort and dedup a copy.
+            sorted_copy = digest.to_vec();
+            sorted_copy.sort_by(|a, b| a.name.cmp(&b.name));
+            sorted_copy.dedup_by(|a, b| a.name == b.name);
+            &sorted_copy
+        };
+        // Heartbeats.
+        let mut theirs = digest.iter().peekable();
+        for (name, e) in self.members.iter_mut() {
+            while theirs.next_if(|d| d.name < *name).is_some() {}
+            if let Some(d) = theirs.next_if(|d| d.name == *name) {
+                if d.key.incarnation == e.member.incarnation && d.heartbeat > e.member.heartbeat {
+                    e.member.heartbeat = d.heartbeat;
+                    e.detector.heartbeat(now);
+                }
+            }
+        }
+        // Records they lack or hold older.
+        let mut out = Vec::new();
+        let mut theirs = digest.iter().peekable();
+        for m in self.sorted_members() {
+            while theirs.next_if(|d| d.name < m.name).is_some() {}
+            let newer = match theirs.next_if(|d| d.name == m.name) {
+                None => true,
+                Some(d) => m.key() > d.key,
+            };
+            if newer {
+                out.push(m.clone());
+            }
+        }
+        if out.len() > self.cfg.max_delta {
+            // The receiver's own record first (so it can refute a suspicion), then ours, then
+            // the rest in name order; what does not fit follows in later rounds.
+            out.sort_by_key(|m| (m.name != to, m.name != self.me));
+            out.truncate(self.cfg.max_delta);
+        }
+        out
+    }
+
+    fn merge(&mut self, incoming: Member, now: Duration) {
+        if incoming.name == self.me {
+            return self.about_me(incoming);
+        }
+        if let Some((inc, _)) = self.tombstones.get(&incoming.name) {
+            if incoming.incarnation <= *inc {
+                return;
+            }
+            self.tombstones.remove(&incoming.name);
+        }
+        let floor = self.cfg.interval;
+        let Some(e) = self.members.get_mut(&incoming.name) else {
+            self.events.push(GossipEvent::Joined {
+                name: incoming.name.clone(),
+                incarnation: incoming.incarnation,
+            });
+            let status = incoming.status;
+            self.members.insert(
+                incoming.name.clone(),
+                Entry {
+                    detector: PhiDetector::new(now, floor),
+                    suspect_since: (status == Status::Suspect).then_some(now),
+                    gone_since: status.is_gone().then_some(now),
+                    member: incoming,
+                },
+            );
+            return;
+        };
+        let ours = e.member.key();
+        let theirs = incoming.key();
+        if theirs < ours {
+            return;
+        }
+        if theirs == ours {
+            // Same suspicion seen by different members: merge the confirmations.
+            if e.member.status == Status::Suspect {
+                for s in incoming.suspectors {
+                    if !e.member.suspectors.contains(&s) && e.member.suspectors.len() < 16 {
+                        e.member.suspectors.push(s);
+                    }
+                }
+            }
+            return;
+        }
+        let old_status = e.member.status;
+        let heartbeat = if incoming.incarnation == e.member.incarnation {
+            e.member.heartbeat.max(incoming.heartbeat)
+        } else {
+            // A restart: start observing afresh.
+            e.detector = PhiDetector::new(now, floor);
+            self.events.push(GossipEvent::Joined {
+                name: incoming.name.clone(),
+                incarnation: incoming.incarnation,
+            });
+            incoming.heartbeat
+        };
+        let mut m = incoming;
+        m.heartbeat = heartbeat;
+        if m.status == Status::Suspect && old_status == Status::Suspect && m.incarnation == e.member.incarnation {
+            for s in std::mem::take(&mut e.member.suspectors) {
+                if !m.suspectors.contains(&s) && m.suspectors.len() < 16 {
+                    m.suspectors.push(s);
+                }
+            }
+        }
+        match m.status {
+            Status::Suspect => {
+                e.suspect_since.get_or_insert(now);
+                e.gone_since = None;
+            }
+            Status::Dead | Status::Left => {
+                e.gone_since.get_or_insert(now);
+            }
+            Status::Alive | Status::Draining => {
+                e.suspect_since = None;
+                e.gone_since = None;
+            }
+        }
+        if m.status != old_status {
+            self.events.push(GossipEvent::StatusChanged {
+                name: m.name.clone(),
+                from: old_status,
+                to: m.status,
+            });
+        }
+        e.member = m;
+    }
+
+    /// Someone says something about us: refute a suspicion or death with a higher incarnation.
+    fn about_me(&mut self, incoming: Member) {
+        let me = self.me().clone();
+        let accused = matches!(incoming.status, Status::Suspect | Status::Dead);
+        if accused && incoming.incarnation >= me.incarnation && me.status != Status::Left {
+            let m = self.own_mut();
+            m.incarnation = incoming.incarnation + 1;
+            m.version += 1;
+            let incarnation = m.incarnation;
+            self.events.push(GossipEvent::Refuted { incarnation });
+        }
+    }
+
+    /// Lifeguard's suspicion timeout: `max` with one suspector, falling logarithmically to
+    /// `min` at `confirmations` independent suspectors; stretched by local health.
+    fn suspicion_timeout(&self, suspectors: usize) -> Duration {
+        let (min, max) = (
+            self.cfg.suspicion_min.as_secs_f64(),
+            self.cfg.suspicion_max.as_secs_f64(),
+        );
+        let k = self.cfg.confirmations as f64;
+        let c = (suspectors.max(1) - 1) as f64;
+        let frac = if k <= 1.0 {
+            1.0
+        } else {
+            ((c + 1.0).ln() / k.ln()).min(1.0)
+        };
+        let t = (max - (max - min) * frac).max(min);
+        stretch(Duration::from_secs_f64(t), self.local_health)
+    }
+
+    /// One round: heartbeat, failure detection, garbage collection, and the digests to send.
+    pub fn tick<R: Rng + ?Sized>(&mut self, now: Duration, rng: &mut R) -> Vec<(String, GossipMsg)> {
+        // Lifeguard local health: a node that sent but heard nothing back doubts itself first.
+        if self.sent_since_tick > 0 && self.heard_since_tick == 0 {
+            self.local_health = (self.local_health + 1).min(self.cfg.max_local_health);
+        } else if self.heard_since_tick > 0 {
+            self.local_health = self.local_health.saturating_sub(1);
+        }
+        self.sent_since_tick = 0;
+        self.heard_since_tick = 0;
+
+        if let Some(load) = self.pending_load.take() {
+            self.set_load(load, now);
+        }
+        self.own_mut().heartbeat += 1;
+        self.detect(now);
+        self.collect(now);
+
+        let mut targets: Vec<String> = self
+            .members
+            .values()
+            .filter(|e| !e.member.status.is_gone())
+            .map(|e| e.member.name.clone())
+            .collect();
+        targets.shuffle(rng);
+        targets.truncate(self.cfg.fanout);
+        // Now and then talk to a member we think is gone, so that a healed partition merges.
+        let gone = self.members.values().filter(|e| e.member.status.is_gone()).count();
+        if gone > 0 && rng.random_range(0..(gone + targets.len() + 1)) < gone {
+            if let Some(e) = self.members.values().filter(|e| e.member.status.is_gone()).choose(rng) {
+                targets.push(e.member.name.clone());
+            }
+        }
+        let digest = std::sync::Arc::new(self.digest());
+        self.sent_since_tick += targets.len() as u32;
+        targets
+            .into_iter()
+            .map(|t| (t, GossipMsg::Syn { digest: digest.clone() }))
+            .collect()
+    }
+
+    fn detect(&mut self, now: Duration) {
+        let me = self.me.clone();
+        let threshold = self.cfg.phi_threshold * f64::from(self.local_health + 1);
+        let names: Vec<String> = self.members.keys().cloned().collect();
+        for name in names {
+            let Some(e) = self.members.get(&name) else { continue };
+            let silent = e.detector.phi(now) > threshold;
+            let status = e.member.status;
+            let suspectors = e.member.suspectors.len();
+            let since = e.suspect_since;
+            let timeout =
+                self.suspicion_timeout(suspectors + usize::from(silent && !e.member.suspectors.contains(&me)));
+            let Some(e) = self.members.get_mut(&name) else { continue };
+            match status {
+                Status::Alive | Status::Draining if silent => {
+                    e.member.status = Status::Suspect;
+                    e.member.suspectors = vec![me.clone()];
+                    e.suspect_since = Some(now);
+                    self.events.push(GossipEvent::StatusChanged {
+                        name,
+                        from: status,
+                        to: Status::Suspect,
+                    });
+                }
+                Status::Suspect if silent => {
+                    // Our own observation confirms the suspicion.
+                    if !e.member.suspectors.contains(&me) && e.member.suspectors.len() < 16 {
+                        e.member.suspectors.push(me.clone());
+                    }
+                    let since = since.unwrap_or(now);
+                    if now.saturating_sub(since) >= timeout {
+                        e.member.status = Status::Dead;
+                        e.member.suspectors.clear();
+                        e.gone_since = Some(now);
+                        self.events.push(GossipEvent::StatusChanged {
+                            name,
+                            from: Status::Suspect,
+                            to: Status::Dead,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn collect(&mut self, now: Duration) {
+        let ttl = self.cfg.dead_ttl;
+        let expired: Vec<(String, u64)> = self
+            .members
+            .values()
+            .filter(|e| e.gone_since.is_some_and(|t| now.saturating_sub(t) >= ttl))
+            .map(|e| (e.member.name.clone(), e.member.incarnation))
+            .collect();
+        for (name, inc) in expired {
+            self.members.remove(&name);
+            // Remember the death long enough for every stale copy of the record to die out.
+            self.tombstones.insert(name.clone(), (inc, now + ttl.saturating_mul(4)));
+            self.events.push(GossipEvent::Forgotten { name });
+        }
+        self.tombstones.retain(|_, (_, until)| *until > now);
+    }
+}

@@ -1,0 +1,338 @@
+//! A deterministic simulator for the gossip state machine: virtual time, a seeded rng, message
+//! loss, delay and jitter, partitions, slow receivers, kills and restarts. No sockets, no
+//! sleeps: a thousand nodes run in one thread, and the same seed gives the same run.
+
+#![deny(clippy::disallowed_methods)]
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::gossip::{Gossip, GossipConfig, GossipMsg, Member, Status};
+
+/// Simulation settings.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Number of nodes, named `n0`, `n1`, ...
+    pub nodes: usize,
+    /// Gossip settings of every node.
+    pub gossip: GossipConfig,
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Fixed one-way delay.
+    pub delay: Duration,
+    /// Extra uniform random delay, 0 to this.
+    pub jitter: Duration,
+    /// Rng seed.
+    pub seed: u64,
+    /// Count the encoded size of every message in [`Sim::bytes_sent`] (costs an encode each).
+    pub count_bytes: bool,
+}
+
+impl SimConfig {
+    /// `nodes` nodes with default gossip, 1 ms delay, 1 ms jitter, no loss.
+    pub fn new(nodes: usize, seed: u64) -> Self {
+        SimConfig {
+            nodes,
+            gossip: GossipConfig::default(),
+            loss: 0.0,
+            delay: Duration::from_millis(1),
+            jitter: Duration::from_millis(1),
+            seed,
+            count_bytes: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Kind {
+    Tick(usize),
+    Deliver { to: usize, from: usize, msg: GossipMsg },
+}
+
+#[derive(Debug)]
+struct Event {
+    at: Duration,
+    seq: u64,
+    kind: Kind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Event {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// The simulated mesh.
+pub struct Sim {
+    cfg: SimConfig,
+    now: Duration,
+    seq: u64,
+    rng: StdRng,
+    nodes: Vec<Option<Gossip>>,
+    incarnations: Vec<u64>,
+    group: Vec<u32>,
+    recv_loss: Vec<f64>,
+    queue: BinaryHeap<Reverse<Event>>,
+    /// Bytes each node has sent (postcard-encoded gossip messages), if `count_bytes`.
+    pub bytes_sent: Vec<u64>,
+    /// Messages sent in total.
+    pub messages: u64,
+}
+
+/// The name of node `i`.
+pub fn name(i: usize) -> String {
+    format!("n{i}")
+}
+
+fn index(name: &str) -> Option<usize> {
+    name.strip_prefix('n')?.parse().ok()
+}
+
+impl Sim {
+    /// Starts `cfg.nodes` nodes; each knows only `n0` and opens a round with it at once.
+    pub fn new(cfg: SimConfig) -> Self {
+        let n = cfg.nodes;
+        let mut sim = Sim {
+            rng: StdRng::seed_from_u64(cfg.seed),
+            now: Duration::ZERO,
+            seq: 0,
+            nodes: (0..n).map(|_| None).collect(),
+            incarnations: vec![1; n],
+            group: vec![0; n],
+            recv_loss: vec![0.0; n],
+            queue: BinaryHeap::new(),
+            bytes_sent: vec![0; n],
+            messages: 0,
+            cfg,
+        };
+        for i in 0..n {
+            sim.start(i);
+        }
+        sim
+    }
+
+    fn start(&mut self, i: usize) {
+        let me = Member::new(&name(i), &format!("10.0.0.{i}:7400"), self.incarnations[i], Vec::new());
+        let mut g = Gossip::new(self.cfg.gossip.clone(), me, self.now);
+        if i != 0 {
+            let syn = g.connected("n0", self.now);
+            self.send(i, 0, syn);
+        }
+        self.nodes[i] = Some(g);
+        // Stagger rounds: nodes do not tick in lockstep.
+        let offset = self.rng.random_range(Duration::ZERO..self.cfg.gossip.interval);
+        self.push(self.now + offset, Kind::Tick(i));
+    }
+
+    fn push(&mut self, at: Duration, kind: Kind) {
+        self.seq += 1;
+        self.queue.push(Reverse(Event {
+            at,
+            seq: self.seq,
+            kind,
+        }));
+    }
+
+    fn send(&mut self, from: usize, to: usize, msg: GossipMsg) {
+        self.messages += 1;
+        if self.cfg.count_bytes {
+            self.bytes_sent[from] += postcard::to_allocvec(&msg).map(|v| v.len() as u64).unwrap_or(0);
+        }
+        if self.group[from] != self.group[to] {
+            return;
+        }
+        let loss = 1.0 - (1.0 - self.cfg.loss) * (1.0 - self.recv_loss[to]);
+        if loss > 0.0 && self.rng.random_bool(loss.min(1.0)) {
+            return;
+        }
+        let jitter = if self.cfg.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            self.rng.random_range(Duration::ZERO..self.cfg.jitter)
+        };
+        let at = self.now + self.cfg.delay + jitter;
+        self.push(at, Kind::Deliver { to, from, msg });
+    }
+
+    /// Virtual time now.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// Node `i`, unless it is killed.
+    pub fn node(&self, i: usize) -> Option<&Gossip> {
+        self.nodes.get(i).and_then(Option::as_ref)
+    }
+
+    /// Node `i`, mutably (to inject facts).
+    pub fn node_mut(&mut self, i: usize) -> Option<&mut Gossip> {
+        self.nodes.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// Indices of nodes that are running.
+    pub fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].is_some()).collect()
+    }
+
+    /// Stops node `i` abruptly (a crash: no goodbye).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i] = None;
+    }
+
+    /// Restarts node `i` with a higher incarnation; it knows only `n0` again.
+    pub fn restart(&mut self, i: usize) {
+        self.incarnations[i] += 1000;
+        self.start(i);
+    }
+
+    /// Splits the mesh: node `i` can talk only to nodes with the same group number.
+    pub fn partition(&mut self, group: impl Fn(usize) -> u32) {
+        for i in 0..self.group.len() {
+            self.group[i] = group(i);
+        }
+    }
+
+    /// Heals any partition.
+    pub fn heal(&mut self) {
+        self.group.iter_mut().for_each(|g| *g = 0);
+    }
+
+    /// Node `i` loses this fraction of the messages it receives (a slow or overloaded node).
+    pub fn set_receive_loss(&mut self, i: usize, p: f64) {
+        self.recv_loss[i] = p;
+    }
+
+    /// Processes one event; false when nothing is left.
+    pub fn step(&mut self) -> bool {
+        let Some(Reverse(ev)) = self.queue.pop() else {
+            return false;
+        };
+        self.now = ev.at;
+        match ev.kind {
+            Kind::Tick(i) => {
+                let Some(g) = self.nodes[i].as_mut() else { return true };
+                let mut out = g.tick(self.now, &mut self.rng);
+                // A node that knows nobody yet keeps knocking on its seed, as the node's
+                // dialler keeps redialling its configured peers.
+                if i != 0 && g.members().count() == 1 {
+                    out.push(("n0".to_owned(), g.syn()));
+                }
+                let next = self.now + self.cfg.gossip.interval;
+                self.push(next, Kind::Tick(i));
+                for (to, msg) in out {
+                    if let Some(j) = index(&to) {
+                        self.send(i, j, msg);
+                    }
+                }
+            }
+            Kind::Deliver { to, from, msg } => {
+                let Some(g) = self.nodes[to].as_mut() else { return true };
+                let out = g.handle(&name(from), msg, self.now);
+                for (_, msg) in out {
+                    self.send(to, from, msg);
+                }
+            }
+        }
+        true
+    }
+
+    /// Runs until virtual time `t`.
+    pub fn run_until(&mut self, t: Duration) {
+        while self.queue.peek().is_some_and(|Reverse(e)| e.at <= t) {
+            self.step();
+        }
+        self.now = self.now.max(t);
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(self.now + d);
+    }
+
+    /// Runs until `pred` holds (checked every `check` of virtual time) or `limit` passes;
+    /// returns the time it took.
+    pub fn run_until_true(
+        &mut self,
+        limit: Duration,
+        check: Duration,
+        mut pred: impl FnMut(&Sim) -> bool,
+    ) -> Option<Duration> {
+        let start = self.now;
+        loop {
+            if pred(self) {
+                return Some(self.now - start);
+            }
+            if self.now - start >= limit {
+                return None;
+            }
+            self.run_for(check);
+        }
+    }
+
+    /// Whether every running node knows every other running node as Alive.
+    pub fn converged(&self) -> bool {
+        let live = self.live();
+        live.iter().all(|&i| {
+            let g = self.nodes[i].as_ref();
+            live.iter().all(|&j| {
+                let own = self.nodes[j].as_ref().map(|n| n.me().incarnation);
+                g.and_then(|g| g.member(&name(j)))
+                    .is_some_and(|m| m.status == Status::Alive && Some(m.incarnation) == own)
+            })
+        })
+    }
+
+    /// Whether every running node sees member `j` with `pred`.
+    pub fn all_see(&self, j: usize, pred: impl Fn(Option<&Member>) -> bool) -> bool {
+        self.live()
+            .iter()
+            .filter(|&&i| i != j)
+            .all(|&i| self.nodes[i].as_ref().is_some_and(|g| pred(g.member(&name(j)))))
+    }
+
+    /// Pairs `(i, j)` of running nodes where `i` holds running `j` as Dead now (false positives).
+    pub fn false_deaths(&self) -> Vec<(usize, usize)> {
+        let live = self.live();
+        let mut out = Vec::new();
+        for &i in &live {
+            for &j in &live {
+                let dead = self.nodes[i]
+                    .as_ref()
+                    .and_then(|g| g.member(&name(j)))
+                    .is_some_and(|m| m.status == Status::Dead);
+                if dead {
+                    out.push((i, j));
+                }
+            }
+        }
+        out
+    }
+
+    /// Number of running nodes that hold running node `j` as Suspect now.
+    pub fn suspecting(&self, j: usize) -> usize {
+        self.live()
+            .iter()
+            .filter(|&&i| {
+                self.nodes[i]
+                    .as_ref()
+                    .and_then(|g| g.member(&name(j)))
+                    .is_some_and(|m| m.status == Status::Suspect)
+            })
+            .count()
+    }
+}

@@ -1,0 +1,158 @@
+//! The gossip state machine under the deterministic simulator: convergence against the
+//! epidemic model, failure detection, partitions, loss, slow nodes, restarts.
+
+use std::time::Duration;
+
+use quicmesh::gossip::Status;
+use quicmesh::sim::{Sim, SimConfig};
+
+fn model_rounds(n: usize, fanout: usize) -> f64 {
+    ((n as f64 + 1.0) * 1e4).ln() / fanout as f64
+}
+
+/// Rounds for a new fact at one node to reach all nodes, after the mesh has converged.
+fn fact_rounds(sim: &mut Sim, src: usize) -> f64 {
+    let interval = Duration::from_millis(200);
+    sim.run_until_true(Duration::from_secs(120), interval, |s| s.converged())
+        .expect("mesh converges");
+    sim.node_mut(src).unwrap().set_services(vec!["new-fact".into()]);
+    let version = sim.node(src).unwrap().me().version;
+    let took = sim
+        .run_until_true(Duration::from_secs(60), interval / 20, |s| {
+            s.all_see(src, |m| m.is_some_and(|m| m.version >= version))
+        })
+        .expect("fact spreads");
+    took.as_secs_f64() / interval.as_secs_f64()
+}
+
+#[test]
+fn a_new_fact_reaches_everyone_within_the_epidemic_bound() {
+    for (n, trials) in [(10, 10), (100, 4), (1000, 1)] {
+        for loss in [0.0, 0.10] {
+            let bound = if loss > 0.0 { 2.0 } else { 1.5 } * model_rounds(n, 3);
+            for t in 0..trials {
+                let mut cfg = SimConfig::new(n, 7 + t);
+                cfg.loss = loss;
+                let mut sim = Sim::new(cfg);
+                let r = fact_rounds(&mut sim, (t as usize * 13) % n);
+                assert!(r <= bound, "N={n} loss={loss}: {r:.2} rounds > bound {bound:.2}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_crashed_node_is_dead_everywhere_within_a_bounded_time() {
+    for seed in 0..5 {
+        let mut sim = Sim::new(SimConfig::new(10, seed));
+        sim.run_until_true(Duration::from_secs(30), Duration::from_millis(200), |s| s.converged())
+            .unwrap();
+        sim.kill(3);
+        let took = sim
+            .run_until_true(Duration::from_secs(60), Duration::from_millis(50), |s| {
+                s.all_see(3, |m| m.is_none_or(|m| m.status == Status::Dead))
+            })
+            .expect("death detected");
+        // memberlist's defaults take about 5-7 s at this size.
+        assert!(took < Duration::from_secs(5), "seed {seed}: {took:?}");
+        assert!(sim.false_deaths().is_empty());
+    }
+}
+
+#[test]
+fn no_false_deaths_at_ten_percent_loss_with_jitter_for_a_thousand_rounds() {
+    let mut cfg = SimConfig::new(30, 42);
+    cfg.loss = 0.10;
+    cfg.delay = Duration::from_millis(5);
+    cfg.jitter = Duration::from_millis(40);
+    let mut sim = Sim::new(cfg);
+    sim.run_until_true(Duration::from_secs(30), Duration::from_millis(200), |s| s.converged())
+        .unwrap();
+    for round in 0..1000 {
+        sim.run_for(Duration::from_millis(200));
+        let f = sim.false_deaths();
+        assert!(f.is_empty(), "round {round}: (observer, victim) {f:?}");
+    }
+}
+
+#[test]
+fn a_slow_node_does_not_get_healthy_nodes_declared_dead() {
+    let mut sim = Sim::new(SimConfig::new(20, 5));
+    sim.run_until_true(Duration::from_secs(30), Duration::from_millis(200), |s| s.converged())
+        .unwrap();
+    // Node 4 loses half of everything it receives (overloaded, or a bad NIC).
+    sim.set_receive_loss(4, 0.5);
+    for round in 0..500 {
+        sim.run_for(Duration::from_millis(200));
+        let f = sim.false_deaths();
+        assert!(f.is_empty(), "round {round}: (observer, victim) {f:?}");
+    }
+}
+
+#[test]
+fn a_partition_heals_back_to_one_view() {
+    let mut sim = Sim::new(SimConfig::new(20, 9));
+    sim.run_until_true(Duration::from_secs(30), Duration::from_millis(200), |s| s.converged())
+        .unwrap();
+    sim.partition(|i| u32::from(i >= 10));
+    // Long enough for each side to declare the other Dead, short of forgetting it.
+    sim.run_for(Duration::from_secs(20));
+    assert!(!sim.false_deaths().is_empty(), "each side should hold the other Dead");
+    sim.heal();
+    let took = sim.run_until_true(Duration::from_secs(60), Duration::from_millis(200), |s| s.converged());
+    assert!(took.is_some(), "partition did not heal");
+}
+
+#[test]
+fn a_restarted_node_comes_back_with_a_higher_incarnation() {
+    let mut sim = Sim::new(SimConfig::new(10, 11));
+    sim.run_until_true(Duration::from_secs(30), Duration::from_millis(200), |s| s.converged())
+        .unwrap();
+    let old = sim.node(5).unwrap().me().incarnation;
+    sim.kill(5);
+    sim.run_until_true(Duration::from_secs(60), Duration::from_millis(100), |s| {
+        s.all_see(5, |m| m.is_none_or(|m| m.status == Status::Dead))
+    })
+    .unwrap();
+    sim.restart(5);
+    sim.run_until_true(Duration::from_secs(30), Duration::from_millis(100), |s| {
+        s.all_see(5, |m| {
+            m.is_some_and(|m| m.status == Status::Alive && m.incarnation > old)
+        })
+    })
+    .expect("restarted node is Alive everywhere with a higher incarnation");
+}
+
+#[test]
+fn dead_records_are_forgotten_after_the_ttl_and_stay_forgotten() {
+    let mut cfg = SimConfig::new(10, 3);
+    cfg.gossip.dead_ttl = Duration::from_secs(10);
+    let mut sim = Sim::new(cfg);
+    sim.run_until_true(Duration::from_secs(30), Duration::from_millis(200), |s| s.converged())
+        .unwrap();
+    sim.kill(2);
+    sim.run_until_true(Duration::from_secs(60), Duration::from_millis(100), |s| {
+        s.all_see(2, |m| m.is_none())
+    })
+    .expect("forgotten everywhere");
+    // Tombstones keep stale copies from resurrecting it.
+    sim.run_for(Duration::from_secs(20));
+    assert!(sim.all_see(2, |m| m.is_none()));
+}
+
+#[test]
+fn draining_and_leaving_spread() {
+    let mut sim = Sim::new(SimConfig::new(10, 4));
+    sim.run_until_true(Duration::from_secs(30), Duration::from_millis(200), |s| s.converged())
+        .unwrap();
+    sim.node_mut(1).unwrap().set_draining(true);
+    sim.run_until_true(Duration::from_secs(10), Duration::from_millis(50), |s| {
+        s.all_see(1, |m| m.is_some_and(|m| m.status == Status::Draining))
+    })
+    .expect("draining spreads");
+    sim.node_mut(1).unwrap().leave();
+    sim.run_until_true(Duration::from_secs(10), Duration::from_millis(50), |s| {
+        s.all_see(1, |m| m.is_some_and(|m| m.status == Status::Left))
+    })
+    .expect("left spreads");
+}
