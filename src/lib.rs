@@ -54,5 +54,5 @@ pub use identity::{
 pub use node::{Node, NodeBuilder, NodeError, NodeStats, PeerInfo};
 pub use protocol::RejectCode;
 pub use service::{request_handler, BoxFuture, Echo, Handler, RequestContext, RequestFn, ServiceStream};
-pub use table::Table;
+pub use table::{render_status, Table};
 pub use transport::TransportError;

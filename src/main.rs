@@ -31,8 +31,16 @@ enum Command {
     Call(CallArgs),
     /// Forward local TCP connections to a mesh service.
     Forward(ForwardArgs),
+    /// Print a node's view of the mesh: members, status, incarnation, services, load, RTT.
+    Status(StatusArgs),
     /// Run a local 3-node mesh with certificates and live traffic, and print what happened.
     Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Subcommand)]
@@ -235,6 +243,7 @@ async fn run(cmd: Command) -> Result<(), BoxError> {
         Command::Node(a) => node(a).await,
         Command::Call(a) => call(a).await,
         Command::Forward(a) => forward(a).await,
+        Command::Status(a) => status(a).await,
         Command::Demo(a) => {
             demo::run(DemoOptions {
                 calls: a.calls,
@@ -481,5 +490,16 @@ async fn forward(a: ForwardArgs) -> Result<(), BoxError> {
         });
     }
     client.close().await;
+    Ok(())
+}
+
+async fn status(a: StatusArgs) -> Result<(), BoxError> {
+    let client = Client::connect(client_config(&a.client)?).await?;
+    let bytes = client.call(quicmesh::protocol::STATUS_SERVICE, Vec::new()).await?;
+    client.close().await;
+    let report: quicmesh::protocol::StatusReport =
+        postcard::from_bytes(&bytes).map_err(|e| format!("node sent an unreadable status report: {e}"))?;
+    println!("node {} (quicmesh {})", report.node, report.version);
+    print!("{}", quicmesh::render_status(&report));
     Ok(())
 }

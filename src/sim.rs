@@ -92,6 +92,7 @@ pub struct Sim {
     pub bytes_sent: Vec<u64>,
     /// Messages sent in total.
     pub messages: u64,
+    names: Vec<String>,
 }
 
 /// The name of node `i`.
@@ -118,6 +119,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             bytes_sent: vec![0; n],
             messages: 0,
+            names: (0..n).map(name).collect(),
             cfg,
         };
         for i in 0..n {
@@ -291,7 +293,7 @@ impl Sim {
             let g = self.nodes[i].as_ref();
             live.iter().all(|&j| {
                 let own = self.nodes[j].as_ref().map(|n| n.me().incarnation);
-                g.and_then(|g| g.member(&name(j)))
+                g.and_then(|g| g.member(&self.names[j]))
                     .is_some_and(|m| m.status == Status::Alive && Some(m.incarnation) == own)
             })
         })
@@ -302,7 +304,7 @@ impl Sim {
         self.live()
             .iter()
             .filter(|&&i| i != j)
-            .all(|&i| self.nodes[i].as_ref().is_some_and(|g| pred(g.member(&name(j)))))
+            .all(|&i| self.nodes[i].as_ref().is_some_and(|g| pred(g.member(&self.names[j]))))
     }
 
     /// Pairs `(i, j)` of running nodes where `i` holds running `j` as Dead now (false positives).

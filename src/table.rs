@@ -51,6 +51,51 @@ impl Table {
     }
 }
 
+/// Renders a status report as a table of members.
+pub fn render_status(report: &crate::protocol::StatusReport) -> String {
+    let mut t = Table::new([
+        "member",
+        "addr",
+        "status",
+        "incarnation",
+        "services",
+        "inflight",
+        "weight",
+        "cpu",
+        "mem",
+        "latency",
+        "rtt",
+        "link",
+    ]);
+    for row in &report.members {
+        let m = &row.member;
+        let link = if m.name == report.node {
+            "self"
+        } else if row.connected {
+            "up"
+        } else {
+            "down"
+        };
+        t.row([
+            m.name.clone(),
+            m.addr.clone(),
+            m.status.to_string(),
+            m.incarnation.to_string(),
+            m.services.join(","),
+            m.load.inflight.to_string(),
+            m.load.capacity.to_string(),
+            format!("{:.1}%", f64::from(m.load.cpu_permille) / 10.0),
+            format!("{:.1}%", f64::from(m.load.mem_permille) / 10.0),
+            format!("{:.2} ms", f64::from(m.load.latency_us) / 1000.0),
+            row.rtt_us
+                .map(|us| format!("{:.2} ms", us as f64 / 1000.0))
+                .unwrap_or_else(|| "-".into()),
+            link.to_owned(),
+        ]);
+    }
+    t.render()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

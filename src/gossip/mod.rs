@@ -167,6 +167,10 @@ pub struct DigestEntry {
     pub key: RecordKey,
     /// Its heartbeat as the sender knows it.
     pub heartbeat: u64,
+    /// Who suspects it, if the sender holds it Suspect (empty otherwise). Carried in the digest
+    /// because two suspicions with equally many confirmations have equal keys, so no delta
+    /// would ever merge them.
+    pub suspectors: Vec<String>,
 }
 
 /// Gossip messages (carried on the QUIC control streams).

@@ -47,6 +47,8 @@ struct Entry {
     suspect_since: Option<Duration>,
     /// When this node first saw the member Dead or Left (recorded once).
     gone_since: Option<Duration>,
+    /// This node's own connection to the member is down (direct evidence, like silence).
+    link_down: bool,
 }
 
 /// One node's view of the mesh. See the module docs of [`crate::gossip`].
@@ -210,6 +212,7 @@ impl Gossip {
                 name: m.name.clone(),
                 key: m.key(),
                 heartbeat: m.heartbeat,
+                suspectors: m.suspectors.clone(),
             })
             .collect()
     }
@@ -223,7 +226,10 @@ impl Gossip {
     }
 
     /// A peer connection came up: open a round with it at once rather than at the next tick.
-    pub fn connected(&mut self, _peer: &str, _now: Duration) -> GossipMsg {
+    pub fn connected(&mut self, peer: &str, _now: Duration) -> GossipMsg {
+        if let Some(e) = self.members.get_mut(peer) {
+            e.link_down = false;
+        }
         self.syn()
     }
 
@@ -233,6 +239,7 @@ impl Gossip {
     pub fn disconnected(&mut self, peer: &str, now: Duration) {
         let me = self.me.clone();
         if let Some(e) = self.members.get_mut(peer) {
+            e.link_down = true;
             if e.member.status.rank() == 0 {
                 let from = e.member.status;
                 e.member.status = Status::Suspect;
@@ -303,6 +310,17 @@ impl Gossip {
                     e.member.heartbeat = d.heartbeat;
                     e.detector.heartbeat(now);
                 }
+                // Independent confirmations of the same suspicion.
+                let same_suspicion = d.key.incarnation == e.member.incarnation
+                    && d.key.rank == Status::Suspect.rank()
+                    && e.member.status == Status::Suspect;
+                if same_suspicion {
+                    for s in &d.suspectors {
+                        if !e.member.suspectors.contains(s) && e.member.suspectors.len() < 16 {
+                            e.member.suspectors.push(s.clone());
+                        }
+                    }
+                }
             }
         }
         // Records they lack or hold older.
@@ -350,6 +368,7 @@ impl Gossip {
                     detector: PhiDetector::new(now, floor),
                     suspect_since: (status == Status::Suspect).then_some(now),
                     gone_since: status.is_gone().then_some(now),
+                    link_down: false,
                     member: incoming,
                 },
             );
@@ -428,24 +447,6 @@ impl Gossip {
         }
     }
 
-    /// Lifeguard's suspicion timeout: `max` with one suspector, falling logarithmically to
-    /// `min` at `confirmations` independent suspectors; stretched by local health.
-    fn suspicion_timeout(&self, suspectors: usize) -> Duration {
-        let (min, max) = (
-            self.cfg.suspicion_min.as_secs_f64(),
-            self.cfg.suspicion_max.as_secs_f64(),
-        );
-        let k = self.cfg.confirmations as f64;
-        let c = (suspectors.max(1) - 1) as f64;
-        let frac = if k <= 1.0 {
-            1.0
-        } else {
-            ((c + 1.0).ln() / k.ln()).min(1.0)
-        };
-        let t = (max - (max - min) * frac).max(min);
-        stretch(Duration::from_secs_f64(t), self.local_health)
-    }
-
     /// One round: heartbeat, failure detection, garbage collection, and the digests to send.
     pub fn tick<R: Rng + ?Sized>(&mut self, now: Duration, rng: &mut R) -> Vec<(String, GossipMsg)> {
         // Lifeguard local health: a node that sent but heard nothing back doubts itself first.
@@ -488,41 +489,37 @@ impl Gossip {
     }
 
     fn detect(&mut self, now: Duration) {
-        let me = self.me.clone();
         let threshold = self.cfg.phi_threshold * f64::from(self.local_health + 1);
-        let names: Vec<String> = self.members.keys().cloned().collect();
-        for name in names {
-            let Some(e) = self.members.get(&name) else { continue };
-            let silent = e.detector.phi(now) > threshold;
-            let status = e.member.status;
-            let suspectors = e.member.suspectors.len();
-            let since = e.suspect_since;
-            let timeout =
-                self.suspicion_timeout(suspectors + usize::from(silent && !e.member.suspectors.contains(&me)));
-            let Some(e) = self.members.get_mut(&name) else { continue };
-            match status {
-                Status::Alive | Status::Draining if silent => {
+        let (cfg, health, me) = (&self.cfg, self.local_health, &self.me);
+        for (name, e) in self.members.iter_mut() {
+            let phi_silent = e.detector.phi(now) > threshold;
+            // A lost connection confirms a suspicion but never starts one on its own: after a
+            // refutation only silence (φ) does.
+            let silent = phi_silent || (e.link_down && e.member.status == Status::Suspect);
+            match e.member.status {
+                from @ (Status::Alive | Status::Draining) if phi_silent => {
                     e.member.status = Status::Suspect;
                     e.member.suspectors = vec![me.clone()];
                     e.suspect_since = Some(now);
                     self.events.push(GossipEvent::StatusChanged {
-                        name,
-                        from: status,
+                        name: name.clone(),
+                        from,
                         to: Status::Suspect,
                     });
                 }
                 Status::Suspect if silent => {
                     // Our own observation confirms the suspicion.
-                    if !e.member.suspectors.contains(&me) && e.member.suspectors.len() < 16 {
+                    if !e.member.suspectors.contains(me) && e.member.suspectors.len() < 16 {
                         e.member.suspectors.push(me.clone());
                     }
-                    let since = since.unwrap_or(now);
+                    let timeout = suspicion_timeout(cfg, health, e.member.suspectors.len());
+                    let since = *e.suspect_since.get_or_insert(now);
                     if now.saturating_sub(since) >= timeout {
                         e.member.status = Status::Dead;
                         e.member.suspectors.clear();
                         e.gone_since = Some(now);
                         self.events.push(GossipEvent::StatusChanged {
-                            name,
+                            name: name.clone(),
                             from: Status::Suspect,
                             to: Status::Dead,
                         });
@@ -549,4 +546,20 @@ impl Gossip {
         }
         self.tombstones.retain(|_, (_, until)| *until > now);
     }
+}
+
+/// Lifeguard's suspicion timeout (Dadgar et al. 2018, §4.2): `suspicion_max` with a single
+/// suspector, falling logarithmically to `suspicion_min` at `confirmations` independent ones,
+/// and stretched by this node's local-health multiplier.
+fn suspicion_timeout(cfg: &GossipConfig, local_health: u32, suspectors: usize) -> Duration {
+    let (min, max) = (cfg.suspicion_min.as_secs_f64(), cfg.suspicion_max.as_secs_f64());
+    let k = cfg.confirmations as f64;
+    let c = (suspectors.max(1) - 1) as f64;
+    let frac = if k <= 1.0 {
+        1.0
+    } else {
+        ((c + 1.0).ln() / k.ln()).min(1.0)
+    };
+    let t = (max - (max - min) * frac).max(min);
+    stretch(Duration::from_secs_f64(t), local_health)
 }

@@ -137,7 +137,9 @@ impl NodeBuilder {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(1);
         let services: Vec<String> = local.keys().cloned().collect();
-        let mut me = Member::new(&config.name, &config.advertised(), incarnation, services);
+        // Advertise the bound address (the port may have been 0) unless told otherwise.
+        let advertised = config.advertise.clone().unwrap_or_else(|| local_addr.to_string());
+        let mut me = Member::new(&config.name, &advertised, incarnation, services);
         me.load.capacity = config.weight;
         let epoch = Instant::now();
         let gossip = Gossip::new(config.gossip.clone(), me, Duration::ZERO);

@@ -118,3 +118,13 @@ pub async fn mesh(pki: &Pki, names: &[&str], services: &[&[&str]]) -> Vec<Node> 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_quicmesh"))
 }
+
+/// Logs to the test output when RUST_LOG is set (`RUST_LOG=quicmesh=debug cargo test ...`).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
