@@ -279,6 +279,10 @@ pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
         ]);
     }
     out.push_str(&t.render());
+    out.push_str(
+        "\nthe mesh as alpha sees it (gossiped membership and load table; `quicmesh status` prints the same):\n",
+    );
+    out.push_str(&crate::table::render_status(&nodes[0].status()));
     println!("{out}");
 
     if opts.serve {

@@ -8,9 +8,9 @@
 //! - **Dissemination** is scuttlebutt anti-entropy (van Renesse et al., *Efficient
 //!   Reconciliation and Flow Control for Anti-Entropy Protocols*, 2008): each round a node
 //!   sends its digest (one small entry per member) to `fanout` random peers, which answer with
-//!   the records the sender is behind on plus their own digest, and the sender completes the
-//!   exchange with what the peer lacks. Only changed records travel; heartbeats ride in the
-//!   digests.
+//!   the records the sender is behind on and the names of those they are behind on, and the
+//!   sender completes the exchange with those records. Only changed records travel; heartbeats
+//!   and suspicion confirmations ride in the digests.
 //! - **Failure detection** is φ-accrual on heartbeat arrivals (Hayashibara et al., 2004) feeding
 //!   SWIM-style suspicion with incarnation-number refutation (Das et al., 2002) and Lifeguard's
 //!   refinements (Dadgar et al., 2018): a suspicion must outlive a timeout that shrinks as
@@ -181,10 +181,11 @@ pub enum GossipMsg {
         /// The sender's view (shared between the round's targets, not copied).
         digest: std::sync::Arc<Vec<DigestEntry>>,
     },
-    /// Reply: the records the opener is behind on, and the replier's digest.
+    /// Reply: the records the opener is behind on, and the names of those the replier is
+    /// behind on (usually none, so the reply is small even at a thousand members).
     SynAck {
-        /// The replier's view.
-        digest: Vec<DigestEntry>,
+        /// Members whose records the replier wants.
+        want: Vec<String>,
         /// Newer records.
         delta: Vec<Member>,
     },

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rand::seq::{IteratorRandom, SliceRandom};
+use rand::seq::IteratorRandom;
 use rand::Rng;
 
 use super::{DigestEntry, GossipConfig, GossipMsg, Load, Member, PhiDetector, Status};
@@ -259,18 +259,19 @@ impl Gossip {
         self.heard_since_tick += 1;
         match msg {
             GossipMsg::Syn { digest } => {
-                let delta = self.newer_than(from, &digest, now);
-                let reply = GossipMsg::SynAck {
-                    digest: self.digest(),
-                    delta,
-                };
-                vec![(from.to_owned(), reply)]
+                let (delta, want) = self.reconcile(from, &digest, now);
+                vec![(from.to_owned(), GossipMsg::SynAck { want, delta })]
             }
-            GossipMsg::SynAck { digest, delta } => {
+            GossipMsg::SynAck { want, delta } => {
                 for m in delta {
                     self.merge(m, now);
                 }
-                let back = self.newer_than(from, &digest, now);
+                let mut back: Vec<Member> = want
+                    .iter()
+                    .take(self.cfg.max_delta)
+                    .filter_map(|n| self.member(n).cloned())
+                    .collect();
+                back.dedup_by(|a, b| a.name == b.name);
                 if back.is_empty() {
                     Vec::new()
                 } else {
@@ -286,26 +287,64 @@ impl Gossip {
         }
     }
 
-    /// Applies the heartbeats in `digest` and returns our records that it lacks or has older.
+    /// Applies the heartbeats and confirmations in `digest`; returns our records that it lacks
+    /// or has older, and the names of the members it knows better than we do.
     ///
     /// Both sides are in name order, so this is one merge-join pass: O(N) with no lookups,
     /// which is what keeps a 1,000-node round cheap.
-    fn newer_than(&mut self, to: &str, digest: &[DigestEntry], now: Duration) -> Vec<Member> {
-        let mut sorted_copy;
+    fn reconcile(&mut self, to: &str, digest: &[DigestEntry], now: Duration) -> (Vec<Member>, Vec<String>) {
+        let sorted_copy;
         let digest = if digest.windows(2).all(|w| w[0].name < w[1].name) {
             digest
         } else {
             // Not from a quicmesh node (or duplicated names): sort and dedup a copy.
-            sorted_copy = digest.to_vec();
-            sorted_copy.sort_by(|a, b| a.name.cmp(&b.name));
-            sorted_copy.dedup_by(|a, b| a.name == b.name);
+            let mut c = digest.to_vec();
+            c.sort_by(|a, b| a.name.cmp(&b.name));
+            c.dedup_by(|a, b| a.name == b.name);
+            sorted_copy = c;
             &sorted_copy
         };
-        // Heartbeats.
+        // Borrow the fields separately: members mutably, the rest shared.
+        let (own, members, tombstones) = (&self.own, &mut self.members, &self.tombstones);
+        let gone_for_good = |d: &DigestEntry| {
+            tombstones
+                .get(&d.name)
+                .is_some_and(|(inc, _)| d.key.incarnation <= *inc)
+        };
+        let mut out = Vec::new();
+        let mut want = Vec::new();
         let mut theirs = digest.iter().peekable();
-        for (name, e) in self.members.iter_mut() {
-            while theirs.next_if(|d| d.name < *name).is_some() {}
-            if let Some(d) = theirs.next_if(|d| d.name == *name) {
+        // One compare per step: everything of theirs before `name` is something we lack.
+        let mut skip_to = |name: &str, want: &mut Vec<String>| -> Option<&DigestEntry> {
+            while let Some(d) = theirs.peek() {
+                match d.name.as_str().cmp(name) {
+                    std::cmp::Ordering::Less => {
+                        if !gone_for_good(d) {
+                            want.push(d.name.clone());
+                        }
+                        theirs.next();
+                    }
+                    std::cmp::Ordering::Equal => return theirs.next(),
+                    std::cmp::Ordering::Greater => return None,
+                }
+            }
+            None
+        };
+        let compare = |m: &Member, d: Option<&DigestEntry>, out: &mut Vec<Member>, want: &mut Vec<String>| match d {
+            None => out.push(m.clone()),
+            Some(d) if m.key() > d.key => out.push(m.clone()),
+            Some(d) if d.key > m.key() => want.push(d.name.clone()),
+            Some(_) => {}
+        };
+        let mut own_done = false;
+        for (name, e) in members.iter_mut() {
+            if !own_done && own.name < *name {
+                let d = skip_to(&own.name, &mut want);
+                compare(own, d, &mut out, &mut want);
+                own_done = true;
+            }
+            let d = skip_to(name, &mut want);
+            if let Some(d) = d {
                 if d.key.incarnation == e.member.incarnation && d.heartbeat > e.member.heartbeat {
                     e.member.heartbeat = d.heartbeat;
                     e.detector.heartbeat(now);
@@ -322,27 +361,25 @@ impl Gossip {
                     }
                 }
             }
+            compare(&e.member, d, &mut out, &mut want);
         }
-        // Records they lack or hold older.
-        let mut out = Vec::new();
-        let mut theirs = digest.iter().peekable();
-        for m in self.sorted_members() {
-            while theirs.next_if(|d| d.name < m.name).is_some() {}
-            let newer = match theirs.next_if(|d| d.name == m.name) {
-                None => true,
-                Some(d) => m.key() > d.key,
-            };
-            if newer {
-                out.push(m.clone());
+        if !own_done {
+            let d = skip_to(&own.name, &mut want);
+            compare(own, d, &mut out, &mut want);
+        }
+        for d in theirs {
+            if !gone_for_good(d) {
+                want.push(d.name.clone());
             }
         }
+        want.truncate(self.cfg.max_delta);
         if out.len() > self.cfg.max_delta {
             // The receiver's own record first (so it can refute a suspicion), then ours, then
             // the rest in name order; what does not fit follows in later rounds.
             out.sort_by_key(|m| (m.name != to, m.name != self.me));
             out.truncate(self.cfg.max_delta);
         }
-        out
+        (out, want)
     }
 
     fn merge(&mut self, incoming: Member, now: Duration) {
@@ -465,14 +502,15 @@ impl Gossip {
         self.detect(now);
         self.collect(now);
 
+        // Sampled without collecting every name: this runs every round at every node.
         let mut targets: Vec<String> = self
             .members
             .values()
             .filter(|e| !e.member.status.is_gone())
+            .choose_multiple(rng, self.cfg.fanout)
+            .into_iter()
             .map(|e| e.member.name.clone())
             .collect();
-        targets.shuffle(rng);
-        targets.truncate(self.cfg.fanout);
         // Now and then talk to a member we think is gone, so that a healed partition merges.
         let gone = self.members.values().filter(|e| e.member.status.is_gone()).count();
         if gone > 0 && rng.random_range(0..(gone + targets.len() + 1)) < gone {
@@ -562,4 +600,86 @@ fn suspicion_timeout(cfg: &GossipConfig, local_health: u32, suspectors: usize) -
     };
     let t = (max - (max - min) * frac).max(min);
     stretch(Duration::from_secs_f64(t), local_health)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::RecordKey;
+    use std::sync::Arc;
+
+    fn node(name: &str) -> Gossip {
+        Gossip::new(
+            GossipConfig::default(),
+            Member::new(name, "127.0.0.1:1", 1, Vec::new()),
+            Duration::ZERO,
+        )
+    }
+
+    fn entry(name: &str, incarnation: u64, version: u64) -> DigestEntry {
+        DigestEntry {
+            name: name.into(),
+            key: RecordKey {
+                incarnation,
+                rank: 0,
+                version,
+                suspectors: 0,
+            },
+            heartbeat: 0,
+            suspectors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_suspected_node_refutes_with_a_higher_incarnation() {
+        let mut a = node("a");
+        let mut rumour = a.me().clone();
+        rumour.status = Status::Suspect;
+        rumour.suspectors = vec!["b".into()];
+        a.handle("b", GossipMsg::Ack { delta: vec![rumour] }, Duration::ZERO);
+        assert_eq!(a.me().incarnation, 2);
+        assert_eq!(a.me().status, Status::Alive);
+        assert!(a.take_events().contains(&GossipEvent::Refuted { incarnation: 2 }));
+    }
+
+    #[test]
+    fn an_unsorted_or_duplicated_digest_is_handled_like_a_sorted_one() {
+        let mut a = node("b");
+        let digest = vec![entry("z", 1, 1), entry("a", 1, 1), entry("z", 1, 1)];
+        let replies = a.handle(
+            "z",
+            GossipMsg::Syn {
+                digest: Arc::new(digest),
+            },
+            Duration::ZERO,
+        );
+        let [(to, GossipMsg::SynAck { want, delta })] = replies.as_slice() else {
+            panic!("{replies:?}")
+        };
+        assert_eq!(to, "z");
+        assert_eq!(want, &vec!["a".to_string(), "z".to_string()]);
+        assert_eq!(delta.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn load_is_published_at_a_bounded_rate() {
+        let mut a = node("a");
+        let v0 = a.me().version;
+        let load = |n| Load {
+            inflight: n,
+            ..Default::default()
+        };
+        a.set_load(load(1), Duration::from_secs(1));
+        a.set_load(load(2), Duration::from_millis(1100));
+        a.set_load(load(3), Duration::from_millis(1200));
+        assert_eq!(a.me().version, v0 + 1, "one publication per load_interval");
+        assert_eq!(a.me().load.inflight, 1);
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+        a.tick(Duration::from_millis(1600), &mut rng);
+        assert_eq!(
+            a.me().load.inflight,
+            3,
+            "the latest pending value goes out at the next tick"
+        );
+    }
 }
