@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use quicmesh::sim::{name, Sim, SimConfig};
+use quicmesh::sim::{Sim, SimConfig};
 use quicmesh::Table;
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -40,14 +40,11 @@ fn measure(n: usize, loss: f64, trials: usize) -> Row {
         cfg.loss = loss;
         cfg.count_bytes = true;
         let interval = cfg.gossip.interval;
-        let fanout = cfg.gossip.fanout;
         let mut sim = Sim::new(cfg);
         sim.run_until_true(Duration::from_secs(120), interval, |s| s.converged())
             .expect("initial convergence");
         // A new fact at one node: rounds until every node has it.
         let src = (t * 7919) % n;
-        let before: Vec<u64> = sim.bytes_sent.clone();
-        let start = sim.now();
         sim.node_mut(src).expect("live").set_services(vec![format!("fact-{t}")]);
         let version = sim.node(src).expect("live").me().version;
         let took = sim
@@ -67,7 +64,6 @@ fn measure(n: usize, loss: f64, trials: usize) -> Row {
             .sum::<f64>()
             / n as f64;
         bytes.push(per_node / 10.0);
-        let _ = (before, start, fanout);
         // Crash a node: time until all others hold it Dead.
         let victim = (src + 1) % n;
         sim.kill(victim);
@@ -77,7 +73,6 @@ fn measure(n: usize, loss: f64, trials: usize) -> Row {
             })
             .expect("death detected");
         detect.push(took.as_secs_f64());
-        let _ = name(victim);
     }
     let fanout = quicmesh::gossip::GossipConfig::default().fanout as f64;
     Row {
