@@ -64,7 +64,8 @@ pub struct Gossip {
     local_health: u32,
     sent_since_tick: u32,
     heard_since_tick: u32,
-    load_published: Duration,
+    /// When the load was last published (None: never, so the first value goes out at once).
+    load_published: Option<Duration>,
     pending_load: Option<Load>,
     events: Vec<GossipEvent>,
 }
@@ -87,7 +88,7 @@ impl Gossip {
             local_health: 0,
             sent_since_tick: 0,
             heard_since_tick: 0,
-            load_published: Duration::ZERO,
+            load_published: None,
             pending_load: None,
             events: Vec::new(),
         }
@@ -160,9 +161,12 @@ impl Gossip {
             self.pending_load = None;
             return;
         }
-        if now.saturating_sub(self.load_published) >= self.cfg.load_interval {
+        if self
+            .load_published
+            .is_none_or(|t| now.saturating_sub(t) >= self.cfg.load_interval)
+        {
             self.own_mut().load = load;
-            self.load_published = now;
+            self.load_published = Some(now);
             self.pending_load = None;
             self.bump();
         } else {
