@@ -38,6 +38,7 @@ pub mod gossip;
 mod identity;
 mod node;
 pub mod protocol;
+pub mod routing;
 mod service;
 pub mod sim;
 mod sysload;
