@@ -303,6 +303,9 @@ pub struct NodeConfig {
     /// Membership gossip and failure detection.
     #[serde(default)]
     pub gossip: crate::gossip::GossipConfig,
+    /// Load balancing, retries and ejection.
+    #[serde(default)]
+    pub routing: crate::routing::RoutingConfig,
 }
 
 fn default_weight() -> u32 {
@@ -342,6 +345,7 @@ impl NodeConfig {
             advertise: None,
             weight: default_weight(),
             gossip: crate::gossip::GossipConfig::default(),
+            routing: crate::routing::RoutingConfig::default(),
         }
     }
 
@@ -400,6 +404,7 @@ impl NodeConfig {
         self.transport.validate("transport")?;
         self.limits.validate()?;
         self.gossip.validate()?;
+        self.routing.validate()?;
         self.reconnect.validate()
     }
 

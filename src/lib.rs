@@ -36,6 +36,7 @@ pub mod config;
 pub mod demo;
 pub mod gossip;
 mod identity;
+pub mod lbsim;
 mod node;
 pub mod protocol;
 pub mod routing;

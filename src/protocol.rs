@@ -188,6 +188,9 @@ pub struct StatusReport {
     pub version: String,
     /// Every member it knows, itself included.
     pub members: Vec<MemberStatus>,
+    /// Per service, the recent share of this node's streams sent to each node (this one
+    /// included); counts halve every minute.
+    pub routes: Vec<(String, Vec<(String, f64)>)>,
 }
 
 /// One row of a [`StatusReport`].

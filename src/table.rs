@@ -93,7 +93,17 @@ pub fn render_status(report: &crate::protocol::StatusReport) -> String {
             link.to_owned(),
         ]);
     }
-    t.render()
+    let mut out = t.render();
+    if !report.routes.is_empty() {
+        let mut r = Table::new(["service", "recent share of streams by node"]);
+        for (svc, shares) in &report.routes {
+            let cells: Vec<String> = shares.iter().map(|(n, f)| format!("{n} {:.0}%", f * 100.0)).collect();
+            r.row([svc.clone(), cells.join(", ")]);
+        }
+        out.push('\n');
+        out.push_str(&r.render());
+    }
+    out
 }
 
 #[cfg(test)]

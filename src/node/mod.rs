@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+mod balance;
 mod conn;
 mod dial;
 mod membership;
@@ -149,6 +150,7 @@ impl NodeBuilder {
                 "listen address is unspecified and `advertise` is not set: nodes that learn of this one by gossip cannot dial it"
             );
         }
+        let config_retry_budget = config.routing.retry_budget;
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             identity,
@@ -169,6 +171,7 @@ impl NodeBuilder {
             per_service: Mutex::new(BTreeMap::new()),
             latency_us: Mutex::new(0.0),
             dialing: Mutex::new(std::collections::BTreeSet::new()),
+            routing: Mutex::new(balance::RoutingState::new(config_retry_budget)),
         });
         let span = tracing::info_span!("node", name = %shared.name);
         let mut tasks = JoinSet::new();
@@ -389,5 +392,6 @@ pub(crate) fn status_report(shared: &Shared) -> StatusReport {
                 }
             })
             .collect(),
+        routes: lock(&shared.routing).shares(),
     }
 }

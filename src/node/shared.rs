@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     pub latency_us: Mutex<f64>,
     /// Gossip-learned members being dialled now.
     pub dialing: Mutex<std::collections::BTreeSet<String>>,
+    /// Balancers, latency estimates, pending counts, ejections, retry budget.
+    pub routing: Mutex<super::balance::RoutingState>,
 }
 
 /// The sending side of one peer's control stream.

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
-use rand::seq::SliceRandom;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use super::balance::Choice;
 use super::conn::{end_control, run_control};
 use super::shared::{lock, Local, Shared};
 use crate::identity::{Identity, Role};
@@ -132,15 +132,23 @@ pub(crate) async fn handle_stream(
             let _counted = ServiceGuard::new(&shared, &req.service);
             match route(&shared, &caller, &req) {
                 Err(r) => stream.reject(r).await,
-                Ok((origin, Some(local))) => stream.serve_local(&origin, &req, local).await,
-                Ok((origin, None)) => stream.relay(&origin, req).await,
+                Ok((origin, Route::Here(local))) => stream.serve_local(&origin, &req, local).await,
+                Ok((origin, Route::Choose(local))) => stream.dispatch(&origin, req, local).await,
             }
         }
     }
 }
 
-/// Decides who the request is for and whether it is served here (`Some`) or relayed (`None`).
-fn route(shared: &Shared, caller: &Identity, req: &ServiceRequest) -> Result<(Identity, Option<Local>), Reject> {
+/// Where a stream may go.
+enum Route {
+    /// Only here (the status service, or a stream that has used its hops).
+    Here(Local),
+    /// Wherever the balancer picks; this node competes if it serves the service.
+    Choose(Option<Local>),
+}
+
+/// Decides who the request is for and where it may be served.
+fn route(shared: &Shared, caller: &Identity, req: &ServiceRequest) -> Result<(Identity, Route), Reject> {
     // Relaying nodes vouch for their caller; nobody else may claim to speak for another.
     let origin = match (&req.origin, caller.role) {
         (None, _) => caller.clone(),
@@ -167,12 +175,13 @@ fn route(shared: &Shared, caller: &Identity, req: &ServiceRequest) -> Result<(Id
         return Err(reject(RejectCode::Unauthorized, "only nodes may relay (hops > 0)"));
     }
     if req.service == STATUS_SERVICE {
-        return Ok((origin, Some(Local::Status)));
+        return Ok((origin, Route::Here(Local::Status)));
     }
-    if let Some(local) = shared.local.get(&req.service) {
-        return Ok((origin, Some(local.clone())));
-    }
+    let local = shared.local.get(&req.service).cloned();
     if req.hops >= shared.cfg.limits.hop_limit {
+        if let Some(l) = local {
+            return Ok((origin, Route::Here(l)));
+        }
         return Err(reject(
             RejectCode::HopLimit,
             format!(
@@ -181,7 +190,7 @@ fn route(shared: &Shared, caller: &Identity, req: &ServiceRequest) -> Result<(Id
             ),
         ));
     }
-    Ok((origin, None))
+    Ok((origin, Route::Choose(local)))
 }
 
 fn timeout_until(deadline: Option<Instant>, cap: Duration) -> Duration {
@@ -299,35 +308,32 @@ impl Incoming<'_> {
                 }
             }
         }
-        let us = started.elapsed().as_secs_f64() * 1e6;
+        let took = started.elapsed();
+        shared.record_success(&shared.name, took);
+        let us = took.as_secs_f64() * 1e6;
         let mut lat = lock(&shared.latency_us);
-        // EWMA, α = 0.2, of how long this node takes to serve a stream.
+        // EWMA, α = 0.2, of how long this node takes to serve a stream (published in gossip).
         *lat = if *lat == 0.0 { us } else { 0.8 * *lat + 0.2 * us };
     }
 
-    async fn relay(mut self, origin: &Identity, req: ServiceRequest) {
+    /// Picks the node for the stream with the service's balancer (this node competes if it
+    /// serves the service), relays it there, and retries once on another node if the first
+    /// refused or failed before any byte flowed (within the retry budget).
+    async fn dispatch(mut self, origin: &Identity, req: ServiceRequest, local: Option<Local>) {
         let shared = self.shared;
-        let (mut candidates, offline) = shared.candidates(&req.service);
-        if candidates.is_empty() {
-            let r = if offline {
-                reject(
-                    RejectCode::Unavailable,
-                    format!(
-                        "no reachable node offers service {:?} (the nodes that do are disconnected)",
-                        req.service
-                    ),
-                )
-            } else {
-                reject(
-                    RejectCode::UnknownService,
-                    format!("no node in the mesh offers service {:?}", req.service),
-                )
+        lock(&shared.routing).budget.deposit();
+        let mut tried: Vec<String> = Vec::new();
+        let mut last: Option<Reject> = None;
+        for attempt in 0..RELAY_ATTEMPTS {
+            if attempt > 0 && !lock(&shared.routing).budget.withdraw() {
+                break;
+            }
+            let choice = shared.choose(&req.service, req.key.as_deref(), local.is_some(), &tried);
+            let (peer, pconn) = match (choice, &local) {
+                (Some(Choice::Local), Some(l)) => return self.serve_local(origin, &req, l.clone()).await,
+                (Some(Choice::Remote(peer, conn)), _) => (peer, conn),
+                _ => break,
             };
-            return self.reject(r).await;
-        }
-        candidates.shuffle(&mut *lock(&shared.rng));
-        let mut last = reject(RejectCode::Unavailable, "relay failed");
-        for (peer, pconn) in candidates.into_iter().take(RELAY_ATTEMPTS) {
             let remaining_ms = match self.deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now()).as_millis();
@@ -346,6 +352,8 @@ impl Incoming<'_> {
                 deadline_ms: remaining_ms,
                 ..req.clone()
             };
+            let _pending = shared.pending(&peer);
+            let started = Instant::now();
             match self.open_downstream(&pconn, down).await {
                 Ok((node, ds, dr)) => {
                     if !self.accept(&node).await {
@@ -355,22 +363,47 @@ impl Incoming<'_> {
                         return self.fail("caller stopped reading");
                     }
                     shared.stats.relayed.fetch_add(1, Ordering::Relaxed);
-                    let result = splice_quic((self.conn, self.send, self.recv), (&pconn, ds, dr), self.deadline).await;
-                    if let Err(e) = result {
-                        debug!(caller = %self.caller, via = %peer, error = %e, "relay ended early");
+                    let first_byte = std::sync::OnceLock::new();
+                    let result = splice_quic(
+                        (self.conn, self.send, self.recv),
+                        (&pconn, ds, dr),
+                        self.deadline,
+                        &first_byte,
+                    )
+                    .await;
+                    // Latency is time to the first byte of the reply: the serving node's work
+                    // plus the hop, without the time a long stream stays open.
+                    let end = first_byte.get().copied().unwrap_or_else(Instant::now);
+                    match &result {
+                        Ok(_) => shared.record_success(&peer, end.saturating_duration_since(started)),
+                        Err(e) => debug!(caller = %self.caller, via = %peer, error = %e, "relay ended early"),
                     }
                     return;
                 }
                 Err(Downstream::Rejected(code, reason)) if code.is_retryable() => {
-                    last = reject(code, reason);
+                    shared.record_failure(&peer);
+                    last = Some(reject(code, reason));
                 }
                 Err(Downstream::Rejected(code, reason)) => return self.reject(reject(code, reason)).await,
                 Err(Downstream::Failed(e)) => {
-                    last = reject(RejectCode::Unavailable, format!("relay to node {peer}: {e}"));
+                    shared.record_failure(&peer);
+                    last = Some(reject(RejectCode::Unavailable, format!("relay to node {peer}: {e}")));
                 }
             }
+            tried.push(peer);
         }
-        self.reject(last).await
+        let r = last.unwrap_or_else(|| {
+            let (_, offline) = shared.candidates(&req.service);
+            if offline {
+                reject(
+                    RejectCode::Unavailable,
+                    format!("no reachable node can take service {:?} now (the nodes that offer it are disconnected, draining or ejected)", req.service),
+                )
+            } else {
+                reject(RejectCode::UnknownService, format!("no node in the mesh offers service {:?}", req.service))
+            }
+        });
+        self.reject(r).await
     }
 
     async fn open_downstream(

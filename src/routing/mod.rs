@@ -71,6 +71,104 @@ impl std::fmt::Display for Strategy {
     }
 }
 
+/// Routing settings of a node (`[routing]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Strategy for services not listed in `services`. Default `"p2c"`.
+    pub strategy: Strategy,
+    /// Per-service strategy, e.g. `services.cache = "consistent_hash"`.
+    pub services: BTreeMap<String, Strategy>,
+    /// Consistent hashing's load bound: no node above (1 + ε)× the average. Default 0.25.
+    pub hash_epsilon: f64,
+    /// Consecutive failures that eject a node. Default 5.
+    pub eject_after: u32,
+    /// How long an ejected node gets no streams. Default `"10s"`.
+    #[serde(with = "crate::config::duration_str")]
+    pub eject_for: std::time::Duration,
+    /// Retries allowed as a fraction of requests (plus a small reserve). Default 0.2.
+    pub retry_budget: f64,
+    /// Scale each node's weight by the origin design's score of its CPU, memory, latency and
+    /// in-flight load ([`origin_score`]). Default false.
+    pub dynamic_weights: bool,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            strategy: Strategy::P2c,
+            services: BTreeMap::new(),
+            hash_epsilon: 0.25,
+            eject_after: 5,
+            eject_for: std::time::Duration::from_secs(10),
+            retry_budget: 0.2,
+            dynamic_weights: false,
+        }
+    }
+}
+
+impl RoutingConfig {
+    /// The strategy for `service`.
+    pub fn strategy_for(&self, service: &str) -> Strategy {
+        self.services.get(service).copied().unwrap_or(self.strategy)
+    }
+
+    /// Checks the values; errors name the key under `routing.`.
+    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+        let bad = |key: &str, reason: &str| crate::ConfigError::Invalid {
+            key: format!("routing.{key}"),
+            reason: reason.to_owned(),
+        };
+        if !(self.hash_epsilon.is_finite() && self.hash_epsilon > 0.0) {
+            return Err(bad("hash_epsilon", "must be a positive number"));
+        }
+        if self.eject_after == 0 {
+            return Err(bad("eject_after", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.retry_budget) {
+            return Err(bad("retry_budget", "must be between 0 and 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Finagle-style retry budget: each request deposits `ratio` of a retry, each retry spends one,
+/// with a small reserve so that a quiet node can still retry. Keeps retries from multiplying
+/// load on a mesh that is already failing.
+#[derive(Debug, Clone)]
+pub struct RetryBudget {
+    tokens: f64,
+    ratio: f64,
+}
+
+impl RetryBudget {
+    /// Reserve of retries available at start and kept at most.
+    const RESERVE: f64 = 10.0;
+
+    /// A budget allowing `ratio` retries per request.
+    pub fn new(ratio: f64) -> Self {
+        RetryBudget {
+            tokens: Self::RESERVE,
+            ratio,
+        }
+    }
+
+    /// A request started.
+    pub fn deposit(&mut self) {
+        self.tokens = (self.tokens + self.ratio).min(Self::RESERVE + 100.0 * self.ratio);
+    }
+
+    /// Takes one retry if the budget allows.
+    pub fn withdraw(&mut self) -> bool {
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// What the balancer knows of one candidate node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {

@@ -40,9 +40,16 @@ pub(crate) enum SpliceError {
     Deadline,
 }
 
-async fn quic_to_quic(from: &mut RecvStream, to: &mut SendStream) -> io::Result<u64> {
+async fn quic_to_quic(
+    from: &mut RecvStream,
+    to: &mut SendStream,
+    first_byte: Option<&std::sync::OnceLock<Instant>>,
+) -> io::Result<u64> {
     let mut n = 0u64;
     while let Some(chunk) = from.read_chunk(usize::MAX, true).await.map_err(io::Error::from)? {
+        if let Some(f) = first_byte {
+            f.get_or_init(Instant::now);
+        }
         n += chunk.bytes.len() as u64;
         to.write_chunk(chunk.bytes).await.map_err(io::Error::from)?;
     }
@@ -131,16 +138,18 @@ where
 }
 
 /// Splices a caller's stream to a stream on another node's connection (one relay hop).
+/// `first_byte` is set when the first byte of the reply arrives.
 pub(crate) async fn splice_quic(
     caller: (&Connection, SendStream, RecvStream),
     server: (&Connection, SendStream, RecvStream),
     deadline: Option<Instant>,
+    first_byte: &std::sync::OnceLock<Instant>,
 ) -> Result<Spliced, SpliceError> {
     let (caller_conn, mut c_send, mut c_recv) = caller;
     let (server_conn, mut s_send, mut s_recv) = server;
     let (up_ok, down_ok, result) = run_pumps(
-        quic_to_quic(&mut c_recv, &mut s_send),
-        quic_to_quic(&mut s_recv, &mut c_send),
+        quic_to_quic(&mut c_recv, &mut s_send, None),
+        quic_to_quic(&mut s_recv, &mut c_send, Some(first_byte)),
         &[caller_conn, server_conn],
         deadline,
     )
