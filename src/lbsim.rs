@@ -67,7 +67,7 @@ impl LbConfig {
             utilisation: 0.8,
             routers: 10,
             staleness: 0.0,
-            requests: 100_000,
+            requests: 50_000,
             seed,
         }
     }
@@ -149,7 +149,9 @@ pub fn simulate(cfg: &LbConfig, policy: Policy) -> LbResult {
                 for (p, q) in published.iter_mut().zip(&queues) {
                     *p = q.len() as u32;
                 }
-                push(&mut events, now + cfg.staleness, Ev::Publish);
+                if sent < cfg.requests {
+                    push(&mut events, now + cfg.staleness, Ev::Publish);
+                }
             }
             Ev::Arrive(r) => {
                 if sent >= cfg.requests {

@@ -1,0 +1,168 @@
+//! Routing on a real mesh: P2C moves traffic away from a slow node, and a refusing node's
+//! requests are retried elsewhere.
+#![allow(clippy::disallowed_methods)] // tests may read the clock; see clippy.toml
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{eventually, within, Pki};
+use quicmesh::routing::Strategy;
+use quicmesh::{Echo, Node};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+async fn node_with(
+    pki: &Pki,
+    name: &str,
+    seed: Option<&Node>,
+    strategy: Strategy,
+    slow: Option<Arc<AtomicBool>>,
+) -> Node {
+    let mut cfg = pki.node_config(name);
+    cfg.peers = seed.map(|s| vec![s.local_addr().to_string()]).unwrap_or_default();
+    cfg.routing.strategy = strategy;
+    let b = Node::builder(cfg);
+    match slow {
+        None => b.start().await.unwrap(),
+        Some(flag) => b
+            .handler(
+                "work",
+                quicmesh::request_handler(1024, move |req: Bytes, _| {
+                    let slow = flag.load(Ordering::Relaxed);
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(if slow { 50 } else { 2 })).await;
+                        Ok(req)
+                    }
+                }),
+            )
+            .start()
+            .await
+            .unwrap(),
+    }
+}
+
+async fn shares(client: &quicmesh::Client, calls: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut out = std::collections::BTreeMap::new();
+    let mut record = |r: Result<String, tokio::task::JoinError>| *out.entry(r.unwrap()).or_insert(0) += 1;
+    for i in 0..calls {
+        let c = client.clone();
+        tasks.spawn(async move {
+            c.request("work", format!("{i}"), &Default::default())
+                .await
+                .unwrap()
+                .served_by
+        });
+        // A steady load of at most 8 calls in flight.
+        while tasks.len() >= 8 {
+            if let Some(r) = tasks.join_next().await {
+                record(r);
+            }
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        record(r);
+    }
+    assert_eq!(out.values().sum::<usize>(), calls);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2c_sends_most_requests_away_from_a_slow_node() {
+    common::init_logs();
+    let pki = Pki::new();
+    let entry = node_with(&pki, "entry", None, Strategy::P2c, None).await;
+    let slow_flag = Arc::new(AtomicBool::new(false));
+    let _b = node_with(
+        &pki,
+        "b",
+        Some(&entry),
+        Strategy::P2c,
+        Some(Arc::new(AtomicBool::new(false))),
+    )
+    .await;
+    let _c = node_with(&pki, "c", Some(&entry), Strategy::P2c, Some(slow_flag.clone())).await;
+    eventually(LIMIT, "entry sees work on b and c", || {
+        entry.service_map().get("work").is_some_and(|v| v.len() == 2)
+    })
+    .await;
+    let client = pki.client("web", &entry).await;
+    slow_flag.store(true, Ordering::Relaxed);
+    let got = within(LIMIT, "calls", shares(&client, 400)).await;
+    let to_c = got.get("c").copied().unwrap_or(0);
+    eprintln!("p2c with c 25x slower: {got:?}");
+    assert!(to_c * 4 < 400, "c (slow) got {to_c} of 400: {got:?}");
+    // The status report shows the split.
+    let routes = entry.status().routes;
+    assert!(routes.iter().any(|(s, by)| s == "work" && by.len() == 2), "{routes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_splits_evenly_for_comparison() {
+    let pki = Pki::new();
+    let entry = node_with(&pki, "entry", None, Strategy::RoundRobin, None).await;
+    let slow_flag = Arc::new(AtomicBool::new(true));
+    let _b = node_with(
+        &pki,
+        "b",
+        Some(&entry),
+        Strategy::P2c,
+        Some(Arc::new(AtomicBool::new(false))),
+    )
+    .await;
+    let _c = node_with(&pki, "c", Some(&entry), Strategy::P2c, Some(slow_flag)).await;
+    eventually(LIMIT, "entry sees work on b and c", || {
+        entry.service_map().get("work").is_some_and(|v| v.len() == 2)
+    })
+    .await;
+    let client = pki.client("web", &entry).await;
+    let got = within(LIMIT, "calls", shares(&client, 200)).await;
+    let to_c = got.get("c").copied().unwrap_or(0);
+    assert!((80..=120).contains(&to_c), "round robin ignores speed: {got:?}");
+}
+
+#[tokio::test]
+async fn a_refusing_node_is_retried_elsewhere_and_ejected() {
+    let pki = Pki::new();
+    let entry = node_with(&pki, "entry", None, Strategy::RoundRobin, None).await;
+    // b serves `work` from a TCP backend that is down: every stream there is refused (Unavailable).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut cfg = pki.node_config("b");
+    cfg.peers = vec![entry.local_addr().to_string()];
+    cfg.services.insert(
+        "work".into(),
+        quicmesh::config::ServiceConfig {
+            backend: dead.to_string(),
+        },
+    );
+    let b = Node::builder(cfg).start().await.unwrap();
+    let c = node_with(
+        &pki,
+        "c",
+        Some(&entry),
+        Strategy::P2c,
+        Some(Arc::new(AtomicBool::new(false))),
+    )
+    .await;
+    eventually(LIMIT, "entry sees work on b and c", || {
+        entry.service_map().get("work").is_some_and(|v| v.len() == 2)
+    })
+    .await;
+    let client = pki.client("web", &entry).await;
+    for i in 0..40 {
+        let r = client.request("work", "x", &Default::default()).await;
+        let r = r.unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert_eq!(r.served_by, "c");
+    }
+    // b refused a few times, then was ejected: it saw far fewer than half of the 40.
+    let refused = b.stats().rejected.values().sum::<u64>();
+    assert!(refused <= 10, "b refused {refused} streams");
+    drop((b, c, Echo));
+}
