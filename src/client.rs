@@ -119,6 +119,8 @@ struct Inner {
     identity: Identity,
     endpoint: quinn::Endpoint,
     conn: Mutex<Option<quinn::Connection>>,
+    /// Client-side routing state, if `routing.direct`.
+    direct: Option<std::sync::Mutex<crate::direct::Direct>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -171,12 +173,14 @@ impl Client {
         // Nodes never open streams toward clients.
         client_config.transport_config(transport_config(&cfg.transport, 0)?);
         endpoint.set_default_client_config(client_config);
+        let cfg_direct = cfg.routing.direct;
         let client = Client {
             inner: Arc::new(Inner {
                 identity: tls.identity().clone(),
                 cfg,
                 endpoint,
                 conn: Mutex::new(None),
+                direct: cfg_direct.then(|| std::sync::Mutex::new(crate::direct::Direct::new())),
             }),
         };
         client.connection().await?;
@@ -273,9 +277,21 @@ impl Client {
             }),
         };
         let frame = encode_frame(&header)?;
+        if self.inner.direct.is_some() && service != crate::protocol::STATUS_SERVICE {
+            match self.open_direct(service, opts, &frame).await {
+                Ok(Some(s)) => return Ok(s),
+                Ok(None) => {}
+                Err(e) => debug!(error = %e, "direct routing failed; going through the entry node"),
+            }
+        }
+        self.open_via_entry(&frame).await
+    }
+
+    /// Opens the stream through the entry node, which routes it.
+    async fn open_via_entry(&self, frame: &[u8]) -> Result<ServiceStream, CallError> {
         // One retry on a fresh connection if the old one died under us before the stream opened.
         let mut attempt = 0;
-        let (mut send, mut recv) = loop {
+        let (send, recv) = loop {
             let conn = self.connection().await?;
             match conn.open_bi().await {
                 Ok(s) => break s,
@@ -286,14 +302,73 @@ impl Client {
                 Err(e) => return Err(CallError::Stream(e.to_string())),
             }
         };
-        send.write_all(&frame)
-            .await
-            .map_err(|e| CallError::Stream(e.to_string()))?;
-        let resp: Response = read_frame(&mut recv, crate::protocol::DEFAULT_MAX_HEADER).await?;
-        match resp {
-            Response::Accept { node } => Ok(ServiceStream::new(send, recv, node)),
-            Response::Reject { code, reason } => Err(CallError::Rejected { code, reason }),
+        finish_open(send, recv, frame).await
+    }
+
+    /// Client-side routing: pick the node from the fetched load table and open the stream on
+    /// a direct connection to it. `Ok(None)`: the table knows no taker; use the entry node.
+    async fn open_direct(
+        &self,
+        service: &str,
+        opts: &CallOptions,
+        frame: &[u8],
+    ) -> Result<Option<ServiceStream>, CallError> {
+        let Some(direct) = &self.inner.direct else {
+            return Ok(None);
+        };
+        let refresh = self.inner.cfg.routing.refresh;
+        if crate::node::lock_std(direct).stale(refresh) {
+            let status = encode_frame(&StreamHeader::service(crate::protocol::STATUS_SERVICE))?;
+            let mut stream = Box::pin(self.open_via_entry(&status)).await?;
+            stream.finish().map_err(|e| CallError::Stream(e.to_string()))?;
+            let bytes = stream
+                .read_to_end(self.inner.cfg.max_response_bytes)
+                .await
+                .map_err(|e| CallError::Stream(e.to_string()))?;
+            let report: crate::protocol::StatusReport = postcard::from_bytes(&bytes)
+                .map_err(|e| CallError::Stream(format!("unreadable status report: {e}")))?;
+            crate::node::lock_std(direct).table = Some((std::time::Instant::now(), report));
         }
+        let picked = crate::node::lock_std(direct).pick(service, opts.key.as_deref());
+        let Some((node, addr)) = picked else { return Ok(None) };
+        let existing = crate::node::lock_std(direct)
+            .conns
+            .get(&node)
+            .filter(|c| c.close_reason().is_none())
+            .cloned();
+        let conn = match existing {
+            Some(c) => c,
+            None => {
+                let c = self.dial(&addr).await.map_err(CallError::Stream)?;
+                let id = peer_identity(&c).map_err(|e| CallError::Stream(e.to_string()))?;
+                if id.name != node {
+                    c.close(codes::FORBIDDEN, b"not the node the table names");
+                    return Err(CallError::Stream(format!("{addr} is {id}, not node {node}")));
+                }
+                crate::node::lock_std(direct).conns.insert(node.clone(), c.clone());
+                c
+            }
+        };
+        *crate::node::lock_std(direct).pending.entry(node.clone()).or_insert(0) += 1;
+        let started = std::time::Instant::now();
+        let result = async {
+            let (send, recv) = conn.open_bi().await.map_err(|e| CallError::Stream(e.to_string()))?;
+            finish_open(send, recv, frame).await
+        }
+        .await;
+        let mut d = crate::node::lock_std(direct);
+        if let Some(n) = d.pending.get_mut(&node) {
+            *n = n.saturating_sub(1);
+        }
+        match &result {
+            Ok(_) => d.observe(&node, started.elapsed()),
+            // Refused or failed: make it look slow and fetch a fresh table next time.
+            Err(_) => {
+                d.observe(&node, Duration::from_secs(1));
+                d.table = None;
+            }
+        }
+        result.map(Some)
     }
 
     /// Sends `body` to `service` and returns the whole reply.
@@ -352,5 +427,21 @@ impl Client {
             c.close(codes::SHUTDOWN, b"client closed");
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+/// Sends the header on a fresh stream and reads the node's answer.
+async fn finish_open(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    frame: &[u8],
+) -> Result<ServiceStream, CallError> {
+    send.write_all(frame)
+        .await
+        .map_err(|e| CallError::Stream(e.to_string()))?;
+    let resp: Response = read_frame(&mut recv, crate::protocol::DEFAULT_MAX_HEADER).await?;
+    match resp {
+        Response::Accept { node } => Ok(ServiceStream::new(send, recv, node)),
+        Response::Reject { code, reason } => Err(CallError::Rejected { code, reason }),
     }
 }

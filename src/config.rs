@@ -428,6 +428,30 @@ pub struct ClientConfig {
     /// Largest response `call()` will buffer, in bytes. Default 64 MiB.
     #[serde(default = "default_max_response")]
     pub max_response_bytes: usize,
+    /// Client-side routing.
+    #[serde(default)]
+    pub routing: ClientRouting,
+}
+
+/// Client-side routing: fetch the load table from the entry node and connect straight to the
+/// node that should serve each request (P2C), skipping the relay hop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientRouting {
+    /// Route from the client. Default false (the entry node routes).
+    pub direct: bool,
+    /// How old the fetched table may get before it is fetched again. Default `"1s"`.
+    #[serde(with = "duration_str")]
+    pub refresh: Duration,
+}
+
+impl Default for ClientRouting {
+    fn default() -> Self {
+        ClientRouting {
+            direct: false,
+            refresh: Duration::from_secs(1),
+        }
+    }
 }
 
 fn default_max_response() -> usize {
@@ -442,6 +466,7 @@ impl ClientConfig {
             entries,
             transport: TransportSettings::default(),
             max_response_bytes: default_max_response(),
+            routing: ClientRouting::default(),
         }
     }
 

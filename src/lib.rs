@@ -34,6 +34,7 @@ mod backoff;
 mod client;
 pub mod config;
 pub mod demo;
+mod direct;
 pub mod gossip;
 mod identity;
 pub mod lbsim;

@@ -164,6 +164,10 @@ struct ClientArgs {
     /// Client private key.
     #[arg(long, env = "QUICMESH_CERT_KEY")]
     cert_key: Option<PathBuf>,
+    /// Route from the client: fetch the load table from the entry node and connect straight
+    /// to the node that should serve (P2C), skipping the relay hop.
+    #[arg(long)]
+    direct: bool,
 }
 
 #[derive(Args)]
@@ -434,6 +438,9 @@ fn client_config(a: &ClientArgs) -> Result<ClientConfig, BoxError> {
     }
     if !a.entries.is_empty() {
         cfg.entries = a.entries.clone();
+    }
+    if a.direct {
+        cfg.routing.direct = true;
     }
     cfg.validate()?;
     Ok(cfg)

@@ -166,3 +166,91 @@ async fn a_refusing_node_is_retried_elsewhere_and_ejected() {
     assert!(refused <= 10, "b refused {refused} streams");
     drop((b, c, Echo));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_load_fails_only_its_in_flight_calls_and_nothing_hangs() {
+    let pki = Pki::new();
+    let entry = node_with(&pki, "entry", None, Strategy::RoundRobin, None).await;
+    let slow = || Some(Arc::new(AtomicBool::new(true)));
+    let _b = node_with(&pki, "b", Some(&entry), Strategy::P2c, slow()).await;
+    let c = node_with(&pki, "c", Some(&entry), Strategy::P2c, slow()).await;
+    eventually(LIMIT, "entry sees work on b and c", || {
+        entry.service_map().get("work").is_some_and(|v| v.len() == 2)
+    })
+    .await;
+    let client = pki.client("web", &entry).await;
+    // 16 calls in flight (50 ms each), half of them on c; kill c under them.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let cl = client.clone();
+        tasks.spawn(async move { cl.request("work", format!("{i}"), &Default::default()).await });
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    drop(c);
+    let mut failed = 0;
+    within(LIMIT, "in-flight calls end", async {
+        while let Some(r) = tasks.join_next().await {
+            match r.unwrap() {
+                Ok(reply) => assert!(reply.served_by == "b" || reply.served_by == "c"),
+                Err(e) => {
+                    // Only a stream already running on c may fail, and it says so.
+                    assert!(matches!(e, quicmesh::CallError::Stream(_)), "{e}");
+                    failed += 1;
+                }
+            }
+        }
+    })
+    .await;
+    eprintln!("{failed} of 16 in-flight calls failed when c was killed");
+    assert!(failed <= 8, "{failed} calls failed");
+    // Every call that starts after the kill lands on b.
+    for i in 0..40 {
+        let r = within(
+            LIMIT,
+            "call after the kill",
+            client.request("work", "x", &Default::default()),
+        )
+        .await;
+        assert_eq!(r.unwrap_or_else(|e| panic!("call {i}: {e}")).served_by, "b");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_routes_for_itself_skips_the_relay_hop() {
+    let pki = Pki::new();
+    let entry = node_with(&pki, "entry", None, Strategy::P2c, None).await;
+    let b = node_with(
+        &pki,
+        "b",
+        Some(&entry),
+        Strategy::P2c,
+        Some(Arc::new(AtomicBool::new(false))),
+    )
+    .await;
+    let c = node_with(
+        &pki,
+        "c",
+        Some(&entry),
+        Strategy::P2c,
+        Some(Arc::new(AtomicBool::new(false))),
+    )
+    .await;
+    eventually(LIMIT, "entry sees work on b and c", || {
+        entry.service_map().get("work").is_some_and(|v| v.len() == 2)
+    })
+    .await;
+    let mut cfg = quicmesh::ClientConfig::new(
+        pki.tls(quicmesh::Role::Client, "web"),
+        vec![entry.local_addr().to_string()],
+    );
+    cfg.routing.direct = true;
+    let client = quicmesh::Client::connect(cfg).await.unwrap();
+    let mut served = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let r = client.request("work", "x", &Default::default()).await.unwrap();
+        *served.entry(r.served_by).or_insert(0) += 1;
+    }
+    assert_eq!(entry.stats().relayed, 0, "the entry node relayed nothing");
+    assert_eq!(b.stats().served_local + c.stats().served_local, 40, "{served:?}");
+    assert_eq!(served.len(), 2, "both nodes served: {served:?}");
+}

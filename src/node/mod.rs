@@ -30,6 +30,7 @@ use tokio::task::JoinSet;
 use tracing::{info, Instrument};
 
 pub(crate) use dial::SNI;
+pub(crate) use shared::lock as lock_std;
 use shared::{lock, Local, Shared, Stats};
 
 use crate::config::{ConfigError, NodeConfig};
