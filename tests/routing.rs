@@ -71,25 +71,30 @@ async fn shares(client: &quicmesh::Client, calls: usize) -> std::collections::BT
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn p2c_sends_most_requests_away_from_a_slow_node() {
-    common::init_logs();
-    let pki = Pki::new();
-    let entry = node_with(&pki, "entry", None, Strategy::P2c, None).await;
-    let slow_flag = Arc::new(AtomicBool::new(false));
-    let _b = node_with(
-        &pki,
-        "b",
-        Some(&entry),
-        Strategy::P2c,
-        Some(Arc::new(AtomicBool::new(false))),
-    )
-    .await;
-    let _c = node_with(&pki, "c", Some(&entry), Strategy::P2c, Some(slow_flag.clone())).await;
+/// A slowness switch for a `work` handler (50 ms instead of 2 ms while set).
+fn flag(slow: bool) -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(slow))
+}
+
+/// An entry node routing with `strategy`, and nodes `b` and `c` serving `work` (slow while
+/// their flag is set); returns once the entry sees both.
+async fn three(pki: &Pki, strategy: Strategy, b_slow: Arc<AtomicBool>, c_slow: Arc<AtomicBool>) -> (Node, Node, Node) {
+    let entry = node_with(pki, "entry", None, strategy, None).await;
+    let b = node_with(pki, "b", Some(&entry), Strategy::P2c, Some(b_slow)).await;
+    let c = node_with(pki, "c", Some(&entry), Strategy::P2c, Some(c_slow)).await;
     eventually(LIMIT, "entry sees work on b and c", || {
         entry.service_map().get("work").is_some_and(|v| v.len() == 2)
     })
     .await;
+    (entry, b, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2c_sends_most_requests_away_from_a_slow_node() {
+    common::init_logs();
+    let pki = Pki::new();
+    let slow_flag = flag(false);
+    let (entry, _b, _c) = three(&pki, Strategy::P2c, flag(false), slow_flag.clone()).await;
     let client = pki.client("web", &entry).await;
     slow_flag.store(true, Ordering::Relaxed);
     let got = within(LIMIT, "calls", shares(&client, 400)).await;
@@ -104,21 +109,7 @@ async fn p2c_sends_most_requests_away_from_a_slow_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_splits_evenly_for_comparison() {
     let pki = Pki::new();
-    let entry = node_with(&pki, "entry", None, Strategy::RoundRobin, None).await;
-    let slow_flag = Arc::new(AtomicBool::new(true));
-    let _b = node_with(
-        &pki,
-        "b",
-        Some(&entry),
-        Strategy::P2c,
-        Some(Arc::new(AtomicBool::new(false))),
-    )
-    .await;
-    let _c = node_with(&pki, "c", Some(&entry), Strategy::P2c, Some(slow_flag)).await;
-    eventually(LIMIT, "entry sees work on b and c", || {
-        entry.service_map().get("work").is_some_and(|v| v.len() == 2)
-    })
-    .await;
+    let (entry, _b, _c) = three(&pki, Strategy::RoundRobin, flag(false), flag(true)).await;
     let client = pki.client("web", &entry).await;
     let got = within(LIMIT, "calls", shares(&client, 200)).await;
     let to_c = got.get("c").copied().unwrap_or(0);
@@ -170,14 +161,7 @@ async fn a_refusing_node_is_retried_elsewhere_and_ejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_load_fails_only_its_in_flight_calls_and_nothing_hangs() {
     let pki = Pki::new();
-    let entry = node_with(&pki, "entry", None, Strategy::RoundRobin, None).await;
-    let slow = || Some(Arc::new(AtomicBool::new(true)));
-    let _b = node_with(&pki, "b", Some(&entry), Strategy::P2c, slow()).await;
-    let c = node_with(&pki, "c", Some(&entry), Strategy::P2c, slow()).await;
-    eventually(LIMIT, "entry sees work on b and c", || {
-        entry.service_map().get("work").is_some_and(|v| v.len() == 2)
-    })
-    .await;
+    let (entry, _b, c) = three(&pki, Strategy::RoundRobin, flag(true), flag(true)).await;
     let client = pki.client("web", &entry).await;
     // 16 calls in flight (50 ms each), half of them on c; kill c under them.
     let mut tasks = tokio::task::JoinSet::new();
@@ -218,27 +202,7 @@ async fn a_node_killed_mid_load_fails_only_its_in_flight_calls_and_nothing_hangs
 #[tokio::test]
 async fn a_client_that_routes_for_itself_skips_the_relay_hop() {
     let pki = Pki::new();
-    let entry = node_with(&pki, "entry", None, Strategy::P2c, None).await;
-    let b = node_with(
-        &pki,
-        "b",
-        Some(&entry),
-        Strategy::P2c,
-        Some(Arc::new(AtomicBool::new(false))),
-    )
-    .await;
-    let c = node_with(
-        &pki,
-        "c",
-        Some(&entry),
-        Strategy::P2c,
-        Some(Arc::new(AtomicBool::new(false))),
-    )
-    .await;
-    eventually(LIMIT, "entry sees work on b and c", || {
-        entry.service_map().get("work").is_some_and(|v| v.len() == 2)
-    })
-    .await;
+    let (entry, b, c) = three(&pki, Strategy::P2c, flag(false), flag(false)).await;
     let mut cfg = quicmesh::ClientConfig::new(
         pki.tls(quicmesh::Role::Client, "web"),
         vec![entry.local_addr().to_string()],
