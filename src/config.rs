@@ -292,9 +292,9 @@ pub struct NodeConfig {
     /// Peer reconnect backoff.
     #[serde(default)]
     pub reconnect: ReconnectSettings,
-    /// Address other nodes should dial to reach this one, `host:port`. Default: `listen`
-    /// (which must then not be an unspecified address like 0.0.0.0 for gossip-learned peers to
-    /// reach this node).
+    /// Address other nodes should dial to reach this one, `host:port`. Default: the address
+    /// the node actually bound (which must then not be unspecified, like 0.0.0.0, for
+    /// gossip-learned peers to reach this node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
     /// Relative capacity published in the load table. Default 1.
@@ -347,11 +347,6 @@ impl NodeConfig {
             gossip: crate::gossip::GossipConfig::default(),
             routing: crate::routing::RoutingConfig::default(),
         }
-    }
-
-    /// The address announced to other nodes.
-    pub fn advertised(&self) -> String {
-        self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
     }
 
     /// Parses TOML text; `origin` names it in errors.

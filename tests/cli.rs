@@ -97,6 +97,19 @@ fn node_config_errors_name_the_key() {
     assert!(printed.contains("keepalive = \"5s\""), "{printed}");
 }
 
+/// Runs the binary with `args`, feeding `input` on stdin.
+async fn run_with_stdin(args: &[String], input: &[u8]) -> Output {
+    let mut child = tokio::process::Command::new(bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).await.unwrap();
+    child.wait_with_output().await.unwrap()
+}
+
 fn client_flags(dir: &Path, entry: &str) -> Vec<String> {
     let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
     vec![
@@ -127,15 +140,7 @@ async fn call_and_forward_through_an_in_process_node() {
 
     let mut args = vec!["call".to_owned(), "echo".into(), "-v".into()];
     args.extend(client_flags(dir.path(), &entry));
-    let mut child = tokio::process::Command::new(bin())
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"via the cli").await.unwrap();
-    let out = child.wait_with_output().await.unwrap();
+    let out = run_with_stdin(&args, b"via the cli").await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(out.stdout, b"via the cli");
     assert!(stderr(&out).contains("served by n1"), "{}", stderr(&out));
@@ -235,15 +240,7 @@ async fn two_node_processes_from_config_files() {
     args.extend(client_flags(dir.path(), &entry));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let mut child = tokio::process::Command::new(bin())
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(&[7u8; 1000]).await.unwrap();
-        let out = child.wait_with_output().await.unwrap();
+        let out = run_with_stdin(&args, &[7u8; 1000]).await;
         if out.status.success() {
             assert_eq!(out.stdout, b"backend got 1000 bytes");
             assert!(stderr(&out).contains("served by n1"), "{}", stderr(&out));

@@ -89,6 +89,8 @@ enum DialError {
     Timeout,
     #[error("peer identity: {0}")]
     Identity(#[from] crate::identity::IdentityError),
+    #[error("{0} is not a node")]
+    NotANode(crate::identity::Identity),
 }
 
 async fn resolve(target: &str) -> Result<SocketAddr, DialError> {
@@ -105,7 +107,7 @@ async fn dial_once(shared: &Arc<Shared>, target: &str, backoff: &mut Backoff) ->
     let id = peer_identity(&conn)?;
     // The server verifier only accepts node certificates, so this holds; check anyway.
     if id.role != Role::Node {
-        return Err(DialError::Identity(crate::identity::IdentityError::Missing));
+        return Err(DialError::NotANode(id));
     }
     if id.name == shared.name {
         conn.close(crate::protocol::codes::FORBIDDEN, b"connected to itself");

@@ -301,7 +301,7 @@ impl Node {
             .flat_map(|m| m.services.clone())
             .collect();
         for s in services {
-            for (name, _) in self.shared.candidates(&s).0 {
+            for (name, _, _) in self.shared.candidates(&s).0 {
                 let nodes = map.entry(s.clone()).or_default();
                 if !nodes.contains(&name) {
                     nodes.push(name);

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::NodeConfig;
-use crate::gossip::Gossip;
+use crate::gossip::{Gossip, Load};
 use crate::identity::Identity;
 use crate::protocol::{codes, ControlMsg, RejectCode};
 use crate::service::Handler;
@@ -173,17 +173,18 @@ impl Shared {
     /// offering it, and connected. The flag says whether some node offers it but cannot take
     /// it now (disconnected, draining, dead), which makes the answer Unavailable rather than
     /// UnknownService.
-    pub fn candidates(&self, service: &str) -> (Vec<(String, Connection)>, bool) {
-        let offering: Vec<(String, bool)> = lock(&self.gossip)
+    /// Each live candidate comes with its gossiped load, so the balancer needs no second pass.
+    pub fn candidates(&self, service: &str) -> (Vec<(String, Connection, Load)>, bool) {
+        let offering: Vec<(String, bool, Load)> = lock(&self.gossip)
             .members()
             .filter(|m| m.name != self.name && m.services.iter().any(|s| s == service))
-            .map(|m| (m.name.clone(), m.status.takes_work()))
+            .map(|m| (m.name.clone(), m.status.takes_work(), m.load.clone()))
             .collect();
         let mut live = Vec::new();
         let mut offline = false;
-        for (name, takes_work) in offering {
+        for (name, takes_work, load) in offering {
             match self.peer_conn(&name).filter(|_| takes_work) {
-                Some(c) => live.push((name, c)),
+                Some(c) => live.push((name, c, load)),
                 None => offline = true,
             }
         }
