@@ -9,9 +9,10 @@ use quinn::Connection;
 use super::shared::{lock, Shared};
 use crate::routing::{origin_score, Balancer, Candidate, Ejector, PeakEwma, RetryBudget, FAILURE_PENALTY};
 
-/// Latency assumed for a node with no samples yet (seconds): optimistic, so new nodes get
-/// tried and measured.
-const FRESH_LATENCY: f64 = 0.001;
+/// Latency assumed for a node with no samples yet (seconds): zero, so that an unmeasured node
+/// (new, or back from draining) wins its first comparison and gets measured; otherwise under
+/// sequential load it could lose every comparison to a measured node and never be tried.
+const FRESH_LATENCY: f64 = 0.0;
 /// Time constant of the latency EWMAs.
 const TAU: Duration = Duration::from_secs(10);
 
@@ -69,11 +70,7 @@ impl Shared {
     /// peers that take work and are not ejected, leaving out `exclude`.
     pub fn choose(&self, service: &str, key: Option<&[u8]>, local: bool, exclude: &[String]) -> Option<Choice> {
         let now = self.now();
-        let members: BTreeMap<String, crate::gossip::Load> = lock(&self.gossip)
-            .members()
-            .map(|m| (m.name.clone(), m.load.clone()))
-            .collect();
-        let rtt = lock(&self.rtt).clone();
+        let own_load = lock(&self.gossip).me().load.clone();
         let (remote, _) = self.candidates(service);
         let own_inflight = self
             .cfg
@@ -103,7 +100,7 @@ impl Shared {
             cands.push((
                 Candidate {
                     name: self.name.clone(),
-                    weight: weight_of(members.get(&self.name), self.cfg.weight),
+                    weight: weight_of(Some(&own_load), self.cfg.weight),
                     gossiped_inflight: u32::try_from(own_inflight.saturating_sub(1)).unwrap_or(u32::MAX),
                     local_inflight: 0,
                     latency: st.latency.get(&self.name).map_or(FRESH_LATENCY, PeakEwma::get),
@@ -111,18 +108,17 @@ impl Shared {
                 None,
             ));
         }
-        for (name, conn) in remote {
+        for (name, conn, load) in remote {
             if exclude.contains(&name) || st.ejector.is_ejected(&name, now) {
                 continue;
             }
-            let load = members.get(&name);
-            let fresh = rtt.get(&name).copied().unwrap_or(FRESH_LATENCY);
+            let load = Some(&load);
             cands.push((
                 Candidate {
                     weight: weight_of(load, 1),
                     gossiped_inflight: load.map_or(0, |l| l.inflight),
                     local_inflight: st.pending.get(&name).copied().unwrap_or(0),
-                    latency: st.latency.get(&name).map_or(fresh, PeakEwma::get),
+                    latency: st.latency.get(&name).map_or(FRESH_LATENCY, PeakEwma::get),
                     name,
                 },
                 Some(conn),
@@ -188,7 +184,7 @@ impl Shared {
         let e = st
             .latency
             .entry(node.to_owned())
-            .or_insert_with(|| PeakEwma::new(FRESH_LATENCY, TAU, now));
+            .or_insert_with(|| PeakEwma::new(0.001, TAU, now));
         let penalty = FAILURE_PENALTY.max(4.0 * e.get());
         e.observe(penalty, now);
     }
