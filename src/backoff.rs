@@ -70,6 +70,12 @@ impl Backoff {
         Duration::from_nanos(rng.random_range(0..=nanos))
     }
 
+    /// Starts over: the next wait is drawn from `[0, initial]` again.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+        self.connected_at = None;
+    }
+
     /// Records that a connection came up at `now`.
     pub fn connected(&mut self, now: Instant) {
         self.connected_at = Some(now);

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Mutex;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::{ClientConfig, ConfigError};
 use crate::identity::{peer_identity, Identity, Role, TlsError, TlsMaterial};
@@ -46,6 +46,12 @@ pub enum ClientError {
     /// No entry node could be reached; each attempt's error is listed.
     #[error("no entry node reachable: {}", .0.iter().map(|(e, why)| format!("{e}: {why}")).collect::<Vec<_>>().join("; "))]
     NoEntryReachable(Vec<(String, String)>),
+    /// DNS discovery found no entry node and no static `entries` are configured.
+    #[error("no entry node to try: DNS discovery found none ({0}) and `entries` is empty")]
+    NoEntryFound(String),
+    /// DNS discovery could not be set up.
+    #[error("discovery: {0}")]
+    Discovery(#[from] crate::discovery::DiscoveryError),
 }
 
 /// Errors of one call or stream.
@@ -121,6 +127,8 @@ struct Inner {
     conn: Mutex<Option<quinn::Connection>>,
     /// Client-side routing state, if `routing.direct`.
     direct: Option<std::sync::Mutex<crate::direct::Direct>>,
+    /// SRV discovery of entry nodes, if `discovery` is set.
+    discovery: Option<Arc<crate::discovery::Discovery>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -128,6 +136,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("identity", &self.inner.identity.uri())
             .field("entries", &self.inner.cfg.entries)
+            .field("discovery", &self.inner.cfg.discovery)
             .finish_non_exhaustive()
     }
 }
@@ -138,6 +147,31 @@ async fn resolve(entry: &str) -> Result<SocketAddr, String> {
         .map_err(|e| e.to_string())?
         .next()
         .ok_or_else(|| "resolves to no address".to_owned())
+}
+
+/// Entry nodes to try, in order: those found through `discovery` in RFC 2782 order (looked up
+/// again if their TTL ran out; the last good answer if DNS fails), then the static `entries`.
+async fn entry_candidates(cfg: &ClientConfig, discovery: Option<&crate::discovery::Discovery>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(d) = discovery {
+        d.refresh_due().await;
+        let found = d.endpoints();
+        if found.is_empty() {
+            for s in d.status() {
+                if let Some(e) = s.error {
+                    warn!(name = %s.name, servers = %d.servers(), error = %e, "no entry node found through DNS");
+                }
+            }
+        }
+        let ordered = crate::discovery::rfc2782_order(&found, &mut <rand::rngs::SmallRng as rand::SeedableRng>::from_os_rng());
+        out.extend(ordered.into_iter().map(|e| e.addr.to_string()));
+    }
+    for e in &cfg.entries {
+        if !out.contains(e) {
+            out.push(e.clone());
+        }
+    }
+    out
 }
 
 impl Client {
@@ -151,10 +185,15 @@ impl Client {
     /// Like [`Client::connect`], with TLS material already loaded.
     pub async fn connect_with(cfg: ClientConfig, tls: TlsMaterial) -> Result<Self, ClientError> {
         cfg.validate()?;
+        let discovery = if cfg.discovery.is_empty() {
+            None
+        } else {
+            Some(crate::discovery::Discovery::new(&cfg.discovery_names()?, &cfg.dns)?)
+        };
         // Bind for the address family of the first entry that resolves.
         let mut family_v6 = false;
-        for e in &cfg.entries {
-            if let Ok(a) = resolve(e).await {
+        for e in entry_candidates(&cfg, discovery.as_deref()).await {
+            if let Ok(a) = resolve(&e).await {
                 family_v6 = a.is_ipv6();
                 break;
             }
@@ -181,6 +220,7 @@ impl Client {
                 endpoint,
                 conn: Mutex::new(None),
                 direct: cfg_direct.then(|| std::sync::Mutex::new(crate::direct::Direct::new())),
+                discovery,
             }),
         };
         client.connection().await?;
@@ -221,15 +261,30 @@ impl Client {
             return Ok(c.clone());
         }
         let mut tried = Vec::new();
-        for entry in &self.inner.cfg.entries {
-            match self.dial(entry).await {
+        for entry in entry_candidates(&self.inner.cfg, self.inner.discovery.as_deref()).await {
+            match self.dial(&entry).await {
                 Ok(c) => {
                     debug!(%entry, "connected to entry node");
                     *guard = Some(c.clone());
                     return Ok(c);
                 }
-                Err(why) => tried.push((entry.clone(), why)),
+                Err(why) => tried.push((entry, why)),
             }
+        }
+        if tried.is_empty() {
+            let why = self
+                .inner
+                .discovery
+                .as_ref()
+                .map(|d| {
+                    d.status()
+                        .into_iter()
+                        .map(|s| format!("{} via {}: {}", s.name, d.servers(), s.error.unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default();
+            return Err(ClientError::NoEntryFound(why));
         }
         Err(ClientError::NoEntryReachable(tried))
     }

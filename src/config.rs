@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::BackoffPolicy;
+use crate::discovery::SrvName;
 use crate::identity::{validate_name, TlsPaths};
 
 /// Configuration errors; each names the key or file at fault.
@@ -277,9 +278,16 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Certificate files.
     pub tls: TlsPaths,
-    /// Static peers, `host:port`, dialled and kept connected. Default none.
-    #[serde(default)]
+    /// Static peers (seeds), `host:port`, dialled and kept connected. Default none.
+    #[serde(default, alias = "seeds")]
     pub peers: Vec<String>,
+    /// SRV names to discover peers by, `"srv:_quicmesh._udp.mesh.example"`; merged with
+    /// `peers`. Default none.
+    #[serde(default)]
+    pub discovery: Vec<String>,
+    /// Name servers and refresh bounds for `discovery`.
+    #[serde(default)]
+    pub dns: crate::discovery::DnsSettings,
     /// Services served from local TCP backends, by name. Default none.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
@@ -316,6 +324,14 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 7400))
 }
 
+/// Parses `discovery` entries; errors name the entry.
+fn discovery_names(list: &[String]) -> Result<Vec<SrvName>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| SrvName::parse(s).map_err(|e| invalid(format!("discovery[{i}]"), e.to_string())))
+        .collect()
+}
+
 /// Checks a `host:port` string without resolving it.
 pub fn validate_host_port(key: &str, s: &str) -> Result<(), ConfigError> {
     let Some((host, port)) = s.rsplit_once(':') else {
@@ -338,6 +354,8 @@ impl NodeConfig {
             listen: default_listen(),
             tls,
             peers: Vec::new(),
+            discovery: Vec::new(),
+            dns: crate::discovery::DnsSettings::default(),
             services: BTreeMap::new(),
             transport: TransportSettings::default(),
             limits: Limits::default(),
@@ -380,6 +398,8 @@ impl NodeConfig {
         for (i, p) in self.peers.iter().enumerate() {
             validate_host_port(&format!("peers[{i}]"), p)?;
         }
+        discovery_names(&self.discovery)?;
+        self.dns.validate()?;
         for (name, svc) in &self.services {
             validate_name(name).map_err(|e| invalid(format!("services.{name}"), e.to_string()))?;
             if name == crate::protocol::STATUS_SERVICE {
@@ -403,6 +423,11 @@ impl NodeConfig {
         self.reconnect.validate()
     }
 
+    /// The parsed `discovery` names.
+    pub fn discovery_names(&self) -> Result<Vec<SrvName>, ConfigError> {
+        discovery_names(&self.discovery)
+    }
+
     /// The configuration as TOML, defaults filled in.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
@@ -415,8 +440,17 @@ impl NodeConfig {
 pub struct ClientConfig {
     /// Certificate files (a `client` certificate).
     pub tls: TlsPaths,
-    /// Entry nodes, `host:port`, tried in order until one answers.
+    /// Entry nodes, `host:port`, tried in order until one answers (after any found through
+    /// `discovery`). Default none.
+    #[serde(default)]
     pub entries: Vec<String>,
+    /// SRV names to find entry nodes by, `"srv:_quicmesh._udp.mesh.example"`; tried in RFC 2782
+    /// order (lower priority first, then by weight), before `entries`. Default none.
+    #[serde(default)]
+    pub discovery: Vec<String>,
+    /// Name servers and refresh bounds for `discovery`.
+    #[serde(default)]
+    pub dns: crate::discovery::DnsSettings,
     /// Timeouts (`header_timeout` is unused by clients).
     #[serde(default)]
     pub transport: TransportSettings,
@@ -459,10 +493,17 @@ impl ClientConfig {
         ClientConfig {
             tls,
             entries,
+            discovery: Vec::new(),
+            dns: crate::discovery::DnsSettings::default(),
             transport: TransportSettings::default(),
             max_response_bytes: default_max_response(),
             routing: ClientRouting::default(),
         }
+    }
+
+    /// The parsed `discovery` names.
+    pub fn discovery_names(&self) -> Result<Vec<SrvName>, ConfigError> {
+        discovery_names(&self.discovery)
     }
 
     /// Reads a TOML file.
@@ -478,12 +519,17 @@ impl ClientConfig {
 
     /// Checks every value; errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.entries.is_empty() {
-            return Err(invalid("entries", "give at least one entry node, host:port"));
+        if self.entries.is_empty() && self.discovery.is_empty() {
+            return Err(invalid(
+                "entries",
+                "give at least one entry node (host:port) in `entries`, or an SRV name in `discovery`",
+            ));
         }
         for (i, e) in self.entries.iter().enumerate() {
             validate_host_port(&format!("entries[{i}]"), e)?;
         }
+        discovery_names(&self.discovery)?;
+        self.dns.validate()?;
         if self.max_response_bytes == 0 {
             return Err(invalid("max_response_bytes", "must be at least 1"));
         }
@@ -521,6 +567,33 @@ key = "node-a.key"
     }
 
     #[test]
+    fn discovery_round_trips_and_seeds_is_an_alias() {
+        let text = format!(
+            "seeds = [\"10.0.0.1:7400\"]\ndiscovery = [\"srv:_quicmesh._udp.mesh.example\"]\n{BASE}\n[dns]\nservers = [\"10.0.0.2\"]\nmax_refresh = \"1m\"\n"
+        );
+        let c = NodeConfig::from_toml(&text, "t").unwrap();
+        assert_eq!(c.peers, ["10.0.0.1:7400"]);
+        assert_eq!(c.discovery_names().unwrap()[0].as_str(), "_quicmesh._udp.mesh.example");
+        assert_eq!(c.dns.max_refresh, Duration::from_secs(60));
+        assert_eq!(NodeConfig::from_toml(&c.to_toml(), "t").unwrap(), c);
+    }
+
+    #[test]
+    fn a_client_needs_entries_or_discovery() {
+        let tls = TlsPaths {
+            ca: "ca.crt".into(),
+            cert: "c.crt".into(),
+            key: "c.key".into(),
+        };
+        let mut c = ClientConfig::new(tls, vec![]);
+        assert!(c.validate().unwrap_err().to_string().contains("discovery"));
+        c.discovery = vec!["srv:_quicmesh._udp.mesh.example".into()];
+        assert!(c.validate().is_ok());
+        c.discovery = vec!["srv:bad name".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("discovery[0]"));
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = NodeConfig::from_toml(&format!("{BASE}\n[transport]\nkeepalvie = \"1s\"\n"), "t").unwrap_err();
         assert!(err.to_string().contains("keepalvie"), "{err}");
@@ -541,6 +614,9 @@ key = "node-a.key"
     fn bad_values_name_their_key() {
         for (extra, key) in [
             ("peers = [\"nohost\"]", "peers[0]"),
+            ("discovery = [\"srv:ok.test\", \"dns:mesh.test\"]", "discovery[1]"),
+            ("[dns]\nservers = [\"resolver.example\"]", "dns.servers[0]"),
+            ("[dns]\nmin_refresh = \"10ms\"", "dns.min_refresh"),
             ("[services.web]\nbackend = \"127.0.0.1:0\"", "services.web.backend"),
             ("[services.Web]\nbackend = \"127.0.0.1:80\"", "services.Web"),
             ("[limits]\nhop_limit = 9", "limits.hop_limit"),

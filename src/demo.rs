@@ -1,8 +1,11 @@
 //! `quicmesh demo`: the whole mesh on one machine, with nothing to set up.
 //!
-//! Makes a throwaway CA and certificates in a temporary directory, starts a TCP backend and
-//! three nodes on loopback with services spread across them, waits for the mesh to form,
-//! drives calls through every node, and prints who served what and how fast.
+//! Makes a throwaway CA and certificates in a temporary directory, starts a DNS server for a
+//! demo zone, a TCP backend and three nodes on loopback with services spread across them.
+//! The nodes know only an SRV name: each publishes its record as it starts (as a Kubernetes
+//! StatefulSet behind a headless Service would) and finds the others through DNS. The demo
+//! waits for the mesh to form, finds an entry node through SRV like a client would, drives
+//! calls through every node, and prints who served what and how fast.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::config::{ClientConfig, NodeConfig, ServiceConfig};
+use crate::discovery::{Zone, ZoneServer};
 use crate::identity::{IssueOptions, MeshCa, Role, TlsPaths};
 use crate::service::{request_handler, Echo};
 use crate::table::Table;
@@ -55,6 +59,12 @@ pub enum DemoError {
 
 const NODES: [&str; 3] = ["alpha", "bravo", "charlie"];
 const TRUST_DOMAIN: &str = "demo.quicmesh";
+/// The demo's DNS zone (`.test` is reserved for exactly this, RFC 6761).
+const ZONE: &str = "quicmesh.test";
+/// The SRV name every node publishes itself under and discovers the others by.
+const SRV_NAME: &str = "_quicmesh._udp.quicmesh.test";
+/// TTL of the demo zone's records, seconds.
+const TTL: u32 = 5;
 
 fn setup(e: impl std::fmt::Display) -> DemoError {
     DemoError::Setup(e.to_string())
@@ -87,13 +97,24 @@ fn tls_paths(dir: &Path, role: Role, name: &str) -> TlsPaths {
     }
 }
 
-async fn start_nodes(dir: &Path, upper_backend: String) -> Result<Vec<Node>, DemoError> {
+/// SRV priority of each node: alpha and bravo are the preferred entry nodes, charlie the
+/// fallback (weights 3:1 within the first tier).
+fn srv_rank(name: &str) -> (u16, u16) {
+    match name {
+        "alpha" => (10, 3),
+        "bravo" => (10, 1),
+        _ => (20, 1),
+    }
+}
+
+async fn start_nodes(dir: &Path, upper_backend: String, dns: &ZoneServer) -> Result<Vec<Node>, DemoError> {
     let mut nodes: Vec<Node> = Vec::new();
     for name in NODES {
         let mut cfg = NodeConfig::new(name, tls_paths(dir, Role::Node, name));
         cfg.listen = "127.0.0.1:0".parse().map_err(setup)?;
-        // Each node dials the ones started before it: a full mesh with no dial races.
-        cfg.peers = nodes.iter().map(|n| n.local_addr().to_string()).collect();
+        // No peers: each node finds the others through the SRV records, its own included.
+        cfg.discovery = vec![format!("srv:{SRV_NAME}")];
+        cfg.dns.servers = vec![dns.addr().to_string()];
         let mut b = Node::builder(cfg.clone());
         match name {
             "alpha" => b = b.handler("echo", Echo),
@@ -118,7 +139,11 @@ async fn start_nodes(dir: &Path, upper_backend: String) -> Result<Vec<Node>, Dem
                 )
             }
         }
-        nodes.push(b.start().await?);
+        let node = b.start().await?;
+        let (priority, weight) = srv_rank(name);
+        dns.zone()
+            .add_srv(SRV_NAME, priority, weight, &format!("{name}.{ZONE}"), node.local_addr());
+        nodes.push(node);
     }
     Ok(nodes)
 }
@@ -128,7 +153,7 @@ async fn wait_for_mesh(nodes: &[Node]) -> Result<(), DemoError> {
     let deadline = Instant::now() + limit;
     let expected = ["echo", "upper", "whoami"];
     loop {
-        let missing: Vec<String> = nodes
+        let mut missing: Vec<String> = nodes
             .iter()
             .flat_map(|n| {
                 let map = n.service_map();
@@ -138,6 +163,12 @@ async fn wait_for_mesh(nodes: &[Node]) -> Result<(), DemoError> {
                     .map(move |s| format!("{} does not see {s}", n.name()))
             })
             .collect();
+        for n in nodes {
+            let up = n.peers().iter().filter(|p| p.connected).count();
+            if up + 1 < nodes.len() {
+                missing.push(format!("{} is connected to {up} peers", n.name()));
+            }
+        }
         if missing.is_empty() {
             return Ok(());
         }
@@ -178,14 +209,72 @@ pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
         dir.path().display()
     );
 
+    let zone = Zone::new(ZONE, TTL);
+    let dns = ZoneServer::start("127.0.0.1:0".parse().map_err(setup)?, zone)
+        .await
+        .map_err(setup)?;
+    out.push_str(&format!(
+        "DNS server for zone {ZONE} on {} (UDP and TCP); nodes know only srv:{SRV_NAME}\n",
+        dns.addr()
+    ));
     let upper = start_upper_backend().await?;
-    let nodes = start_nodes(dir.path(), upper.clone()).await?;
     let started = Instant::now();
+    let nodes = start_nodes(dir.path(), upper.clone(), &dns).await?;
     wait_for_mesh(&nodes).await?;
-    out.push_str(&format!("mesh formed in {}\n\n", ms(started.elapsed())));
+    out.push_str(&format!("mesh formed through DNS SRV in {}\n\n", ms(started.elapsed())));
 
-    let mut t = Table::new(["node", "listen", "services here", "peers"]);
+    let mut t = Table::new(["SRV record", "priority", "weight", "target", "port"]);
+    for r in dns.zone().srv(SRV_NAME) {
+        t.row([
+            format!("{SRV_NAME}. {TTL}"),
+            r.priority.to_string(),
+            r.weight.to_string(),
+            r.target,
+            r.port.to_string(),
+        ]);
+    }
+    out.push_str(&t.render());
+    out.push('\n');
+
+    // A client that knows only the SRV name picks its entry node by priority, then weight.
+    let mut srv_client = ClientConfig::new(tls_paths(dir.path(), Role::Client, "demo"), Vec::new());
+    srv_client.discovery = vec![format!("srv:{SRV_NAME}")];
+    srv_client.dns.servers = vec![dns.addr().to_string()];
+    let mut picked: BTreeMap<String, usize> = BTreeMap::new();
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let client = Client::connect(srv_client.clone()).await?;
+        if let Some(entry) = client.entry_addr().await {
+            let name = nodes
+                .iter()
+                .find(|n| n.local_addr() == entry)
+                .map_or_else(|| entry.to_string(), |n| n.name().to_owned());
+            *picked.entry(name).or_default() += 1;
+        }
+        clients.push(client);
+    }
+    // Closing waits for the peer to acknowledge; do it for all at once.
+    futures_util::future::join_all(clients.iter().map(Client::close)).await;
+    let picked: Vec<String> = picked.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+    out.push_str(&format!(
+        "20 clients that know only srv:{SRV_NAME} entered through: {} (alpha:bravo weighs 3:1; charlie is priority 20, the fallback)\n\n",
+        picked.join(" ")
+    ));
+
+    let mut t = Table::new(["node", "listen", "services here", "peers", "last SRV answer (TTL 5s)"]);
     for n in &nodes {
+        let dns_answer = n
+            .discovery()
+            .iter()
+            .map(|w| {
+                let age = w.answer_age.map(|a| format!("{} ago", ms(a))).unwrap_or_default();
+                match &w.error {
+                    None => format!("{} endpoints, {age}", w.endpoints.len()),
+                    Some(e) => format!("{} endpoints, stale: {e}", w.endpoints.len()),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
         let peers: Vec<String> = n
             .peers()
             .iter()
@@ -200,6 +289,7 @@ pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
             n.local_addr().to_string(),
             here.join(", "),
             peers.join(", "),
+            dns_answer,
         ]);
     }
     out.push_str(&t.render());
@@ -287,8 +377,8 @@ pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
 
     if opts.serve {
         println!(
-            "serving until Ctrl-C. Try:\n  quicmesh call echo --entry {} --ca {d}/ca.crt --cert {d}/client-demo.crt --cert-key {d}/client-demo.key <<< hello",
-            nodes[0].local_addr(),
+            "serving until Ctrl-C. Try:\n  quicmesh call echo --discovery srv:{SRV_NAME} --dns-server {} --ca {d}/ca.crt --cert {d}/client-demo.crt --cert-key {d}/client-demo.key <<< hello",
+            dns.addr(),
             d = dir.path().display()
         );
         let _ = tokio::signal::ctrl_c().await;

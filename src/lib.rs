@@ -35,6 +35,7 @@ mod client;
 pub mod config;
 pub mod demo;
 mod direct;
+pub mod discovery;
 pub mod gossip;
 mod identity;
 pub mod lbsim;

@@ -112,6 +112,12 @@ struct NodeArgs {
     /// Static peer host:port (`peers`, repeatable; replaces the file's list).
     #[arg(long = "peer")]
     peers: Vec<String>,
+    /// SRV name to discover peers by, srv:NAME (`discovery`, repeatable; replaces the file's list).
+    #[arg(long = "discovery")]
+    discovery: Vec<String>,
+    /// Name server for discovery, IP[:PORT] (`dns.servers`, repeatable; default: the system's).
+    #[arg(long = "dns-server")]
+    dns_servers: Vec<String>,
     /// CA certificate (`tls.ca`).
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -155,6 +161,13 @@ struct ClientArgs {
     /// Entry node host:port (repeatable; tried in order).
     #[arg(long = "entry", env = "QUICMESH_ENTRY", value_delimiter = ',')]
     entries: Vec<String>,
+    /// SRV name to find entry nodes by, srv:NAME (repeatable; tried before --entry, in RFC 2782
+    /// priority and weight order).
+    #[arg(long = "discovery", env = "QUICMESH_DISCOVERY", value_delimiter = ',')]
+    discovery: Vec<String>,
+    /// Name server for discovery, IP[:PORT] (repeatable; default: the system's).
+    #[arg(long = "dns-server", env = "QUICMESH_DNS_SERVER", value_delimiter = ',')]
+    dns_servers: Vec<String>,
     /// CA certificate.
     #[arg(long, env = "QUICMESH_CA")]
     ca: Option<PathBuf>,
@@ -345,6 +358,14 @@ fn node_config(a: &NodeArgs) -> Result<NodeConfig, BoxError> {
             toml::Value::Array(a.peers.iter().cloned().map(S).collect()),
         );
     }
+    if !a.discovery.is_empty() {
+        let list = a.discovery.iter().cloned().map(S).collect();
+        set(&mut table, &["discovery"], toml::Value::Array(list));
+    }
+    if !a.dns_servers.is_empty() {
+        let list = a.dns_servers.iter().cloned().map(S).collect();
+        set(&mut table, &["dns", "servers"], toml::Value::Array(list));
+    }
     if let Some(v) = &a.ca {
         set(&mut table, &["tls", "ca"], path_value(v));
     }
@@ -438,6 +459,12 @@ fn client_config(a: &ClientArgs) -> Result<ClientConfig, BoxError> {
     }
     if !a.entries.is_empty() {
         cfg.entries = a.entries.clone();
+    }
+    if !a.discovery.is_empty() {
+        cfg.discovery = a.discovery.clone();
+    }
+    if !a.dns_servers.is_empty() {
+        cfg.dns.servers = a.dns_servers.clone();
     }
     if a.direct {
         cfg.routing.direct = true;

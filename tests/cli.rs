@@ -95,6 +95,26 @@ fn node_config_errors_name_the_key() {
     let printed = String::from_utf8_lossy(&o.stdout);
     assert!(printed.contains("listen = \"127.0.0.1:9999\""), "{printed}");
     assert!(printed.contains("keepalive = \"5s\""), "{printed}");
+    // Discovery flags land in `discovery` and `dns.servers`, checked like the file's keys.
+    let o = run(&[
+        "node",
+        "--config",
+        path.to_str().unwrap(),
+        "--discovery",
+        "srv:_quicmesh._udp.mesh.example",
+        "--dns-server",
+        "10.0.0.2:5353",
+        "--print-config",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(printed.contains("discovery = [\"srv:_quicmesh._udp.mesh.example\"]"), "{printed}");
+    assert!(printed.contains("servers = [\"10.0.0.2:5353\"]"), "{printed}");
+    let o = run(&["node", "--config", path.to_str().unwrap(), "--discovery", "mesh.example"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("discovery[0]") && stderr(&o).contains("srv:"), "{}", stderr(&o));
+    let o = run(&["node", "--config", path.to_str().unwrap(), "--dns-server", "ns1.example"]);
+    assert!(stderr(&o).contains("dns.servers[0]"), "{}", stderr(&o));
 }
 
 /// Runs the binary with `args`, feeding `input` on stdin.
@@ -266,7 +286,11 @@ fn demo_runs_and_every_call_succeeds() {
     let o = run(&["demo", "--calls", "5"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("mesh formed"), "{out}");
+    assert!(out.contains("mesh formed through DNS SRV"), "{out}");
+    assert_eq!(out.matches("_quicmesh._udp.quicmesh.test. 5").count(), 3, "three SRV records: {out}");
+    let entered = out.lines().find(|l| l.starts_with("20 clients")).unwrap_or_default();
+    let entered = entered.split(" (").next().unwrap_or_default();
+    assert!(!entered.contains("charlie"), "priority 20 unused while 10 answers: {entered}");
     let rows: Vec<&str> = out
         .lines()
         .filter(|l| {

@@ -9,6 +9,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::conn::run_connection;
 use super::shared::{lock, Shared};
 use crate::backoff::Backoff;
+use crate::discovery::Discovery;
 use crate::identity::{peer_identity, Role};
 
 /// Server name sent in the TLS SNI. Peers are verified by SPIFFE id, not by this name.
@@ -21,10 +22,21 @@ fn member_wanted(shared: &Shared, name: &str, addr: &str) -> bool {
         .is_some_and(|m| !m.status.is_gone() && m.addr == addr)
 }
 
-/// Dials `target` (`host:port`) and keeps a connection to it: forever for a configured peer
-/// (`member` is `None`), or while gossip lists `member` alive at that address.
-pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String, member: Option<String>) {
+/// Why an address is dialled, which decides for how long.
+pub(crate) enum Purpose {
+    /// A configured peer: dialled for as long as the node runs.
+    Seed,
+    /// A member learned by gossip: dialled while gossip lists it alive at that address.
+    Member(String),
+    /// An address found by DNS discovery: dialled while discovery lists it and no live
+    /// connection covers it.
+    Discovered(Arc<Discovery>),
+}
+
+/// Dials `target` (`host:port`) and keeps a connection to it for as long as `purpose` says.
+pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String, purpose: Purpose) {
     let span = tracing::info_span!("dial", peer = %target);
+    let discovered_addr = target.parse::<SocketAddr>().ok();
     async {
         let mut backoff = Backoff::new(shared.cfg.reconnect.policy());
         let mut shutdown = shared.shutdown.subscribe();
@@ -32,21 +44,40 @@ pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String, member: 
             if shared.is_shutting_down() {
                 return;
             }
-            if let Some(name) = &member {
-                if !member_wanted(&shared, name, &target) {
-                    debug!(member = %name, "member gone or moved; no longer dialling it");
-                    return;
+            match &purpose {
+                Purpose::Seed => {}
+                Purpose::Member(name) => {
+                    if !member_wanted(&shared, name, &target) {
+                        debug!(member = %name, "member gone or moved; no longer dialling it");
+                        return;
+                    }
+                }
+                Purpose::Discovered(disc) => {
+                    if !discovered_addr.is_some_and(|a| super::discover::wanted(&shared, disc, a)) {
+                        debug!("address left DNS or is covered by a live connection; no longer dialling it");
+                        return;
+                    }
                 }
             }
             match dial_once(&shared, &target, &mut backoff).await {
                 Ok(DialOutcome::Ran { peer }) => {
+                    if let (Purpose::Discovered(_), Some(addr)) = (&purpose, discovered_addr) {
+                        lock(&shared.discovered).found.insert(addr, peer.clone());
+                    }
                     backoff.disconnected(Instant::now());
                     // The tie-break may have kept the peer's own dial instead of ours; while
                     // that one lives there is nothing to redial.
                     wait_until_disconnected(&shared, &peer).await;
                 }
                 Ok(DialOutcome::Itself) => {
-                    warn!("peer address is this node itself; not dialling it again");
+                    match (&purpose, discovered_addr) {
+                        // DNS lists every node, this one included: expected, and remembered.
+                        (Purpose::Discovered(_), Some(addr)) => {
+                            debug!("discovered address is this node itself");
+                            lock(&shared.discovered).found.insert(addr, shared.name.clone());
+                        }
+                        _ => warn!("peer address is this node itself; not dialling it again"),
+                    }
                     return;
                 }
                 Err(e) => debug!(error = %e, attempt = backoff.attempts(), "dial failed"),
@@ -63,8 +94,18 @@ pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String, member: 
     }
     .instrument(span)
     .await;
-    if let Some(name) = member {
-        lock(&shared.dialing).remove(&name);
+    match purpose {
+        Purpose::Seed => {}
+        Purpose::Member(name) => {
+            lock(&shared.dialing).remove(&name);
+        }
+        Purpose::Discovered(_) => {
+            if let Some(addr) = discovered_addr {
+                lock(&shared.discovered).dialing.remove(&addr);
+                // The answers or the peer table may have changed while this task was ending.
+                shared.peers_changed.send_modify(|v| *v = v.wrapping_add(1));
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn, Instrument};
 
-use super::dial::keep_connected;
+use super::dial::{keep_connected, Purpose};
 use super::shared::{lock, Shared};
 use crate::gossip::{GossipEvent, Load, Status};
 use crate::protocol::ControlMsg;
@@ -72,7 +72,7 @@ pub(crate) async fn gossip_loop(shared: Arc<Shared>) {
         for (name, addr) in members {
             if shared.name < name && shared.peer_conn(&name).is_none() && lock(&shared.dialing).insert(name.clone()) {
                 let span = tracing::Span::current();
-                tokio::spawn(keep_connected(shared.clone(), addr, Some(name)).instrument(span));
+                tokio::spawn(keep_connected(shared.clone(), addr, Purpose::Member(name)).instrument(span));
             }
         }
     }

@@ -13,6 +13,7 @@
 mod balance;
 mod conn;
 mod dial;
+mod discover;
 mod membership;
 mod shared;
 mod streams;
@@ -66,6 +67,9 @@ pub enum NodeError {
     /// A handler's service name is not valid.
     #[error("handler name: {0}")]
     BadServiceName(#[from] crate::identity::IdentityError),
+    /// DNS discovery could not be set up.
+    #[error("discovery: {0}")]
+    Discovery(#[from] crate::discovery::DiscoveryError),
     /// quinn could not start the endpoint.
     #[error("starting the QUIC endpoint: {0}")]
     Endpoint(std::io::Error),
@@ -117,6 +121,11 @@ impl NodeBuilder {
             }
         }
 
+        let discovery = if config.discovery.is_empty() {
+            None
+        } else {
+            Some(crate::discovery::Discovery::new(&config.discovery_names()?, &config.dns)?)
+        };
         let server_transport = transport_config(&config.transport, config.limits.max_streams_per_connection)?;
         let mut server_config = quinn::ServerConfig::with_crypto(tls.server_config()?);
         server_config.transport_config(server_transport.clone());
@@ -173,13 +182,20 @@ impl NodeBuilder {
             latency_us: Mutex::new(0.0),
             dialing: Mutex::new(std::collections::BTreeSet::new()),
             routing: Mutex::new(balance::RoutingState::new(config_retry_budget)),
+            discovery,
+            discovered: Mutex::new(discover::Discovered::default()),
         });
         let span = tracing::info_span!("node", name = %shared.name);
         let mut tasks = JoinSet::new();
         tasks.spawn(conn::accept_loop(shared.clone()).instrument(span.clone()));
         tasks.spawn(membership::gossip_loop(shared.clone()).instrument(span.clone()));
         for peer in &shared.cfg.peers {
-            tasks.spawn(dial::keep_connected(shared.clone(), peer.clone(), None).instrument(span.clone()));
+            let purpose = dial::Purpose::Seed;
+            tasks.spawn(dial::keep_connected(shared.clone(), peer.clone(), purpose).instrument(span.clone()));
+        }
+        if let Some(disc) = &shared.discovery {
+            tasks.spawn(disc.clone().run(shared.shutdown.subscribe()).instrument(span.clone()));
+            tasks.spawn(discover::discover_loop(shared.clone(), disc.clone()).instrument(span.clone()));
         }
         span.in_scope(|| {
             info!(
@@ -187,6 +203,8 @@ impl NodeBuilder {
                 identity = %shared.identity,
                 services = ?shared.local.keys().collect::<Vec<_>>(),
                 peers = ?shared.cfg.peers,
+                discovery = ?shared.cfg.discovery,
+                dns = shared.discovery.as_ref().map(|d| d.servers()),
                 "node started"
             )
         });
@@ -265,6 +283,12 @@ impl Node {
     /// Services served by this node itself.
     pub fn local_services(&self) -> Vec<String> {
         self.shared.local.keys().cloned().collect()
+    }
+
+    /// DNS discovery: each `srv:` name's last good answer, its age and the last error.
+    /// Empty without `discovery` in the configuration.
+    pub fn discovery(&self) -> Vec<crate::discovery::WatchStatus> {
+        self.shared.discovery.as_ref().map(|d| d.status()).unwrap_or_default()
     }
 
     /// The peers this node knows, connected or not.

@@ -86,6 +86,10 @@ pub(crate) struct Shared {
     pub dialing: Mutex<std::collections::BTreeSet<String>>,
     /// Balancers, latency estimates, pending counts, ejections, retry budget.
     pub routing: Mutex<super::balance::RoutingState>,
+    /// DNS discovery, if configured.
+    pub discovery: Option<Arc<crate::discovery::Discovery>>,
+    /// Dials of discovered addresses, and who was found at each.
+    pub discovered: Mutex<super::discover::Discovered>,
 }
 
 /// The sending side of one peer's control stream.
