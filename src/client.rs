@@ -163,7 +163,8 @@ async fn entry_candidates(cfg: &ClientConfig, discovery: Option<&crate::discover
                 }
             }
         }
-        let ordered = crate::discovery::rfc2782_order(&found, &mut <rand::rngs::SmallRng as rand::SeedableRng>::from_os_rng());
+        let ordered =
+            crate::discovery::rfc2782_order(&found, &mut <rand::rngs::SmallRng as rand::SeedableRng>::from_os_rng());
         out.extend(ordered.into_iter().map(|e| e.addr.to_string()));
     }
     for e in &cfg.entries {

@@ -109,6 +109,9 @@ struct NodeArgs {
     /// UDP listen address (`listen`).
     #[arg(long)]
     listen: Option<String>,
+    /// Address other nodes should dial to reach this one, host:port (`advertise`).
+    #[arg(long)]
+    advertise: Option<String>,
     /// Static peer host:port (`peers`, repeatable; replaces the file's list).
     #[arg(long = "peer")]
     peers: Vec<String>,
@@ -226,6 +229,8 @@ fn init_logging(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only help a terminal; in files and journals they are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -350,6 +355,9 @@ fn node_config(a: &NodeArgs) -> Result<NodeConfig, BoxError> {
     }
     if let Some(v) = &a.listen {
         set(&mut table, &["listen"], S(v.clone()));
+    }
+    if let Some(v) = &a.advertise {
+        set(&mut table, &["advertise"], S(v.clone()));
     }
     if !a.peers.is_empty() {
         set(

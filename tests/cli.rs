@@ -108,12 +108,31 @@ fn node_config_errors_name_the_key() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let printed = String::from_utf8_lossy(&o.stdout);
-    assert!(printed.contains("discovery = [\"srv:_quicmesh._udp.mesh.example\"]"), "{printed}");
+    assert!(
+        printed.contains("discovery = [\"srv:_quicmesh._udp.mesh.example\"]"),
+        "{printed}"
+    );
     assert!(printed.contains("servers = [\"10.0.0.2:5353\"]"), "{printed}");
-    let o = run(&["node", "--config", path.to_str().unwrap(), "--discovery", "mesh.example"]);
+    let o = run(&[
+        "node",
+        "--config",
+        path.to_str().unwrap(),
+        "--discovery",
+        "mesh.example",
+    ]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("discovery[0]") && stderr(&o).contains("srv:"), "{}", stderr(&o));
-    let o = run(&["node", "--config", path.to_str().unwrap(), "--dns-server", "ns1.example"]);
+    assert!(
+        stderr(&o).contains("discovery[0]") && stderr(&o).contains("srv:"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "node",
+        "--config",
+        path.to_str().unwrap(),
+        "--dns-server",
+        "ns1.example",
+    ]);
     assert!(stderr(&o).contains("dns.servers[0]"), "{}", stderr(&o));
 }
 
@@ -287,10 +306,17 @@ fn demo_runs_and_every_call_succeeds() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("mesh formed through DNS SRV"), "{out}");
-    assert_eq!(out.matches("_quicmesh._udp.quicmesh.test. 5").count(), 3, "three SRV records: {out}");
+    assert_eq!(
+        out.matches("_quicmesh._udp.quicmesh.test. 5").count(),
+        3,
+        "three SRV records: {out}"
+    );
     let entered = out.lines().find(|l| l.starts_with("20 clients")).unwrap_or_default();
     let entered = entered.split(" (").next().unwrap_or_default();
-    assert!(!entered.contains("charlie"), "priority 20 unused while 10 answers: {entered}");
+    assert!(
+        !entered.contains("charlie"),
+        "priority 20 unused while 10 answers: {entered}"
+    );
     let rows: Vec<&str> = out
         .lines()
         .filter(|l| {

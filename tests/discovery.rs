@@ -1,6 +1,7 @@
 //! Discovery through DNS SRV records, against a real DNS server on loopback (the in-process
 //! `ZoneServer`, over UDP and TCP): lookups and their failures, nodes that form a mesh from an
 //! SRV name alone, zone changes, DNS outages, and clients that pick entry nodes by priority.
+#![allow(clippy::disallowed_methods)] // tests may read the clock; see clippy.toml
 
 mod common;
 
@@ -33,7 +34,9 @@ async fn srv_answer_carries_targets_addresses_and_ttl() {
     let zone = Zone::new("mesh.test", 7);
     zone.add_srv(SRV, 10, 5, "alpha.mesh.test", "127.0.0.1:7401".parse().unwrap());
     zone.add_srv(SRV, 20, 1, "bravo.mesh.test", "127.0.0.2:7402".parse().unwrap());
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone()).await.unwrap();
+    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
+        .await
+        .unwrap();
     let resolver = SrvResolver::new(&settings(server.addr())).unwrap();
     assert_eq!(resolver.servers(), server.addr().to_string());
 
@@ -51,7 +54,11 @@ async fn srv_answer_carries_targets_addresses_and_ttl() {
             (20, 1, "bravo.mesh.test.".into(), "127.0.0.2:7402".parse().unwrap()),
         ]
     );
-    assert!(answer.ttl <= Duration::from_secs(7) && answer.ttl >= Duration::from_secs(5), "{:?}", answer.ttl);
+    assert!(
+        answer.ttl <= Duration::from_secs(7) && answer.ttl >= Duration::from_secs(5),
+        "{:?}",
+        answer.ttl
+    );
     assert!(answer.unresolved.is_empty());
     // One query: the addresses came from the additional section.
     assert_eq!(zone.queries(), 1);
@@ -61,7 +68,9 @@ async fn srv_answer_carries_targets_addresses_and_ttl() {
 async fn failures_are_named() {
     common::init_logs();
     let zone = Zone::new("mesh.test", 1);
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone()).await.unwrap();
+    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
+        .await
+        .unwrap();
     let resolver = SrvResolver::new(&settings(server.addr())).unwrap();
 
     assert_eq!(resolver.lookup(&name()).await.unwrap_err(), LookupError::NxDomain);
@@ -89,7 +98,10 @@ async fn failures_are_named() {
 
     // Down: nothing listens any more.
     server.stop().await;
-    let e = resolver.lookup(&SrvName::parse("srv:_x._udp.mesh.test").unwrap()).await.unwrap_err();
+    let e = resolver
+        .lookup(&SrvName::parse("srv:_x._udp.mesh.test").unwrap())
+        .await
+        .unwrap_err();
     println!("down server: {e}");
     assert!(!matches!(e, LookupError::NxDomain | LookupError::NoRecords), "{e:?}");
 }
@@ -103,22 +115,37 @@ async fn targets_without_glue_are_looked_up_and_missing_ones_reported() {
     zone.add_srv(SRV, 10, 1, "bravo.mesh.test", "127.0.0.2:7402".parse().unwrap());
     zone.add_srv(SRV, 10, 1, "ghost.mesh.test", "127.0.0.9:7409".parse().unwrap());
     zone.remove_host("ghost.mesh.test");
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone()).await.unwrap();
+    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
+        .await
+        .unwrap();
     let resolver = SrvResolver::new(&settings(server.addr())).unwrap();
     let answer = resolver.lookup(&name()).await.unwrap();
     let mut addrs: Vec<SocketAddr> = answer.endpoints.iter().map(|e| e.addr).collect();
     addrs.sort();
-    assert_eq!(addrs, ["127.0.0.1:7401".parse().unwrap(), "127.0.0.2:7402".parse().unwrap()]);
+    assert_eq!(
+        addrs,
+        ["127.0.0.1:7401".parse().unwrap(), "127.0.0.2:7402".parse().unwrap()]
+    );
     assert_eq!(answer.unresolved.len(), 1, "{:?}", answer.unresolved);
-    assert!(answer.unresolved[0].starts_with("ghost.mesh.test."), "{:?}", answer.unresolved);
+    assert!(
+        answer.unresolved[0].starts_with("ghost.mesh.test."),
+        "{:?}",
+        answer.unresolved
+    );
     assert!(zone.queries() >= 4, "SRV, then A for each target");
 
     // Only ghosts: the error lists them.
     let only = "_only._udp.mesh.test";
     zone.add_srv(only, 10, 1, "ghost2.mesh.test", "127.0.0.9:7409".parse().unwrap());
     zone.remove_host("ghost2.mesh.test");
-    let e = resolver.lookup(&SrvName::parse(&format!("srv:{only}")).unwrap()).await.unwrap_err();
-    assert!(matches!(&e, LookupError::NoAddresses(why) if why.contains("ghost2.mesh.test")), "{e:?}");
+    let e = resolver
+        .lookup(&SrvName::parse(&format!("srv:{only}")).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, LookupError::NoAddresses(why) if why.contains("ghost2.mesh.test")),
+        "{e:?}"
+    );
 }
 
 #[tokio::test]
@@ -126,9 +153,17 @@ async fn large_answers_fall_back_to_tcp() {
     common::init_logs();
     let zone = Zone::new("mesh.test", 30);
     for i in 0..40u16 {
-        zone.add_srv(SRV, 10, 1, &format!("node-{i}.mesh.test"), SocketAddr::from(([127, 0, 1, i as u8], 7400 + i)));
+        zone.add_srv(
+            SRV,
+            10,
+            1,
+            &format!("node-{i}.mesh.test"),
+            SocketAddr::from(([127, 0, 1, i as u8], 7400 + i)),
+        );
     }
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone()).await.unwrap();
+    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
+        .await
+        .unwrap();
     let resolver = SrvResolver::new(&settings(server.addr())).unwrap();
     let answer = resolver.lookup(&name()).await.unwrap();
     assert_eq!(answer.endpoints.len(), 40);
@@ -159,9 +194,7 @@ fn discovering(pki: &Pki, name: &str, server: SocketAddr) -> NodeConfig {
 
 fn connected_to(node: &Node, others: &[&str]) -> bool {
     let peers = node.peers();
-    others
-        .iter()
-        .all(|o| peers.iter().any(|p| p.name == *o && p.connected))
+    others.iter().all(|o| peers.iter().any(|p| p.name == *o && p.connected))
 }
 
 fn member_status(node: &Node, name: &str) -> Option<Status> {
@@ -204,12 +237,16 @@ async fn nodes_form_a_full_mesh_from_an_srv_name_alone() {
     common::init_logs();
     let pki = Pki::new();
     let zone = Zone::new("mesh.test", TTL);
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone()).await.unwrap();
+    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
+        .await
+        .unwrap();
     let nodes = srv_mesh(&pki, &zone, server.addr(), &["alpha", "bravo", "charlie"]).await;
     for n in &nodes {
         // No static peers anywhere: the mesh came from DNS.
         eventually(Duration::from_secs(5), "every node's answer lists all three", || {
-            n.discovery().iter().all(|w| w.endpoints.len() == 3 && w.error.is_none())
+            n.discovery()
+                .iter()
+                .all(|w| w.endpoints.len() == 3 && w.error.is_none())
         })
         .await;
     }
@@ -226,7 +263,9 @@ async fn a_node_added_to_the_zone_joins_within_the_ttl_and_removal_cuts_nothing(
     common::init_logs();
     let pki = Pki::new();
     let zone = Zone::new("mesh.test", TTL);
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone()).await.unwrap();
+    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
+        .await
+        .unwrap();
     let nodes = srv_mesh(&pki, &zone, server.addr(), &["alpha", "bravo", "charlie"]).await;
 
     // delta knows nobody: only the others' DNS refresh can find it.
@@ -239,7 +278,10 @@ async fn a_node_added_to_the_zone_joins_within_the_ttl_and_removal_cuts_nothing(
     .await;
     let took = added.elapsed();
     println!("delta joined {took:?} after its record was published (TTL {TTL}s)");
-    assert!(took < Duration::from_secs(u64::from(TTL)) + Duration::from_secs(2), "{took:?}");
+    assert!(
+        took < Duration::from_secs(u64::from(TTL)) + Duration::from_secs(2),
+        "{took:?}"
+    );
 
     // Remove the record: the others' answers drop it, but nobody cuts delta off.
     zone.remove_srv(SRV, &host("delta"));
@@ -273,7 +315,9 @@ async fn dns_failing_at_start_is_survived_with_seeds_and_healed_when_it_answers(
     common::init_logs();
     let pki = Pki::new();
     let zone = Zone::new("mesh.test", TTL);
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone()).await.unwrap();
+    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
+        .await
+        .unwrap();
     let dns_addr = server.addr();
     let nodes = srv_mesh(&pki, &zone, dns_addr, &["alpha", "bravo"]).await;
     eventually(Duration::from_secs(5), "both answers list both nodes", || {
@@ -314,7 +358,10 @@ async fn dns_failing_at_start_is_survived_with_seeds_and_healed_when_it_answers(
 
     // Down: nothing listens. delta has no seed; it starts, and joins once DNS is back.
     server.stop().await;
-    let delta = Node::builder(discovering(&pki, "delta", dns_addr)).start().await.unwrap();
+    let delta = Node::builder(discovering(&pki, "delta", dns_addr))
+        .start()
+        .await
+        .unwrap();
     eventually(Duration::from_secs(5), "delta reports the outage", || {
         delta.discovery()[0].failures >= 2
     })
@@ -349,7 +396,9 @@ async fn clients_pick_entry_nodes_by_srv_priority_then_weight() {
     zone.add_srv(SRV, 20, 1, &host("alpha"), nodes[0].local_addr());
     zone.add_srv(SRV, 10, 3, &host("bravo"), nodes[1].local_addr());
     zone.add_srv(SRV, 10, 1, &host("charlie"), nodes[2].local_addr());
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone()).await.unwrap();
+    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
+        .await
+        .unwrap();
 
     let mut entries = std::collections::BTreeMap::<SocketAddr, u32>::new();
     for _ in 0..40 {
@@ -359,7 +408,11 @@ async fn clients_pick_entry_nodes_by_srv_priority_then_weight() {
         client.close().await;
     }
     println!("entry nodes chosen: {entries:?}");
-    assert_eq!(entries.get(&nodes[0].local_addr()), None, "priority 20 is not used while 10 answers");
+    assert_eq!(
+        entries.get(&nodes[0].local_addr()),
+        None,
+        "priority 20 is not used while 10 answers"
+    );
     assert!(entries.contains_key(&nodes[1].local_addr()) && entries.contains_key(&nodes[2].local_addr()));
 
     // The first tier goes away: clients fall back to the next priority.
@@ -375,7 +428,10 @@ async fn clients_pick_entry_nodes_by_srv_priority_then_weight() {
     zone.set_fault(Some(Fault::ServFail));
     let mut cfg = client_config(&pki, server.addr());
     let e = Client::connect(cfg.clone()).await.unwrap_err();
-    assert!(matches!(&e, ClientError::NoEntryFound(why) if why.contains("SERVFAIL")), "{e}");
+    assert!(
+        matches!(&e, ClientError::NoEntryFound(why) if why.contains("SERVFAIL")),
+        "{e}"
+    );
     println!("{e}");
     cfg.entries = vec![alpha.local_addr().to_string()];
     let client = Client::connect(cfg).await.unwrap();

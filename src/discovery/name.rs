@@ -39,7 +39,10 @@ impl SrvName {
             return Err(bad("the name after srv: is empty".into()));
         }
         if name.len() > 253 {
-            return Err(bad(format!("the name is {} characters long; DNS allows 253", name.len())));
+            return Err(bad(format!(
+                "the name is {} characters long; DNS allows 253",
+                name.len()
+            )));
         }
         for label in body.split('.') {
             if label.is_empty() {
@@ -48,8 +51,13 @@ impl SrvName {
             if label.len() > 63 {
                 return Err(bad(format!("label {label:?} is longer than 63 characters")));
             }
-            if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
-                return Err(bad(format!("label {label:?} has {c:?}; use letters, digits, '-' and '_'")));
+            if let Some(c) = label
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+            {
+                return Err(bad(format!(
+                    "label {label:?} has {c:?}; use letters, digits, '-' and '_'"
+                )));
             }
         }
         Ok(SrvName(name.to_owned()))

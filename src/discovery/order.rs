@@ -106,7 +106,9 @@ mod tests {
         let eps = [ep(10, 3, 1), ep(10, 1, 2)];
         let mut rng = StdRng::seed_from_u64(5);
         let n = 10_000;
-        let a = (0..n).filter(|_| rfc2782_order(&eps, &mut rng)[0].addr.port() == 1).count();
+        let a = (0..n)
+            .filter(|_| rfc2782_order(&eps, &mut rng)[0].addr.port() == 1)
+            .count();
         assert!((a as f64 / f64::from(n) - 0.75).abs() < 0.02, "{a}");
     }
 

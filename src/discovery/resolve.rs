@@ -83,7 +83,8 @@ impl SrvResolver {
         settings.validate()?;
         let servers = settings.name_servers()?;
         let (config, mut opts) = if servers.is_empty() {
-            hickory_resolver::system_conf::read_system_conf().map_err(|e| DiscoveryError::SystemConfig(e.to_string()))?
+            hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| DiscoveryError::SystemConfig(e.to_string()))?
         } else {
             let mut list = Vec::new();
             for ns in &servers {

@@ -179,6 +179,7 @@ impl Watch {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // `Instant::now()` as an arbitrary origin; only differences matter
 mod tests {
     use super::*;
     use rand::rngs::StdRng;
@@ -225,7 +226,9 @@ mod tests {
         );
         let t1 = t0 + Duration::from_secs(1);
         let step = w.answered(t1, vec![ep(2), ep(3)], Duration::from_secs(3600), &mut rng);
-        let Step::Fresh { diff, next, .. } = step else { panic!("{step:?}") };
+        let Step::Fresh { diff, next, .. } = step else {
+            panic!("{step:?}")
+        };
         assert_eq!(diff.added, vec![ep(3)]);
         assert_eq!(diff.removed, vec![ep(1)]);
         assert_eq!(next, Duration::from_secs(60));
@@ -246,7 +249,9 @@ mod tests {
         let mut now = t0 + Duration::from_secs(5);
         for n in 1..=6u32 {
             let step = w.failed(now, "SERVFAIL".into(), &mut rng);
-            let Step::Failed { retry, stale, streak } = step else { panic!("{step:?}") };
+            let Step::Failed { retry, stale, streak } = step else {
+                panic!("{step:?}")
+            };
             assert_eq!((stale, streak), (2, n));
             let ceiling = Duration::from_millis(500 * 2u64.pow(n - 1)).min(Duration::from_secs(8));
             assert!(retry <= ceiling, "retry {retry:?} > {ceiling:?}");
@@ -257,7 +262,11 @@ mod tests {
         // An empty answer is a failure too: nothing is forgotten.
         assert!(matches!(
             w.answered(now, vec![], Duration::from_secs(5), &mut rng),
-            Step::Failed { stale: 2, streak: 7, .. }
+            Step::Failed {
+                stale: 2,
+                streak: 7,
+                ..
+            }
         ));
         let status = w.status(now);
         assert_eq!(status.failures, 7);
@@ -281,7 +290,11 @@ mod tests {
         let mut w = watch(t0);
         assert!(matches!(
             w.failed(t0, "NXDOMAIN".into(), &mut rng),
-            Step::Failed { stale: 0, streak: 1, .. }
+            Step::Failed {
+                stale: 0,
+                streak: 1,
+                ..
+            }
         ));
         assert!(w.endpoints().is_empty());
         assert_eq!(w.status(t0).answer_age, None);

@@ -215,7 +215,9 @@ impl Zone {
         match qtype {
             RecordType::SRV => {
                 for e in d.srv.get(qname).into_iter().flatten() {
-                    let Ok(target) = Name::from_ascii(&e.target) else { continue };
+                    let Ok(target) = Name::from_ascii(&e.target) else {
+                        continue;
+                    };
                     let srv = SRV::new(e.priority, e.weight, e.port, target.clone());
                     resp.add_answer(Record::from_rdata(owner.clone(), d.ttl, RData::SRV(srv)));
                     if !d.no_glue {
@@ -245,7 +247,9 @@ impl Zone {
                 debug!(error = %e, "undecodable DNS query");
                 // The id is the first two bytes of any message; answer FORMERR when we have it.
                 let id = u16::from_be_bytes([*packet.first()?, *packet.get(1)?]);
-                return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr).to_vec().ok();
+                return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+                    .to_vec()
+                    .ok();
             }
         };
         let resp = self.answer(&request)?;
@@ -334,7 +338,9 @@ async fn serve_udp(socket: UdpSocket, zone: Arc<Zone>) {
 
 async fn serve_tcp(listener: TcpListener, zone: Arc<Zone>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(serve_tcp_conn(stream, zone.clone()));
     }
 }

@@ -31,7 +31,12 @@ pub(crate) fn wanted(shared: &Shared, disc: &Discovery, addr: SocketAddr) -> boo
     if !disc.endpoints().iter().any(|e| e.addr == addr) {
         return false;
     }
-    if shared.cfg.peers.iter().any(|p| p.parse::<SocketAddr>().ok() == Some(addr)) {
+    if shared
+        .cfg
+        .peers
+        .iter()
+        .any(|p| p.parse::<SocketAddr>().ok() == Some(addr))
+    {
         return false;
     }
     if shared.endpoint.local_addr().ok() == Some(addr) {
@@ -54,7 +59,9 @@ pub(crate) fn wanted(shared: &Shared, disc: &Discovery, addr: SocketAddr) -> boo
         .filter(|m| m.addr.parse::<SocketAddr>().ok() == Some(addr) && !m.status.is_gone())
         .map(|m| m.name.clone())
         .collect();
-    !advertised.iter().any(|n| n == &shared.name || shared.peer_conn(n).is_some())
+    !advertised
+        .iter()
+        .any(|n| n == &shared.name || shared.peer_conn(n).is_some())
 }
 
 /// Starts a dial for every wanted address without one, whenever the answers or the peer

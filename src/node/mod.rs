@@ -124,7 +124,10 @@ impl NodeBuilder {
         let discovery = if config.discovery.is_empty() {
             None
         } else {
-            Some(crate::discovery::Discovery::new(&config.discovery_names()?, &config.dns)?)
+            Some(crate::discovery::Discovery::new(
+                &config.discovery_names()?,
+                &config.dns,
+            )?)
         };
         let server_transport = transport_config(&config.transport, config.limits.max_streams_per_connection)?;
         let mut server_config = quinn::ServerConfig::with_crypto(tls.server_config()?);
