@@ -2,13 +2,17 @@
 //! namespaces find each other through SRV records served by dnsmasq, form a full mesh, answer
 //! a client that knows only the SRV name, and exit 0 on SIGTERM. Needs root and `ip netns`
 //! (CI has both); elsewhere it says why it did not run.
+#![allow(clippy::disallowed_methods)] // the shared test helpers read the clock; see clippy.toml
 
 mod common;
 
 use std::process::Command;
 
 fn netns_usable() -> Result<(), String> {
-    let uid = Command::new("id").arg("-u").output().map_err(|e| format!("cannot run id: {e}"))?;
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| format!("cannot run id: {e}"))?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Err("not root".into());
     }
@@ -47,8 +51,15 @@ fn netns_mesh_script_forms_a_mesh_from_dnsmasq_srv_records() {
         stdout.starts_with("node alpha") || stdout.starts_with("node bravo"),
         "{stdout}"
     );
-    assert_eq!(stdout.matches(" up\n").count() + usize::from(stdout.ends_with(" up")), 2, "{stdout}");
+    assert_eq!(
+        stdout.matches(" up\n").count() + usize::from(stdout.ends_with(" up")),
+        2,
+        "{stdout}"
+    );
     // Nothing left behind.
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&left.stdout).contains("qmt-"), "namespaces left behind");
+    assert!(
+        !String::from_utf8_lossy(&left.stdout).contains("qmt-"),
+        "namespaces left behind"
+    );
 }

@@ -163,6 +163,10 @@ impl SrvResolver {
                 continue;
             }
             let target = srv.target.to_ascii();
+            if srv.port == 0 {
+                unresolved.push(format!("{target}: port 0 is not a port"));
+                continue;
+            }
             let ips = match glue.get(&srv.target.to_lowercase().to_ascii()) {
                 Some(ips) => ips.clone(),
                 None => match self.resolver.lookup_ip(srv.target.clone()).await {

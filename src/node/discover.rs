@@ -6,7 +6,7 @@
 //! covers the address. An address that leaves DNS is no longer dialled, but a connection up
 //! to it is not cut: gossip decides whether that node is alive.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -25,43 +25,39 @@ pub(crate) struct Discovered {
     pub found: BTreeMap<SocketAddr, String>,
 }
 
-/// Whether `addr` still needs a dial of its own: it is in the current answers, it is not a
-/// configured peer (those have their own dial), and no live connection covers it.
-pub(crate) fn wanted(shared: &Shared, disc: &Discovery, addr: SocketAddr) -> bool {
-    if !disc.endpoints().iter().any(|e| e.addr == addr) {
-        return false;
-    }
-    if shared
-        .cfg
-        .peers
+/// Addresses that need no dial of their own: this node's, configured peers' (they have their
+/// own dial), and every address a live connection covers — where a dial found a node now
+/// connected, where a connected peer dialled us from, or what a connected member advertises.
+/// Built once per pass, so a pass over N endpoints is O(N), not O(N²).
+fn covered(shared: &Shared) -> HashSet<SocketAddr> {
+    let mut out: HashSet<SocketAddr> = shared.cfg.peers.iter().filter_map(|p| p.parse().ok()).collect();
+    out.extend(shared.endpoint.local_addr().ok());
+    let live: HashSet<String> = lock(&shared.peers)
         .iter()
-        .any(|p| p.parse::<SocketAddr>().ok() == Some(addr))
-    {
-        return false;
-    }
-    if shared.endpoint.local_addr().ok() == Some(addr) {
-        return false;
-    }
-    if let Some(name) = lock(&shared.discovered).found.get(&addr).cloned() {
-        if name == shared.name || shared.peer_conn(&name).is_some() {
-            return false;
+        .filter(|(_, p)| p.conn.as_ref().is_some_and(|c| c.close_reason().is_none()))
+        .map(|(name, p)| {
+            out.insert(p.remote);
+            name.clone()
+        })
+        .collect();
+    let counts = |name: &str| name == shared.name || live.contains(name);
+    for (addr, name) in &lock(&shared.discovered).found {
+        if counts(name) {
+            out.insert(*addr);
         }
     }
-    // A connection the peer dialled from this address, or one to a member advertising it.
-    let by_remote = lock(&shared.peers)
-        .values()
-        .any(|p| p.remote == addr && p.conn.as_ref().is_some_and(|c| c.close_reason().is_none()));
-    if by_remote {
-        return false;
+    for m in lock(&shared.gossip).members() {
+        if !m.status.is_gone() && counts(&m.name) {
+            out.extend(m.addr.parse::<SocketAddr>().ok());
+        }
     }
-    let advertised: Vec<String> = lock(&shared.gossip)
-        .members()
-        .filter(|m| m.addr.parse::<SocketAddr>().ok() == Some(addr) && !m.status.is_gone())
-        .map(|m| m.name.clone())
-        .collect();
-    !advertised
-        .iter()
-        .any(|n| n == &shared.name || shared.peer_conn(n).is_some())
+    out
+}
+
+/// Whether `addr` still needs a dial of its own: it is in the current answers and no live
+/// connection covers it.
+pub(crate) fn wanted(shared: &Shared, disc: &Discovery, addr: SocketAddr) -> bool {
+    disc.endpoints().iter().any(|e| e.addr == addr) && !covered(shared).contains(&addr)
 }
 
 /// Starts a dial for every wanted address without one, whenever the answers or the peer
@@ -71,8 +67,9 @@ pub(crate) async fn discover_loop(shared: Arc<Shared>, disc: Arc<Discovery>) {
     let mut peers = shared.peers_changed.subscribe();
     let mut shutdown = shared.shutdown.subscribe();
     loop {
+        let skip = covered(&shared);
         for e in disc.endpoints() {
-            if !wanted(&shared, &disc, e.addr) {
+            if skip.contains(&e.addr) {
                 continue;
             }
             if !lock(&shared.discovered).dialing.insert(e.addr) {
