@@ -345,20 +345,48 @@ impl Client {
 
     /// Opens the stream through the entry node, which routes it.
     async fn open_via_entry(&self, frame: &[u8]) -> Result<ServiceStream, CallError> {
-        // One retry on a fresh connection if the old one died under us before the stream opened.
+        // Retries, each on a fresh connection, when nothing was processed: the connection died
+        // before the stream opened or before the node answered, or the entry node is draining.
+        // The request body has not been sent at that point, so a retry cannot duplicate work.
+        const ATTEMPTS: usize = 3;
         let mut attempt = 0;
-        let (send, recv) = loop {
+        loop {
+            attempt += 1;
             let conn = self.connection().await?;
-            match conn.open_bi().await {
-                Ok(s) => break s,
-                Err(e) if attempt == 0 => {
+            let (send, recv) = match conn.open_bi().await {
+                Ok(s) => s,
+                Err(e) if attempt < ATTEMPTS => {
                     debug!(error = %e, "connection lost before opening a stream; reconnecting");
-                    attempt += 1;
+                    self.forget(&conn).await;
+                    continue;
                 }
                 Err(e) => return Err(CallError::Stream(e.to_string())),
+            };
+            match finish_open(send, recv, frame).await {
+                Err(CallError::Rejected {
+                    code: RejectCode::Draining,
+                    reason,
+                }) if attempt < ATTEMPTS => {
+                    debug!(%reason, "entry node is draining; moving to another");
+                    self.forget(&conn).await;
+                }
+                Err(e) if attempt < ATTEMPTS && conn.close_reason().is_some() => {
+                    debug!(error = %e, "connection closed before the node answered; reconnecting");
+                    self.forget(&conn).await;
+                }
+                other => return other,
             }
-        };
-        finish_open(send, recv, frame).await
+        }
+    }
+
+    /// Stops using `conn` for new streams (if it is still the entry connection). It is not
+    /// closed: other calls may be in flight on it, and a draining node lets them finish and
+    /// closes it itself.
+    async fn forget(&self, conn: &quinn::Connection) {
+        let mut guard = self.inner.conn.lock().await;
+        if guard.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
+            *guard = None;
+        }
     }
 
     /// Client-side routing: pick the node from the fetched load table and open the stream on

@@ -314,6 +314,27 @@ pub struct NodeConfig {
     /// Load balancing, retries and ejection.
     #[serde(default)]
     pub routing: crate::routing::RoutingConfig,
+    /// Graceful stop on SIGTERM/SIGINT.
+    #[serde(default)]
+    pub drain: DrainSettings,
+}
+
+/// How a node stops on SIGTERM or SIGINT (see `Node::drain`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainSettings {
+    /// How long streams in flight may take to finish before the node closes anyway.
+    /// Default `"30s"`.
+    #[serde(with = "duration_str")]
+    pub grace: Duration,
+}
+
+impl Default for DrainSettings {
+    fn default() -> Self {
+        DrainSettings {
+            grace: Duration::from_secs(30),
+        }
+    }
 }
 
 fn default_weight() -> u32 {
@@ -364,6 +385,7 @@ impl NodeConfig {
             weight: default_weight(),
             gossip: crate::gossip::GossipConfig::default(),
             routing: crate::routing::RoutingConfig::default(),
+            drain: DrainSettings::default(),
         }
     }
 

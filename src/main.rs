@@ -148,6 +148,9 @@ struct NodeArgs {
     /// Concurrent service streams before Overloaded (`limits.max_inflight`).
     #[arg(long)]
     max_inflight: Option<i64>,
+    /// How long streams in flight may finish after SIGTERM (`drain.grace`), e.g. 30s.
+    #[arg(long)]
+    drain_grace: Option<String>,
     /// Relay hop limit (`limits.hop_limit`).
     #[arg(long)]
     hop_limit: Option<i64>,
@@ -402,6 +405,9 @@ fn node_config(a: &NodeArgs) -> Result<NodeConfig, BoxError> {
     if let Some(v) = a.max_inflight {
         set(&mut table, &["limits", "max_inflight"], Integer(v));
     }
+    if let Some(v) = &a.drain_grace {
+        set(&mut table, &["drain", "grace"], S(v.clone()));
+    }
     if let Some(v) = a.hop_limit {
         set(&mut table, &["limits", "hop_limit"], Integer(v));
     }
@@ -414,10 +420,17 @@ async fn node(a: NodeArgs) -> Result<(), BoxError> {
         print!("{}", cfg.to_toml());
         return Ok(());
     }
+    let grace = cfg.drain.grace;
     let node = Node::builder(cfg).start().await?;
     wait_for_signal().await;
-    info!("shutting down");
-    node.shutdown().await;
+    info!(?grace, "signal received; draining (a second signal stops at once)");
+    tokio::select! {
+        _ = node.drain(grace) => {}
+        () = wait_for_signal() => {
+            warn!("second signal; stopping without waiting for streams in flight");
+            node.shutdown().await;
+        }
+    }
     Ok(())
 }
 
@@ -490,8 +503,16 @@ async fn call(a: CallArgs) -> Result<(), BoxError> {
         timeout: a.timeout,
     };
     let t0 = Instant::now();
-    let reply = client.request(&a.service, body, &opts).await?;
+    let reply = client.request(&a.service, body, &opts).await;
     let elapsed = t0.elapsed();
+    let reply = match reply {
+        Ok(r) => r,
+        Err(e) => {
+            // Close even on failure, so the node need not wait out the idle timeout for us.
+            client.close().await;
+            return Err(e.into());
+        }
+    };
     let mut out = tokio::io::stdout();
     out.write_all(&reply.body).await?;
     out.flush().await?;
@@ -537,8 +558,9 @@ async fn forward(a: ForwardArgs) -> Result<(), BoxError> {
 
 async fn status(a: StatusArgs) -> Result<(), BoxError> {
     let client = Client::connect(client_config(&a.client)?).await?;
-    let bytes = client.call(quicmesh::protocol::STATUS_SERVICE, Vec::new()).await?;
+    let bytes = client.call(quicmesh::protocol::STATUS_SERVICE, Vec::new()).await;
     client.close().await;
+    let bytes = bytes?;
     let report: quicmesh::protocol::StatusReport =
         postcard::from_bytes(&bytes).map_err(|e| format!("node sent an unreadable status report: {e}"))?;
     println!("node {} (quicmesh {})", report.node, report.version);

@@ -112,11 +112,14 @@ pub enum RejectCode {
     Overloaded,
     /// The caller's deadline passed before the service answered.
     DeadlineExceeded,
+    /// The node is draining before it stops: it takes no new streams. Nothing was processed;
+    /// clients reconnect to another entry node and retry, relaying nodes pick another node.
+    Draining,
 }
 
 impl RejectCode {
     /// Every code, in wire order.
-    pub const ALL: [RejectCode; 8] = [
+    pub const ALL: [RejectCode; 9] = [
         RejectCode::BadHeader,
         RejectCode::UnsupportedVersion,
         RejectCode::UnknownService,
@@ -125,6 +128,7 @@ impl RejectCode {
         RejectCode::Unavailable,
         RejectCode::Overloaded,
         RejectCode::DeadlineExceeded,
+        RejectCode::Draining,
     ];
 
     /// Position in [`RejectCode::ALL`].
@@ -134,7 +138,10 @@ impl RejectCode {
 
     /// Whether the same request may succeed on another node (nothing was processed).
     pub fn is_retryable(self) -> bool {
-        matches!(self, RejectCode::Unavailable | RejectCode::Overloaded)
+        matches!(
+            self,
+            RejectCode::Unavailable | RejectCode::Overloaded | RejectCode::Draining
+        )
     }
 }
 

@@ -41,6 +41,13 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>) {
             _ = shutdown.changed() => break,
         };
         let Some(incoming) = incoming else { break };
+        if shared.draining.load(Ordering::Relaxed) {
+            // Refused outright (CONNECTION_REFUSED), so a client moves on to its next entry
+            // node at once instead of waiting out its handshake timeout.
+            debug!(remote = %incoming.remote_address(), "refusing connection: draining");
+            incoming.refuse();
+            continue;
+        }
         if shared.connections.load(Ordering::Relaxed) >= shared.cfg.limits.max_connections {
             debug!(remote = %incoming.remote_address(), "refusing connection: at limits.max_connections");
             incoming.refuse();

@@ -12,6 +12,7 @@
 
 mod balance;
 mod conn;
+mod conn_use;
 mod dial;
 mod discover;
 mod membership;
@@ -28,7 +29,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tracing::{info, Instrument};
+use tracing::{debug, info, Instrument};
 
 pub(crate) use dial::SNI;
 pub(crate) use shared::lock as lock_std;
@@ -185,6 +186,9 @@ impl NodeBuilder {
             latency_us: Mutex::new(0.0),
             dialing: Mutex::new(std::collections::BTreeSet::new()),
             routing: Mutex::new(balance::RoutingState::new(config_retry_budget)),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            undelivered: watch::channel(0).0,
+            conn_use: Arc::default(),
             discovery,
             discovered: Mutex::new(discover::Discovered::default()),
         });
@@ -347,6 +351,63 @@ impl Node {
     /// Marks this node Draining (peers route no new streams to it) or Alive again.
     pub fn set_draining(&self, draining: bool) {
         lock(&self.shared.gossip).set_draining(draining);
+    }
+
+    /// Stops gracefully: the node gossips Draining (so peers route new streams elsewhere),
+    /// refuses new connections, rejects new service streams with `Draining` (clients and
+    /// relaying nodes retry those elsewhere; nothing was processed), lets the streams in
+    /// flight finish for up to `grace`, then leaves the mesh as [`Node::shutdown`] does.
+    /// Returns how many streams were still in flight when the grace period ran out.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        let started = Instant::now();
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let news = {
+            let mut g = lock(&self.shared.gossip);
+            g.set_draining(true);
+            g.syn()
+        };
+        // Tell every peer now rather than at the next gossip round.
+        let peers: Vec<String> = lock(&self.shared.control).keys().cloned().collect();
+        for p in peers {
+            self.shared.send_control(&p, ControlMsg::Gossip(news.clone()));
+        }
+        let max = u32::try_from(self.shared.cfg.limits.max_inflight).unwrap_or(u32::MAX);
+        let inflight = self.shared.inflight.clone();
+        info!(node = %self.shared.name, ?grace, in_flight = self.in_flight(), "draining");
+        let deadline = tokio::time::Instant::now() + grace;
+        let left = match tokio::time::timeout_at(deadline, inflight.acquire_many_owned(max)).await {
+            Ok(_all) => 0,
+            Err(_) => self.in_flight(),
+        };
+        // The last replies are written but perhaps not yet acknowledged, and closing the
+        // connection would discard them: wait until the callers have them (within the grace).
+        let mut undelivered = self.shared.undelivered.subscribe();
+        let waiting = *undelivered.borrow();
+        if waiting > 0 {
+            debug!(replies = waiting, "waiting for the last replies to be acknowledged");
+        }
+        if tokio::time::timeout_at(deadline, undelivered.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            let unacked = *undelivered.borrow();
+            tracing::warn!(node = %self.shared.name, unacked, "drain grace ran out with replies unacknowledged (callers gone without closing?)");
+        }
+        if left > 0 {
+            tracing::warn!(node = %self.shared.name, abandoned = left, ?grace, "drain grace ran out; closing with streams in flight");
+        }
+        info!(node = %self.shared.name, took = ?started.elapsed(), "drained");
+        self.shutdown().await;
+        left
+    }
+
+    /// Service streams in flight on this node now (served here or relayed).
+    pub fn in_flight(&self) -> usize {
+        self.shared
+            .cfg
+            .limits
+            .max_inflight
+            .saturating_sub(self.shared.inflight.available_permits())
     }
 
     /// A snapshot of the node's counters.

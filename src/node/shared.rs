@@ -13,7 +13,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::config::NodeConfig;
 use crate::gossip::{Gossip, Load};
 use crate::identity::Identity;
-use crate::protocol::{codes, ControlMsg, RejectCode};
+use crate::protocol::{ControlMsg, RejectCode};
 use crate::service::Handler;
 use crate::transport::{keep_new_connection, DEDUP_WINDOW};
 
@@ -86,6 +86,14 @@ pub(crate) struct Shared {
     pub dialing: Mutex<std::collections::BTreeSet<String>>,
     /// Balancers, latency estimates, pending counts, ejections, retry budget.
     pub routing: Mutex<super::balance::RoutingState>,
+    /// Replies written but not yet acknowledged by their callers. A connection close discards
+    /// unacknowledged data, so a drain waits for this to reach zero before closing.
+    pub undelivered: watch::Sender<usize>,
+    /// Streams running per connection; retired duplicates close when theirs end.
+    pub conn_use: super::conn_use::ConnUseTable,
+    /// Set by [`super::Node::drain`]: new connections are refused and new service streams
+    /// rejected with `Draining`.
+    pub draining: std::sync::atomic::AtomicBool,
     /// DNS discovery, if configured.
     pub discovery: Option<Arc<crate::discovery::Discovery>>,
     /// Dials of discovered addresses, and who was found at each.
@@ -132,10 +140,11 @@ impl Shared {
             );
             if !keep_new {
                 drop(peers);
-                conn.close(codes::DUPLICATE, b"duplicate connection");
+                super::conn_use::retire(&self.conn_use, conn);
                 return false;
             }
-            old.close(codes::DUPLICATE, b"duplicate connection");
+            // Streams may already run on the old one; it closes when they are done.
+            super::conn_use::retire(&self.conn_use, &old);
         }
         peers.insert(
             peer.to_owned(),
@@ -207,6 +216,24 @@ impl Shared {
             Some(h) => h.tx.try_send(msg).is_ok(),
             None => false,
         }
+    }
+
+    /// Counts a reply in [`Shared::undelivered`] until `delivered` (a `SendStream::stopped`
+    /// future) resolves or the idle timeout passes, whichever comes first.
+    /// `keep` (the stream's [`super::conn_use::InUse`] guard) lives as long.
+    pub fn track_delivery<F, K>(&self, delivered: F, keep: K)
+    where
+        F: std::future::Future + Send + 'static,
+        K: Send + 'static,
+    {
+        let counter = self.undelivered.clone();
+        let limit = self.cfg.transport.idle_timeout;
+        counter.send_modify(|n| *n += 1);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(limit, delivered).await;
+            counter.send_modify(|n| *n = n.saturating_sub(1));
+            drop(keep);
+        });
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -107,6 +107,16 @@ pub(crate) async fn handle_stream(
             end_control(&conn, result);
         }
         StreamKind::Service(req) => {
+            if shared.draining.load(Ordering::Relaxed) && req.service != STATUS_SERVICE {
+                let r = reject(
+                    RejectCode::Draining,
+                    format!("node {} is draining before it stops; use another node", shared.name),
+                );
+                return send_reject(&shared, send, recv, &caller, r).await;
+            }
+            // Resolves once the caller has acknowledged the whole reply (or stopped the stream).
+            let delivered = send.stopped();
+            let in_use = super::conn_use::in_use(&shared.conn_use, &conn);
             let Ok(_permit) = shared.inflight.clone().try_acquire_owned() else {
                 let r = reject(
                     RejectCode::Overloaded,
@@ -135,6 +145,7 @@ pub(crate) async fn handle_stream(
                 Ok((origin, Route::Here(local))) => stream.serve_local(&origin, &req, local).await,
                 Ok((origin, Route::Choose(local))) => stream.dispatch(&origin, req, local).await,
             }
+            shared.track_delivery(delivered, in_use);
         }
     }
 }
@@ -353,6 +364,7 @@ impl Incoming<'_> {
                 ..req.clone()
             };
             let _pending = shared.pending(&peer);
+            let _in_use = super::conn_use::in_use(&shared.conn_use, &pconn);
             let started = Instant::now();
             match self.open_downstream(&pconn, down).await {
                 Ok((node, ds, dr)) => {
