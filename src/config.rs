@@ -317,6 +317,39 @@ pub struct NodeConfig {
     /// Graceful stop on SIGTERM/SIGINT.
     #[serde(default)]
     pub drain: DrainSettings,
+    /// The admin HTTP endpoint (`/metrics`, `/status`, `/healthz`, `/readyz`).
+    #[serde(default)]
+    pub admin: AdminSettings,
+}
+
+/// Where the admin HTTP endpoint listens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// `host:port` (TCP), or `"off"`. Default `"127.0.0.1:7480"` in configuration files;
+    /// [`NodeConfig::new`] leaves it `"off"` so embedded nodes open no port unasked.
+    pub listen: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: "127.0.0.1:7480".into(),
+        }
+    }
+}
+
+impl AdminSettings {
+    /// The address to serve on, or `None` when off.
+    pub fn addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.listen == "off" {
+            return Ok(None);
+        }
+        self.listen
+            .parse()
+            .map(Some)
+            .map_err(|_| invalid("admin.listen", format!("{:?} is not ip:port or \"off\"", self.listen)))
+    }
 }
 
 /// How a node stops on SIGTERM or SIGINT (see `Node::drain`).
@@ -386,6 +419,7 @@ impl NodeConfig {
             gossip: crate::gossip::GossipConfig::default(),
             routing: crate::routing::RoutingConfig::default(),
             drain: DrainSettings::default(),
+            admin: AdminSettings { listen: "off".into() },
         }
     }
 
@@ -438,6 +472,7 @@ impl NodeConfig {
         if self.weight == 0 {
             return Err(invalid("weight", "must be at least 1"));
         }
+        self.admin.addr()?;
         self.transport.validate("transport")?;
         self.limits.validate()?;
         self.gossip.validate()?;

@@ -115,6 +115,7 @@ async fn start_nodes(dir: &Path, upper_backend: String, dns: &ZoneServer) -> Res
         // No peers: each node finds the others through the SRV records, its own included.
         cfg.discovery = vec![format!("srv:{SRV_NAME}")];
         cfg.dns.servers = vec![dns.addr().to_string()];
+        cfg.admin.listen = "127.0.0.1:0".into();
         let mut b = Node::builder(cfg.clone());
         match name {
             "alpha" => b = b.handler("echo", Echo),
@@ -377,7 +378,8 @@ pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
 
     if opts.serve {
         println!(
-            "serving until Ctrl-C. Try:\n  quicmesh call echo --discovery srv:{SRV_NAME} --dns-server {} --ca {d}/ca.crt --cert {d}/client-demo.crt --cert-key {d}/client-demo.key <<< hello",
+            "serving until Ctrl-C. Metrics: curl http://{}/metrics (also /status, /readyz). Try:\n  quicmesh call echo --discovery srv:{SRV_NAME} --dns-server {} --ca {d}/ca.crt --cert {d}/client-demo.crt --cert-key {d}/client-demo.key <<< hello",
+            nodes[0].admin_addr().map(|a| a.to_string()).unwrap_or_default(),
             dns.addr(),
             d = dir.path().display()
         );

@@ -109,6 +109,10 @@ struct NodeArgs {
     /// UDP listen address (`listen`).
     #[arg(long)]
     listen: Option<String>,
+    /// Admin HTTP address for /metrics, /status, /healthz, /readyz (`admin.listen`), or "off".
+    /// Default 127.0.0.1:7480.
+    #[arg(long)]
+    admin: Option<String>,
     /// Address other nodes should dial to reach this one, host:port (`advertise`).
     #[arg(long)]
     advertise: Option<String>,
@@ -358,6 +362,9 @@ fn node_config(a: &NodeArgs) -> Result<NodeConfig, BoxError> {
     }
     if let Some(v) = &a.listen {
         set(&mut table, &["listen"], S(v.clone()));
+    }
+    if let Some(v) = &a.admin {
+        set(&mut table, &["admin", "listen"], S(v.clone()));
     }
     if let Some(v) = &a.advertise {
         set(&mut table, &["advertise"], S(v.clone()));

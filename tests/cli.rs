@@ -253,11 +253,11 @@ async fn two_node_processes_from_config_files() {
         })
         .collect();
     let n1 = format!(
-        "name = \"n1\"\nlisten = \"127.0.0.1:{}\"\n[tls]\nca = \"{d}/ca.crt\"\ncert = \"{d}/node-n1.crt\"\nkey = \"{d}/node-n1.key\"\n[services.count]\nbackend = \"{backend_addr}\"\n",
+        "name = \"n1\"\nlisten = \"127.0.0.1:{}\"\n[tls]\nca = \"{d}/ca.crt\"\ncert = \"{d}/node-n1.crt\"\nkey = \"{d}/node-n1.key\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[services.count]\nbackend = \"{backend_addr}\"\n",
         ports[0]
     );
     let n2 = format!(
-        "name = \"n2\"\nlisten = \"127.0.0.1:{}\"\npeers = [\"127.0.0.1:{}\"]\n[tls]\nca = \"{d}/ca.crt\"\ncert = \"{d}/node-n2.crt\"\nkey = \"{d}/node-n2.key\"\n",
+        "name = \"n2\"\nlisten = \"127.0.0.1:{}\"\npeers = [\"127.0.0.1:{}\"]\n[tls]\nca = \"{d}/ca.crt\"\ncert = \"{d}/node-n2.crt\"\nkey = \"{d}/node-n2.key\"\n[admin]\nlisten = \"off\"\n",
         ports[1], ports[0]
     );
     let mut procs = Vec::new();

@@ -172,7 +172,7 @@ async fn rolling_restart_of_node_processes_fails_no_call() {
             .map(|(_, a)| format!("{a:?}"))
             .collect();
         let text = format!(
-            "name = \"{name}\"\nlisten = \"{}\"\npeers = [{}]\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[services.echo]\nbackend = \"{backend}\"\n[reconnect]\ninitial = \"20ms\"\nmax = \"200ms\"\n[drain]\ngrace = \"10s\"\n",
+            "name = \"{name}\"\nlisten = \"{}\"\npeers = [{}]\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[services.echo]\nbackend = \"{backend}\"\n[reconnect]\ninitial = \"20ms\"\nmax = \"200ms\"\n[drain]\ngrace = \"10s\"\n[admin]\nlisten = \"off\"\n",
             addrs[i],
             peers.join(", "),
             tls.ca,

@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 mod balance;
 mod conn;
 mod conn_use;
@@ -71,6 +72,14 @@ pub enum NodeError {
     /// DNS discovery could not be set up.
     #[error("discovery: {0}")]
     Discovery(#[from] crate::discovery::DiscoveryError),
+    /// The admin HTTP address could not be bound.
+    #[error("admin.listen {addr}: {source}; set admin.listen (or --admin) to a free address, or \"off\"")]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// quinn could not start the endpoint.
     #[error("starting the QUIC endpoint: {0}")]
     Endpoint(std::io::Error),
@@ -130,6 +139,15 @@ impl NodeBuilder {
                 &config.dns,
             )?)
         };
+        let admin = match config.admin.addr()? {
+            Some(addr) => Some(
+                admin::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Admin { addr, source })?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let server_transport = transport_config(&config.transport, config.limits.max_streams_per_connection)?;
         let mut server_config = quinn::ServerConfig::with_crypto(tls.server_config()?);
         server_config.transport_config(server_transport.clone());
@@ -200,6 +218,9 @@ impl NodeBuilder {
             let purpose = dial::Purpose::Seed;
             tasks.spawn(dial::keep_connected(shared.clone(), peer.clone(), purpose).instrument(span.clone()));
         }
+        if let Some(listener) = admin {
+            tasks.spawn(admin::serve(shared.clone(), listener).instrument(span.clone()));
+        }
         if let Some(disc) = &shared.discovery {
             tasks.spawn(disc.clone().run(shared.shutdown.subscribe()).instrument(span.clone()));
             tasks.spawn(discover::discover_loop(shared.clone(), disc.clone()).instrument(span.clone()));
@@ -212,12 +233,14 @@ impl NodeBuilder {
                 peers = ?shared.cfg.peers,
                 discovery = ?shared.cfg.discovery,
                 dns = shared.discovery.as_ref().map(|d| d.servers()),
+                admin = admin_addr.map(|a| a.to_string()),
                 "node started"
             )
         });
         Ok(Node {
             shared,
             local_addr,
+            admin_addr,
             tasks: Mutex::new(tasks),
         })
     }
@@ -227,6 +250,7 @@ impl NodeBuilder {
 pub struct Node {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     tasks: Mutex<JoinSet<()>>,
 }
 
@@ -285,6 +309,11 @@ impl Node {
     /// The UDP address the node listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin HTTP address (`/metrics`, `/status`, `/healthz`, `/readyz`), if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Services served by this node itself.

@@ -1,0 +1,236 @@
+//! The admin HTTP endpoint: `/metrics` (Prometheus text), `/status` (JSON), `/healthz`,
+//! `/readyz`. Served on its own address (`admin.listen`, loopback by default), never on the
+//! mesh port: it is unauthenticated, for the host's monitoring and the service manager.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::debug;
+
+use super::shared::{lock, Shared};
+use crate::protocol::RejectCode;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Binds the admin listener (so a taken port fails the node's start, with the address named).
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves admin requests until shutdown.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, &req)) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
+    }
+    match req.uri().path() {
+        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => match readiness(shared) {
+            Ok(()) => respond(StatusCode::OK, "text/plain", "ready\n"),
+            Err(why) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
+        "/status" => match serde_json::to_vec_pretty(&super::status_report(shared)) {
+            Ok(json) => respond(StatusCode::OK, "application/json", json),
+            Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+        },
+        "/metrics" => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics(shared),
+        ),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics, /status, /healthz, /readyz\n",
+        ),
+    }
+}
+
+/// Ready: not draining, and joined — connected to a peer, unless the node was given nobody
+/// to find (a mesh of one is ready at once).
+fn readiness(shared: &Shared) -> Result<(), String> {
+    if shared.draining.load(Ordering::Relaxed) {
+        return Err("draining".into());
+    }
+    let connected = lock(&shared.peers)
+        .values()
+        .any(|p| p.conn.as_ref().is_some_and(|c| c.close_reason().is_none()));
+    let alone = shared.cfg.peers.is_empty() && shared.cfg.discovery.is_empty();
+    if connected || alone {
+        Ok(())
+    } else {
+        Err("not connected to any peer yet".into())
+    }
+}
+
+fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(v);
+    reg.register(name, help, c);
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(v);
+    reg.register(name, help, g);
+}
+
+/// The node's metrics, read from its live state at scrape time.
+fn metrics(shared: &Shared) -> String {
+    let mut reg = Registry::with_prefix("quicmesh");
+    let s = &shared.stats;
+    counter(
+        &mut reg,
+        "streams_accepted",
+        "Service streams accepted",
+        s.accepted.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut reg,
+        "streams_served_local",
+        "Service streams served by this node",
+        s.served_local.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut reg,
+        "streams_relayed",
+        "Service streams relayed to a peer",
+        s.relayed.load(Ordering::Relaxed),
+    );
+    let rejected = Family::<Labels, Counter>::default();
+    for code in RejectCode::ALL {
+        rejected
+            .get_or_create(&vec![("code", code.to_string())])
+            .inc_by(s.rejected[code.index()].load(Ordering::Relaxed));
+    }
+    reg.register("streams_rejected", "Streams rejected, by reject code", rejected);
+    counter(
+        &mut reg,
+        "handshake_failures",
+        "Incoming handshakes that failed",
+        s.handshake_failures.load(Ordering::Relaxed),
+    );
+    let in_flight = shared
+        .cfg
+        .limits
+        .max_inflight
+        .saturating_sub(shared.inflight.available_permits());
+    gauge(
+        &mut reg,
+        "streams_in_flight",
+        "Service streams in flight",
+        i64::try_from(in_flight).unwrap_or(i64::MAX),
+    );
+    gauge(
+        &mut reg,
+        "connections",
+        "Open connections (peers and clients)",
+        i64::try_from(shared.connections.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+    );
+    gauge(
+        &mut reg,
+        "draining",
+        "1 while the node drains before stopping",
+        i64::from(shared.draining.load(Ordering::Relaxed)),
+    );
+
+    let up = Family::<Labels, Gauge>::default();
+    let rtt = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let rtts = lock(&shared.rtt).clone();
+    for (name, p) in lock(&shared.peers).iter() {
+        let live = p.conn.as_ref().filter(|c| c.close_reason().is_none());
+        up.get_or_create(&vec![("peer", name.clone())])
+            .set(i64::from(live.is_some()));
+        if let Some(c) = live {
+            let secs = rtts.get(name).copied().unwrap_or_else(|| c.rtt().as_secs_f64());
+            rtt.get_or_create(&vec![("peer", name.clone())]).set(secs);
+        }
+    }
+    reg.register("peer_up", "1 if the connection to the peer is up", up);
+    reg.register(
+        "peer_rtt_seconds",
+        "Round-trip time to the peer (control-stream ping EWMA)",
+        rtt,
+    );
+
+    let members = Family::<Labels, Gauge>::default();
+    for m in lock(&shared.gossip).members() {
+        members.get_or_create(&vec![("status", m.status.to_string())]).inc();
+    }
+    reg.register("members", "Members in this node's gossip view, by status", members);
+
+    if let Some(d) = &shared.discovery {
+        let lookups = Family::<Labels, Counter>::default();
+        let failures = Family::<Labels, Counter>::default();
+        let endpoints = Family::<Labels, Gauge>::default();
+        for w in d.status() {
+            let l = vec![("name", w.name.clone())];
+            lookups.get_or_create(&l).inc_by(w.lookups);
+            failures.get_or_create(&l).inc_by(w.failures);
+            endpoints
+                .get_or_create(&l)
+                .set(i64::try_from(w.endpoints.len()).unwrap_or(i64::MAX));
+        }
+        reg.register("dns_lookups", "SRV lookups done", lookups);
+        reg.register("dns_failures", "SRV lookups that failed", failures);
+        reg.register("dns_endpoints", "Endpoints in the last good SRV answer", endpoints);
+    }
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
+        out = format!("# encoding failed: {e}\n");
+    }
+    out
+}

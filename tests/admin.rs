@@ -1,0 +1,147 @@
+//! The admin HTTP endpoint on a live mesh: metrics that move with calls and rejections, the
+//! JSON status, and readiness that waits for the node to join.
+#![allow(clippy::disallowed_methods)] // tests may read the clock; see clippy.toml
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{eventually, Pki};
+use quicmesh::{Echo, Node};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One HTTP/1.1 request over a raw TCP socket: (status code, body).
+async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.to_owned())
+}
+
+/// The value of the sample line starting with `series ` (name and labels, exactly).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn admin_on(cfg: &mut quicmesh::NodeConfig) {
+    cfg.admin.listen = "127.0.0.1:0".into();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_calls_and_rejections() {
+    common::init_logs();
+    let pki = Pki::new();
+    let mut cfg = pki.node_config("a");
+    admin_on(&mut cfg);
+    let a = Node::builder(cfg).handler("echo", Echo).start().await.unwrap();
+    let mut cfg = pki.node_config("b");
+    cfg.peers = vec![a.local_addr().to_string()];
+    let b = Node::builder(cfg).handler("echo", Echo).start().await.unwrap();
+    assert_eq!(b.admin_addr(), None, "NodeConfig::new leaves admin off");
+    let admin = a.admin_addr().unwrap();
+    eventually(Duration::from_secs(10), "mesh", || {
+        common::sees_all(&[&a, &b], &["echo"])
+    })
+    .await;
+
+    let (code, before) = http(admin, "GET", "/metrics").await;
+    assert_eq!(code, 200);
+    let accepted_before = sample(&before, "quicmesh_streams_accepted_total").unwrap();
+    let client = pki.client("web", &a).await;
+    for _ in 0..10 {
+        client.call("echo", "x").await.unwrap();
+    }
+    assert!(client.call("nope", "x").await.is_err());
+
+    let (_, after) = http(admin, "GET", "/metrics").await;
+    println!("{after}");
+    assert_eq!(
+        sample(&after, "quicmesh_streams_accepted_total").unwrap() - accepted_before,
+        11.0
+    );
+    assert_eq!(
+        sample(&after, "quicmesh_streams_rejected_total{code=\"UnknownService\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&after, "quicmesh_streams_rejected_total{code=\"Draining\"}"),
+        Some(0.0)
+    );
+    let served = sample(&after, "quicmesh_streams_served_local_total").unwrap();
+    let relayed = sample(&after, "quicmesh_streams_relayed_total").unwrap();
+    assert_eq!(served + relayed, 10.0, "every echo was served here or relayed to b");
+    assert_eq!(sample(&after, "quicmesh_peer_up{peer=\"b\"}"), Some(1.0));
+    assert!(sample(&after, "quicmesh_peer_rtt_seconds{peer=\"b\"}").is_some_and(|s| s > 0.0 && s < 1.0));
+    assert_eq!(sample(&after, "quicmesh_members{status=\"Alive\"}"), Some(2.0));
+    assert_eq!(sample(&after, "quicmesh_draining"), Some(0.0));
+    assert!(after.ends_with("# EOF\n"));
+
+    let (code, json) = http(admin, "GET", "/status").await;
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(status["node"], "a");
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(2));
+    assert_eq!(http(admin, "GET", "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(http(admin, "GET", "/nope").await.0, 404);
+    assert_eq!(http(admin, "POST", "/metrics").await.0, 405);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_the_node_to_join() {
+    common::init_logs();
+    let pki = Pki::new();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let a_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut cfg = pki.node_config("b");
+    cfg.peers = vec![a_addr.to_string()];
+    admin_on(&mut cfg);
+    let b = Node::builder(cfg).start().await.unwrap();
+    let admin = b.admin_addr().unwrap();
+    let (code, body) = http(admin, "GET", "/readyz").await;
+    assert_eq!(
+        (code, body.as_str()),
+        (503, "not ready: not connected to any peer yet\n")
+    );
+    assert_eq!(http(admin, "GET", "/healthz").await.0, 200, "alive while not ready");
+
+    let mut cfg = pki.node_config("a");
+    cfg.listen = a_addr;
+    let a = Node::builder(cfg).start().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while http(admin, "GET", "/readyz").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "b never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_taken_admin_port_is_a_clear_start_error() {
+    let pki = Pki::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = pki.node_config("a");
+    cfg.admin.listen = taken.local_addr().unwrap().to_string();
+    let e = Node::builder(cfg).start().await.err().unwrap().to_string();
+    assert!(
+        e.contains("admin.listen") && e.contains(&taken.local_addr().unwrap().to_string()),
+        "{e}"
+    );
+    let mut cfg = pki.node_config("a");
+    cfg.admin.listen = "localhost".into();
+    let e = Node::builder(cfg).start().await.err().unwrap().to_string();
+    assert!(e.contains("admin.listen"), "{e}");
+}
