@@ -18,6 +18,10 @@ use tracing::{info, warn};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: text, or json (one object per line, for log shippers).
+    /// The level filter is RUST_LOG (default: info for `node`, warn otherwise).
+    #[arg(long, global = true, env = "QUICMESH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -41,6 +45,9 @@ enum Command {
 struct StatusArgs {
     #[command(flatten)]
     client: ClientArgs,
+    /// Refresh every SECS seconds (default 2) until Ctrl-C.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    watch: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -230,15 +237,20 @@ struct DemoArgs {
     serve: bool,
 }
 
-fn init_logging(default: &str) {
+fn init_logging(default: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(true).with_span_list(false).init();
+    } else {
         // Colour codes only help a terminal; in files and journals they are noise.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -249,7 +261,7 @@ fn main() -> ExitCode {
         Command::Node(_) => "info",
         _ => "warn",
     };
-    init_logging(default_log);
+    init_logging(default_log, cli.log_format == "json");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -564,13 +576,47 @@ async fn forward(a: ForwardArgs) -> Result<(), BoxError> {
 }
 
 async fn status(a: StatusArgs) -> Result<(), BoxError> {
+    let every = match a.watch {
+        Some(secs) if !(secs.is_finite() && secs >= 0.1) => return Err("--watch: give at least 0.1 seconds".into()),
+        Some(secs) => Some(Duration::from_secs_f64(secs)),
+        None => None,
+    };
     let client = Client::connect(client_config(&a.client)?).await?;
-    let bytes = client.call(quicmesh::protocol::STATUS_SERVICE, Vec::new()).await;
+    let result = loop {
+        let report = match fetch_status(&client).await {
+            Ok(r) => r,
+            Err(e) if every.is_some() => {
+                // Watching: a node restarting is worth seeing, not a reason to quit.
+                println!("{}: {e}", render_time());
+                tokio::time::sleep(every.unwrap_or_default()).await;
+                continue;
+            }
+            Err(e) => break Err(e),
+        };
+        if every.is_some() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            print!("\x1b[2J\x1b[H");
+        }
+        println!("node {} (quicmesh {})", report.node, report.version);
+        print!("{}", quicmesh::render_status(&report));
+        let Some(every) = every else { break Ok(()) };
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+        }
+    };
     client.close().await;
-    let bytes = bytes?;
-    let report: quicmesh::protocol::StatusReport =
-        postcard::from_bytes(&bytes).map_err(|e| format!("node sent an unreadable status report: {e}"))?;
-    println!("node {} (quicmesh {})", report.node, report.version);
-    print!("{}", quicmesh::render_status(&report));
-    Ok(())
+    result
+}
+
+async fn fetch_status(client: &Client) -> Result<quicmesh::protocol::StatusReport, BoxError> {
+    let bytes = client.call(quicmesh::protocol::STATUS_SERVICE, Vec::new()).await?;
+    Ok(postcard::from_bytes(&bytes).map_err(|e| format!("node sent an unreadable status report: {e}"))?)
+}
+
+fn render_time() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("{:02}:{:02}:{:02} UTC", secs / 3600 % 24, secs / 60 % 60, secs % 60)
 }

@@ -136,6 +136,37 @@ fn node_config_errors_name_the_key() {
     assert!(stderr(&o).contains("dns.servers[0]"), "{}", stderr(&o));
 }
 
+#[test]
+fn every_printed_config_key_is_documented() {
+    let o = run(&[
+        "node",
+        "--name",
+        "n1",
+        "--ca",
+        "a",
+        "--cert",
+        "b",
+        "--cert-key",
+        "c",
+        "--print-config",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md")).unwrap();
+    let mut table = String::new();
+    let mut missing = Vec::new();
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        if let Some(t) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            table = format!("{t}.");
+        } else if let Some((key, _)) = line.split_once(" = ") {
+            let full = format!("`{table}{key}`");
+            if !doc.contains(&full) {
+                missing.push(full);
+            }
+        }
+    }
+    assert!(missing.is_empty(), "docs/config.md lacks {missing:?}");
+}
+
 /// Runs the binary with `args`, feeding `input` on stdin.
 async fn run_with_stdin(args: &[String], input: &[u8]) -> Output {
     let mut child = tokio::process::Command::new(bin())
@@ -225,6 +256,30 @@ async fn call_and_forward_through_an_in_process_node() {
     sock.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"tcp through the mesh");
     fwd.kill().await.unwrap();
+
+    // status --watch keeps printing the table until stopped.
+    let mut args = vec!["status".to_owned(), "--watch".into(), "0.2".into()];
+    args.extend(client_flags(dir.path(), &entry));
+    let mut watch = tokio::process::Command::new(bin())
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = watch.stdout.take().unwrap();
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.matches("(quicmesh ").count() < 3 {
+        assert!(Instant::now() < deadline, "watch printed: {seen}");
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(20), out.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "watch exited early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    watch.kill().await.unwrap();
 }
 
 #[tokio::test]
@@ -264,10 +319,14 @@ async fn two_node_processes_from_config_files() {
     for (name, text) in [("n1", n1), ("n2", n2)] {
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
+        // n1 logs JSON lines (for log shippers), n2 plain text; both to files read below.
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+        let format = if name == "n1" { "json" } else { "text" };
         procs.push(
             tokio::process::Command::new(bin())
-                .args(["node", "--config", path.to_str().unwrap()])
-                .env("RUST_LOG", "warn")
+                .args(["--log-format", format, "node", "--config", path.to_str().unwrap()])
+                .env("RUST_LOG", "info")
+                .stderr(log)
                 .kill_on_drop(true)
                 .spawn()
                 .unwrap(),
@@ -298,6 +357,18 @@ async fn two_node_processes_from_config_files() {
             .unwrap();
         assert!(status.success(), "node exited with {status}");
     }
+    let json = std::fs::read_to_string(dir.path().join("n1.log")).unwrap();
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "node started"), "{json}");
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "drained"), "{json}");
+    let text = std::fs::read_to_string(dir.path().join("n2.log")).unwrap();
+    assert!(
+        text.contains("node started") && !text.contains('\x1b'),
+        "plain text, no colour codes: {text}"
+    );
 }
 
 #[test]
