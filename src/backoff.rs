@@ -38,6 +38,7 @@ pub struct Backoff {
     policy: BackoffPolicy,
     attempt: u32,
     connected_at: Option<Instant>,
+    ever_connected: bool,
 }
 
 impl Backoff {
@@ -47,7 +48,13 @@ impl Backoff {
             policy,
             attempt: 0,
             connected_at: None,
+            ever_connected: false,
         }
+    }
+
+    /// Whether a connection has come up before (the next one is a reconnect).
+    pub fn ever_connected(&self) -> bool {
+        self.ever_connected
     }
 
     /// Failed attempts since the last reset.
@@ -79,6 +86,7 @@ impl Backoff {
     /// Records that a connection came up at `now`.
     pub fn connected(&mut self, now: Instant) {
         self.connected_at = Some(now);
+        self.ever_connected = true;
     }
 
     /// Records that the connection went down at `now`; resets if it had been up long enough.

@@ -81,6 +81,18 @@ async fn metrics_move_with_calls_and_rejections() {
     assert!(sample(&after, "quicmesh_peer_rtt_seconds{peer=\"b\"}").is_some_and(|s| s > 0.0 && s < 1.0));
     assert_eq!(sample(&after, "quicmesh_members{status=\"Alive\"}"), Some(2.0));
     assert_eq!(sample(&after, "quicmesh_draining"), Some(0.0));
+    let to_a = sample(&after, "quicmesh_routing_decisions_total{service=\"echo\",node=\"a\"}").unwrap_or(0.0);
+    let to_b = sample(&after, "quicmesh_routing_decisions_total{service=\"echo\",node=\"b\"}").unwrap_or(0.0);
+    assert_eq!(to_a + to_b, 10.0, "one routing decision per echo call");
+    assert_eq!(to_b, relayed);
+    // The relayed echoes went through a's splice: 1 byte each way per call.
+    assert_eq!(sample(&after, "quicmesh_bytes_to_callers_total"), Some(relayed));
+    let expiry = sample(&after, "quicmesh_cert_not_after_timestamp_seconds").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(expiry > now + 300.0 * 86_400.0, "the test certificates last a year");
     assert!(after.ends_with("# EOF\n"));
 
     let (code, json) = http(admin, "GET", "/status").await;

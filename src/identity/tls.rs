@@ -205,6 +205,13 @@ impl TlsMaterial {
         &self.identity
     }
 
+    /// When our own certificate stops being valid, in seconds since the Unix epoch.
+    pub fn not_after(&self) -> Option<i64> {
+        let der = self.chain.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     /// The server side of a node: requires a client certificate from the mesh CA naming an
     /// identity (node or client) of our trust domain.
     pub fn server_config(&self) -> Result<Arc<QuicServerConfig>, TlsError> {

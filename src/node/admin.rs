@@ -163,6 +163,43 @@ fn metrics(shared: &Shared) -> String {
         "Incoming handshakes that failed",
         s.handshake_failures.load(Ordering::Relaxed),
     );
+    counter(
+        &mut reg,
+        "bytes_to_services",
+        "Bytes spliced from callers to services (TCP backends and relays)",
+        s.bytes_up.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut reg,
+        "bytes_to_callers",
+        "Bytes spliced from services back to callers",
+        s.bytes_down.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut reg,
+        "peer_reconnects",
+        "Connections to peers re-established after one was lost",
+        s.reconnects.load(Ordering::Relaxed),
+    );
+    let decisions = Family::<Labels, Counter>::default();
+    for ((service, node), n) in &lock(&shared.routing).decisions {
+        decisions
+            .get_or_create(&vec![("service", service.clone()), ("node", node.clone())])
+            .inc_by(*n);
+    }
+    reg.register(
+        "routing_decisions",
+        "Streams the balancer sent to each node, per service",
+        decisions,
+    );
+    if let Some(t) = shared.cert_not_after {
+        gauge(
+            &mut reg,
+            "cert_not_after_timestamp_seconds",
+            "When this node's certificate expires (Unix time)",
+            t,
+        );
+    }
     let in_flight = shared
         .cfg
         .limits

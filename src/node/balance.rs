@@ -26,6 +26,8 @@ pub(crate) struct RoutingState {
     /// Streams sent per service and node, halved every minute (for `quicmesh status`).
     sent: BTreeMap<String, BTreeMap<String, f64>>,
     sent_decayed_at: Duration,
+    /// Streams sent per (service, node) since start, for `/metrics`.
+    pub decisions: BTreeMap<(String, String), u64>,
 }
 
 impl RoutingState {
@@ -38,6 +40,7 @@ impl RoutingState {
             budget: RetryBudget::new(retry_budget),
             sent: BTreeMap::new(),
             sent_decayed_at: Duration::ZERO,
+            decisions: BTreeMap::new(),
         }
     }
 
@@ -144,6 +147,7 @@ impl Shared {
                 by.values_mut().for_each(|c| *c /= 2.0);
             }
         }
+        *st.decisions.entry((service.to_owned(), cand.name.clone())).or_default() += 1;
         *st.sent
             .entry(service.to_owned())
             .or_default()

@@ -114,6 +114,8 @@ impl NodeBuilder {
             None => TlsMaterial::load(&config.tls, Role::Node)?,
         };
         let identity = tls.identity().clone();
+        let cert_not_after = tls.not_after();
+        log_cert_expiry(cert_not_after);
         if identity.name != config.name {
             return Err(NodeError::NameMismatch {
                 config: config.name.clone(),
@@ -207,6 +209,7 @@ impl NodeBuilder {
             draining: std::sync::atomic::AtomicBool::new(false),
             undelivered: watch::channel(0).0,
             conn_use: Arc::default(),
+            cert_not_after,
             discovery,
             discovered: Mutex::new(discover::Discovered::default()),
         });
@@ -243,6 +246,29 @@ impl NodeBuilder {
             admin_addr,
             tasks: Mutex::new(tasks),
         })
+    }
+}
+
+/// Logs when the node's certificate expires: a warning inside 30 days, an error once expired.
+fn log_cert_expiry(not_after: Option<i64>) {
+    let Some(t) = not_after else { return };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let days = (t - now) / 86_400;
+    if t <= now {
+        tracing::error!(
+            expired_days_ago = -days,
+            "this node's certificate has expired; issue a new one with `quicmesh certs node`"
+        );
+    } else if days < 30 {
+        tracing::warn!(
+            days_left = days,
+            "this node's certificate expires soon; issue a new one with `quicmesh certs node`"
+        );
+    } else {
+        info!(days_left = days, "certificate valid");
     }
 }
 

@@ -49,6 +49,12 @@ pub(crate) struct Stats {
     pub relayed: AtomicU64,
     pub rejected: [AtomicU64; RejectCode::ALL.len()],
     pub handshake_failures: AtomicU64,
+    /// Bytes spliced from callers to services (local TCP backends and relays).
+    pub bytes_up: AtomicU64,
+    /// Bytes spliced from services back to callers.
+    pub bytes_down: AtomicU64,
+    /// Connections to peers this node dialled that came up after the first (reconnects).
+    pub reconnects: AtomicU64,
 }
 
 impl Stats {
@@ -89,6 +95,8 @@ pub(crate) struct Shared {
     /// Replies written but not yet acknowledged by their callers. A connection close discards
     /// unacknowledged data, so a drain waits for this to reach zero before closing.
     pub undelivered: watch::Sender<usize>,
+    /// When this node's certificate expires (Unix seconds), for `/metrics`.
+    pub cert_not_after: Option<i64>,
     /// Streams running per connection; retired duplicates close when theirs end.
     pub conn_use: super::conn_use::ConnUseTable,
     /// Set by [`super::Node::drain`]: new connections are refused and new service streams
@@ -216,6 +224,12 @@ impl Shared {
             Some(h) => h.tx.try_send(msg).is_ok(),
             None => false,
         }
+    }
+
+    /// Adds a finished splice's bytes to the counters.
+    pub fn count_bytes(&self, up: u64, down: u64) {
+        self.stats.bytes_up.fetch_add(up, Ordering::Relaxed);
+        self.stats.bytes_down.fetch_add(down, Ordering::Relaxed);
     }
 
     /// Counts a reply in [`Shared::undelivered`] until `delivered` (a `SendStream::stopped`

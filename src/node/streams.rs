@@ -291,8 +291,9 @@ impl Incoming<'_> {
                 if !self.accept(&shared.name).await {
                     return self.fail("caller stopped reading");
                 }
-                if let Err(e) = splice_tcp((self.conn, self.send, self.recv), tcp, self.deadline).await {
-                    debug!(caller = %self.caller, error = %e, "backend splice ended early");
+                match splice_tcp((self.conn, self.send, self.recv), tcp, self.deadline).await {
+                    Ok(n) => shared.count_bytes(n.up, n.down),
+                    Err(e) => debug!(caller = %self.caller, error = %e, "backend splice ended early"),
                 }
             }
             Local::Handler(h) => {
@@ -387,7 +388,10 @@ impl Incoming<'_> {
                     // plus the hop, without the time a long stream stays open.
                     let end = first_byte.get().copied().unwrap_or_else(Instant::now);
                     match &result {
-                        Ok(_) => shared.record_success(&peer, end.saturating_duration_since(started)),
+                        Ok(n) => {
+                            shared.count_bytes(n.up, n.down);
+                            shared.record_success(&peer, end.saturating_duration_since(started));
+                        }
                         Err(e) => debug!(caller = %self.caller, via = %peer, error = %e, "relay ended early"),
                     }
                     return;
