@@ -63,3 +63,28 @@ fn netns_mesh_script_forms_a_mesh_from_dnsmasq_srv_records() {
         "namespaces left behind"
     );
 }
+
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify() {
+    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
+        println!("SKIPPED: systemd-analyze is not installed");
+        return;
+    };
+    assert!(probe.status.success());
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/systemd/quicmesh.service")).unwrap();
+    // Point ExecStart at the binary under test: verify checks that it exists.
+    let unit = unit.replace("/usr/local/bin/quicmesh", common::bin().to_str().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quicmesh.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // verify exits 0 on unknown keys and bad values, but names them on stderr.
+    let complaints: Vec<&str> = stderr.lines().filter(|l| l.contains("quicmesh.service")).collect();
+    assert!(out.status.success() && complaints.is_empty(), "{stderr}");
+}
