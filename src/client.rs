@@ -455,6 +455,13 @@ impl Client {
         result.map(Some)
     }
 
+    /// The entry node's view of the mesh (members, load table, RTTs), from the built-in
+    /// status service.
+    pub async fn status(&self) -> Result<crate::protocol::StatusReport, CallError> {
+        let bytes = self.call(crate::protocol::STATUS_SERVICE, Vec::new()).await?;
+        postcard::from_bytes(&bytes).map_err(|e| CallError::Protocol(e.into()))
+    }
+
     /// Sends `body` to `service` and returns the whole reply.
     pub async fn call(&self, service: &str, body: impl Into<Bytes>) -> Result<Bytes, CallError> {
         Ok(self.request(service, body, &CallOptions::default()).await?.body)

@@ -583,7 +583,7 @@ async fn status(a: StatusArgs) -> Result<(), BoxError> {
     };
     let client = Client::connect(client_config(&a.client)?).await?;
     let result = loop {
-        let report = match fetch_status(&client).await {
+        let report = match client.status().await {
             Ok(r) => r,
             Err(e) if every.is_some() => {
                 // Watching: a node restarting is worth seeing, not a reason to quit.
@@ -605,12 +605,7 @@ async fn status(a: StatusArgs) -> Result<(), BoxError> {
         }
     };
     client.close().await;
-    result
-}
-
-async fn fetch_status(client: &Client) -> Result<quicmesh::protocol::StatusReport, BoxError> {
-    let bytes = client.call(quicmesh::protocol::STATUS_SERVICE, Vec::new()).await?;
-    Ok(postcard::from_bytes(&bytes).map_err(|e| format!("node sent an unreadable status report: {e}"))?)
+    Ok(result?)
 }
 
 fn render_time() -> String {

@@ -192,9 +192,9 @@ async fn rolling_restart_of_node_processes_fails_no_call() {
         cfg.entries = vec![addr];
         async move {
             let c = Client::connect(cfg).await.ok()?;
-            let bytes = c.call(quicmesh::protocol::STATUS_SERVICE, Vec::new()).await.ok()?;
+            let report = c.status().await;
             c.close().await;
-            postcard::from_bytes::<quicmesh::protocol::StatusReport>(&bytes).ok()
+            report.ok()
         }
     };
     let joined = |r: &quicmesh::protocol::StatusReport| {

@@ -200,11 +200,7 @@ fn metrics(shared: &Shared) -> String {
             t,
         );
     }
-    let in_flight = shared
-        .cfg
-        .limits
-        .max_inflight
-        .saturating_sub(shared.inflight.available_permits());
+    let in_flight = shared.in_flight();
     gauge(
         &mut reg,
         "streams_in_flight",

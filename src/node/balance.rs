@@ -75,11 +75,7 @@ impl Shared {
         let now = self.now();
         let own_load = lock(&self.gossip).me().load.clone();
         let (remote, _) = self.candidates(service);
-        let own_inflight = self
-            .cfg
-            .limits
-            .max_inflight
-            .saturating_sub(self.inflight.available_permits());
+        let own_inflight = self.in_flight();
         let dynamic = self.cfg.routing.dynamic_weights;
         let mut st = lock(&self.routing);
         let mut cands: Vec<(Candidate, Option<Connection>)> = Vec::new();

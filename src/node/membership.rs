@@ -13,11 +13,7 @@ use crate::protocol::ControlMsg;
 use crate::sysload::SysLoad;
 
 fn current_load(shared: &Shared, sys: &mut SysLoad) -> Load {
-    let inflight = shared
-        .cfg
-        .limits
-        .max_inflight
-        .saturating_sub(shared.inflight.available_permits());
+    let inflight = shared.in_flight();
     let per_service = lock(&shared.per_service)
         .iter()
         .filter(|(s, _)| s.as_str() != crate::protocol::STATUS_SERVICE)

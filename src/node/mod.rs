@@ -458,11 +458,7 @@ impl Node {
 
     /// Service streams in flight on this node now (served here or relayed).
     pub fn in_flight(&self) -> usize {
-        self.shared
-            .cfg
-            .limits
-            .max_inflight
-            .saturating_sub(self.shared.inflight.available_permits())
+        self.shared.in_flight()
     }
 
     /// A snapshot of the node's counters.

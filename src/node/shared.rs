@@ -226,6 +226,14 @@ impl Shared {
         }
     }
 
+    /// Service streams in flight now (served here or relayed).
+    pub fn in_flight(&self) -> usize {
+        self.cfg
+            .limits
+            .max_inflight
+            .saturating_sub(self.inflight.available_permits())
+    }
+
     /// Adds a finished splice's bytes to the counters.
     pub fn count_bytes(&self, up: u64, down: u64) {
         self.stats.bytes_up.fetch_add(up, Ordering::Relaxed);
