@@ -111,11 +111,7 @@ async fn metrics_move_with_calls_and_rejections() {
 async fn readyz_waits_for_the_node_to_join() {
     common::init_logs();
     let pki = Pki::new();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_udp_port();
     let a_addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut cfg = pki.node_config("b");
     cfg.peers = vec![a_addr.to_string()];

@@ -287,26 +287,8 @@ async fn two_node_processes_from_config_files() {
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path());
     let d = dir.path().display();
-    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend_addr = backend.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = backend.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let _ = s.read_to_end(&mut buf).await;
-                let _ = s.write_all(format!("backend got {} bytes", buf.len()).as_bytes()).await;
-            });
-        }
-    });
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::UdpSocket::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
+    let backend_addr = common::tcp_backend(|req| format!("backend got {} bytes", req.len()).into_bytes()).await;
+    let ports: Vec<u16> = (0..2).map(|_| common::free_udp_port()).collect();
     let n1 = format!(
         "name = \"n1\"\nlisten = \"127.0.0.1:{}\"\n[tls]\nca = \"{d}/ca.crt\"\ncert = \"{d}/node-n1.crt\"\nkey = \"{d}/node-n1.key\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[services.count]\nbackend = \"{backend_addr}\"\n",
         ports[0]

@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{eventually, Pki};
@@ -24,6 +25,16 @@ fn settings(server: SocketAddr) -> DnsSettings {
     }
 }
 
+/// A zone `mesh.test` whose records carry `ttl` seconds, served over UDP and TCP on loopback;
+/// records may be added and removed while it runs.
+async fn dns(ttl: u32) -> (Arc<Zone>, ZoneServer) {
+    let zone = Zone::new("mesh.test", ttl);
+    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
+        .await
+        .unwrap();
+    (zone, server)
+}
+
 fn name() -> SrvName {
     SrvName::parse(&format!("srv:{SRV}")).unwrap()
 }
@@ -31,12 +42,9 @@ fn name() -> SrvName {
 #[tokio::test]
 async fn srv_answer_carries_targets_addresses_and_ttl() {
     common::init_logs();
-    let zone = Zone::new("mesh.test", 7);
+    let (zone, server) = dns(7).await;
     zone.add_srv(SRV, 10, 5, "alpha.mesh.test", "127.0.0.1:7401".parse().unwrap());
     zone.add_srv(SRV, 20, 1, "bravo.mesh.test", "127.0.0.2:7402".parse().unwrap());
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
-        .await
-        .unwrap();
     let resolver = SrvResolver::new(&settings(server.addr())).unwrap();
     assert_eq!(resolver.servers(), server.addr().to_string());
 
@@ -67,10 +75,7 @@ async fn srv_answer_carries_targets_addresses_and_ttl() {
 #[tokio::test]
 async fn failures_are_named() {
     common::init_logs();
-    let zone = Zone::new("mesh.test", 1);
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
-        .await
-        .unwrap();
+    let (zone, server) = dns(1).await;
     let resolver = SrvResolver::new(&settings(server.addr())).unwrap();
 
     assert_eq!(resolver.lookup(&name()).await.unwrap_err(), LookupError::NxDomain);
@@ -109,15 +114,12 @@ async fn failures_are_named() {
 #[tokio::test]
 async fn targets_without_glue_are_looked_up_and_missing_ones_reported() {
     common::init_logs();
-    let zone = Zone::new("mesh.test", 30);
+    let (zone, server) = dns(30).await;
     zone.set_glue(false);
     zone.add_srv(SRV, 10, 1, "alpha.mesh.test", "127.0.0.1:7401".parse().unwrap());
     zone.add_srv(SRV, 10, 1, "bravo.mesh.test", "127.0.0.2:7402".parse().unwrap());
     zone.add_srv(SRV, 10, 1, "ghost.mesh.test", "127.0.0.9:7409".parse().unwrap());
     zone.remove_host("ghost.mesh.test");
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
-        .await
-        .unwrap();
     let resolver = SrvResolver::new(&settings(server.addr())).unwrap();
     let answer = resolver.lookup(&name()).await.unwrap();
     let mut addrs: Vec<SocketAddr> = answer.endpoints.iter().map(|e| e.addr).collect();
@@ -151,7 +153,7 @@ async fn targets_without_glue_are_looked_up_and_missing_ones_reported() {
 #[tokio::test]
 async fn large_answers_fall_back_to_tcp() {
     common::init_logs();
-    let zone = Zone::new("mesh.test", 30);
+    let (zone, server) = dns(30).await;
     for i in 0..40u16 {
         zone.add_srv(
             SRV,
@@ -161,9 +163,6 @@ async fn large_answers_fall_back_to_tcp() {
             SocketAddr::from(([127, 0, 1, i as u8], 7400 + i)),
         );
     }
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
-        .await
-        .unwrap();
     let resolver = SrvResolver::new(&settings(server.addr())).unwrap();
     let answer = resolver.lookup(&name()).await.unwrap();
     assert_eq!(answer.endpoints.len(), 40);
@@ -236,10 +235,7 @@ async fn srv_mesh(pki: &Pki, zone: &Zone, server: SocketAddr, names: &[&str]) ->
 async fn nodes_form_a_full_mesh_from_an_srv_name_alone() {
     common::init_logs();
     let pki = Pki::new();
-    let zone = Zone::new("mesh.test", TTL);
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
-        .await
-        .unwrap();
+    let (zone, server) = dns(TTL).await;
     let nodes = srv_mesh(&pki, &zone, server.addr(), &["alpha", "bravo", "charlie"]).await;
     for n in &nodes {
         // No static peers anywhere: the mesh came from DNS.
@@ -262,10 +258,7 @@ async fn nodes_form_a_full_mesh_from_an_srv_name_alone() {
 async fn a_node_added_to_the_zone_joins_within_the_ttl_and_removal_cuts_nothing() {
     common::init_logs();
     let pki = Pki::new();
-    let zone = Zone::new("mesh.test", TTL);
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
-        .await
-        .unwrap();
+    let (zone, server) = dns(TTL).await;
     let nodes = srv_mesh(&pki, &zone, server.addr(), &["alpha", "bravo", "charlie"]).await;
 
     // delta knows nobody: only the others' DNS refresh can find it.
@@ -314,10 +307,7 @@ async fn a_node_added_to_the_zone_joins_within_the_ttl_and_removal_cuts_nothing(
 async fn dns_failing_at_start_is_survived_with_seeds_and_healed_when_it_answers() {
     common::init_logs();
     let pki = Pki::new();
-    let zone = Zone::new("mesh.test", TTL);
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
-        .await
-        .unwrap();
+    let (zone, server) = dns(TTL).await;
     let dns_addr = server.addr();
     let nodes = srv_mesh(&pki, &zone, dns_addr, &["alpha", "bravo"]).await;
     eventually(Duration::from_secs(5), "both answers list both nodes", || {
@@ -391,14 +381,11 @@ async fn clients_pick_entry_nodes_by_srv_priority_then_weight() {
     common::init_logs();
     let pki = Pki::new();
     let nodes = common::mesh(&pki, &["alpha", "bravo", "charlie"], &[&["echo"], &[], &[]]).await;
-    let zone = Zone::new("mesh.test", 30);
+    let (zone, server) = dns(30).await;
     // alpha is the fallback; bravo and charlie share the first tier 3:1.
     zone.add_srv(SRV, 20, 1, &host("alpha"), nodes[0].local_addr());
     zone.add_srv(SRV, 10, 3, &host("bravo"), nodes[1].local_addr());
     zone.add_srv(SRV, 10, 1, &host("charlie"), nodes[2].local_addr());
-    let server = ZoneServer::start("127.0.0.1:0".parse().unwrap(), zone.clone())
-        .await
-        .unwrap();
 
     let mut entries = std::collections::BTreeMap::<SocketAddr, u32>::new();
     for _ in 0..40 {

@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{eventually, Pki};
 use quicmesh::{request_handler, Client, ClientConfig, Node, RejectCode, Role};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A service that takes `ms` milliseconds per request (a slow backend, not a wait for state).
 fn slow(ms: u64) -> impl quicmesh::Handler {
@@ -118,31 +117,6 @@ async fn drain_grace_bounds_the_wait() {
         .is_err());
 }
 
-/// A TCP echo backend for the node processes.
-async fn echo_backend() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                if s.read_to_end(&mut buf).await.is_ok() {
-                    let _ = s.write_all(&buf).await;
-                }
-            });
-        }
-    });
-    addr
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn_node(config: &std::path::Path, log: &std::path::Path) -> tokio::process::Child {
     let log = std::fs::File::create(log).unwrap();
     tokio::process::Command::new(common::bin())
@@ -158,9 +132,9 @@ fn spawn_node(config: &std::path::Path, log: &std::path::Path) -> tokio::process
 async fn rolling_restart_of_node_processes_fails_no_call() {
     common::init_logs();
     let pki = Pki::new();
-    let backend = echo_backend().await;
+    let backend = common::tcp_backend(|req| req).await;
     let names = ["n1", "n2", "n3"];
-    let ports: Vec<u16> = names.iter().map(|_| free_udp_port()).collect();
+    let ports: Vec<u16> = names.iter().map(|_| common::free_udp_port()).collect();
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let mut configs = Vec::new();
     for (i, name) in names.iter().enumerate() {

@@ -132,24 +132,38 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
 fn metrics(shared: &Shared) -> String {
     let mut reg = Registry::with_prefix("quicmesh");
     let s = &shared.stats;
-    counter(
-        &mut reg,
-        "streams_accepted",
-        "Service streams accepted",
-        s.accepted.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut reg,
-        "streams_served_local",
-        "Service streams served by this node",
-        s.served_local.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut reg,
-        "streams_relayed",
-        "Service streams relayed to a peer",
-        s.relayed.load(Ordering::Relaxed),
-    );
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 7] = [
+        ("streams_accepted", "Service streams accepted", &s.accepted),
+        (
+            "streams_served_local",
+            "Service streams served by this node",
+            &s.served_local,
+        ),
+        ("streams_relayed", "Service streams relayed to a peer", &s.relayed),
+        (
+            "handshake_failures",
+            "Incoming handshakes that failed",
+            &s.handshake_failures,
+        ),
+        (
+            "bytes_to_services",
+            "Bytes spliced from callers to services (TCP backends and relays)",
+            &s.bytes_up,
+        ),
+        (
+            "bytes_to_callers",
+            "Bytes spliced from services back to callers",
+            &s.bytes_down,
+        ),
+        (
+            "peer_reconnects",
+            "Connections to peers re-established after one was lost",
+            &s.reconnects,
+        ),
+    ];
+    for (name, help, value) in counters {
+        counter(&mut reg, name, help, value.load(Ordering::Relaxed));
+    }
     let rejected = Family::<Labels, Counter>::default();
     for code in RejectCode::ALL {
         rejected
@@ -157,30 +171,6 @@ fn metrics(shared: &Shared) -> String {
             .inc_by(s.rejected[code.index()].load(Ordering::Relaxed));
     }
     reg.register("streams_rejected", "Streams rejected, by reject code", rejected);
-    counter(
-        &mut reg,
-        "handshake_failures",
-        "Incoming handshakes that failed",
-        s.handshake_failures.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut reg,
-        "bytes_to_services",
-        "Bytes spliced from callers to services (TCP backends and relays)",
-        s.bytes_up.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut reg,
-        "bytes_to_callers",
-        "Bytes spliced from services back to callers",
-        s.bytes_down.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut reg,
-        "peer_reconnects",
-        "Connections to peers re-established after one was lost",
-        s.reconnects.load(Ordering::Relaxed),
-    );
     let decisions = Family::<Labels, Counter>::default();
     for ((service, node), n) in &lock(&shared.routing).decisions {
         decisions

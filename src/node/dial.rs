@@ -9,7 +9,6 @@ use tracing::{debug, info, warn, Instrument};
 use super::conn::run_connection;
 use super::shared::{lock, Shared};
 use crate::backoff::Backoff;
-use crate::discovery::Discovery;
 use crate::identity::{peer_identity, Role};
 
 /// Server name sent in the TLS SNI. Peers are verified by SPIFFE id, not by this name.
@@ -30,7 +29,7 @@ pub(crate) enum Purpose {
     Member(String),
     /// An address found by DNS discovery: dialled while discovery lists it and no live
     /// connection covers it.
-    Discovered(Arc<Discovery>),
+    Discovered,
 }
 
 /// Dials `target` (`host:port`) and keeps a connection to it for as long as `purpose` says.
@@ -52,8 +51,8 @@ pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String, purpose:
                         return;
                     }
                 }
-                Purpose::Discovered(disc) => {
-                    if !discovered_addr.is_some_and(|a| super::discover::wanted(&shared, disc, a)) {
+                Purpose::Discovered => {
+                    if !discovered_addr.is_some_and(|a| super::discover::wanted(&shared, a)) {
                         debug!("address left DNS or is covered by a live connection; no longer dialling it");
                         return;
                     }
@@ -61,7 +60,7 @@ pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String, purpose:
             }
             match dial_once(&shared, &target, &mut backoff).await {
                 Ok(DialOutcome::Ran { peer }) => {
-                    if let (Purpose::Discovered(_), Some(addr)) = (&purpose, discovered_addr) {
+                    if let (Purpose::Discovered, Some(addr)) = (&purpose, discovered_addr) {
                         lock(&shared.discovered).found.insert(addr, peer.clone());
                     }
                     backoff.disconnected(Instant::now());
@@ -72,7 +71,7 @@ pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String, purpose:
                 Ok(DialOutcome::Itself) => {
                     match (&purpose, discovered_addr) {
                         // DNS lists every node, this one included: expected, and remembered.
-                        (Purpose::Discovered(_), Some(addr)) => {
+                        (Purpose::Discovered, Some(addr)) => {
                             debug!("discovered address is this node itself");
                             lock(&shared.discovered).found.insert(addr, shared.name.clone());
                         }
@@ -99,7 +98,7 @@ pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String, purpose:
         Purpose::Member(name) => {
             lock(&shared.dialing).remove(&name);
         }
-        Purpose::Discovered(_) => {
+        Purpose::Discovered => {
             if let Some(addr) = discovered_addr {
                 lock(&shared.discovered).dialing.remove(&addr);
                 // The answers or the peer table may have changed while this task was ending.

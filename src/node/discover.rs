@@ -56,8 +56,12 @@ fn covered(shared: &Shared) -> HashSet<SocketAddr> {
 
 /// Whether `addr` still needs a dial of its own: it is in the current answers and no live
 /// connection covers it.
-pub(crate) fn wanted(shared: &Shared, disc: &Discovery, addr: SocketAddr) -> bool {
-    disc.endpoints().iter().any(|e| e.addr == addr) && !covered(shared).contains(&addr)
+pub(crate) fn wanted(shared: &Shared, addr: SocketAddr) -> bool {
+    let listed = shared
+        .discovery
+        .as_ref()
+        .is_some_and(|d| d.endpoints().iter().any(|e| e.addr == addr));
+    listed && !covered(shared).contains(&addr)
 }
 
 /// Starts a dial for every wanted address without one, whenever the answers or the peer
@@ -77,8 +81,7 @@ pub(crate) async fn discover_loop(shared: Arc<Shared>, disc: Arc<Discovery>) {
             }
             debug!(addr = %e.addr, target = %e.target, "dialling a discovered address");
             let span = tracing::Span::current();
-            let purpose = Purpose::Discovered(disc.clone());
-            tokio::spawn(keep_connected(shared.clone(), e.addr.to_string(), purpose).instrument(span));
+            tokio::spawn(keep_connected(shared.clone(), e.addr.to_string(), Purpose::Discovered).instrument(span));
         }
         tokio::select! {
             r = answers.changed() => if r.is_err() { return },

@@ -39,7 +39,7 @@ use shared::{lock, Local, Shared, Stats};
 use crate::config::{ConfigError, NodeConfig};
 use crate::gossip::{Gossip, Member};
 use crate::identity::{Identity, Role, TlsError, TlsMaterial};
-use crate::protocol::{codes, ControlMsg, MemberStatus, RejectCode, StatusReport};
+use crate::protocol::{codes, MemberStatus, RejectCode, StatusReport};
 use crate::service::Handler;
 use crate::transport::{bind_udp, transport_config, TransportError};
 
@@ -416,16 +416,7 @@ impl Node {
     pub async fn drain(&self, grace: Duration) -> usize {
         let started = Instant::now();
         self.shared.draining.store(true, Ordering::Relaxed);
-        let news = {
-            let mut g = lock(&self.shared.gossip);
-            g.set_draining(true);
-            g.syn()
-        };
-        // Tell every peer now rather than at the next gossip round.
-        let peers: Vec<String> = lock(&self.shared.control).keys().cloned().collect();
-        for p in peers {
-            self.shared.send_control(&p, ControlMsg::Gossip(news.clone()));
-        }
+        self.shared.announce(|g| g.set_draining(true));
         let max = u32::try_from(self.shared.cfg.limits.max_inflight).unwrap_or(u32::MAX);
         let inflight = self.shared.inflight.clone();
         info!(node = %self.shared.name, ?grace, in_flight = self.in_flight(), "draining");
@@ -488,15 +479,7 @@ impl Node {
     /// close to be delivered, and stops all tasks.
     pub async fn shutdown(&self) {
         // Say goodbye first, so peers mark us Left rather than suspecting a crash.
-        let goodbye = {
-            let mut g = lock(&self.shared.gossip);
-            g.leave();
-            g.syn()
-        };
-        let peers: Vec<String> = lock(&self.shared.control).keys().cloned().collect();
-        for p in peers {
-            self.shared.send_control(&p, ControlMsg::Gossip(goodbye.clone()));
-        }
+        self.shared.announce(crate::gossip::Gossip::leave);
         tokio::time::sleep(Duration::from_millis(20)).await;
         self.shared.shutdown.send_replace(true);
         self.shared.endpoint.close(codes::SHUTDOWN, b"node shutting down");

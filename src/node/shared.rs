@@ -226,6 +226,20 @@ impl Shared {
         }
     }
 
+    /// Changes this node's own gossip record with `change` and tells every connected peer at
+    /// once, rather than at the next gossip round (for Draining and Left).
+    pub fn announce(&self, change: impl FnOnce(&mut Gossip)) {
+        let news = {
+            let mut g = lock(&self.gossip);
+            change(&mut g);
+            g.syn()
+        };
+        let peers: Vec<String> = lock(&self.control).keys().cloned().collect();
+        for p in peers {
+            self.send_control(&p, ControlMsg::Gossip(news.clone()));
+        }
+    }
+
     /// Service streams in flight now (served here or relayed).
     pub fn in_flight(&self) -> usize {
         self.cfg

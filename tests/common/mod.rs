@@ -115,6 +115,33 @@ pub async fn mesh(pki: &Pki, names: &[&str], services: &[&[&str]]) -> Vec<Node> 
     nodes
 }
 
+/// A UDP port that was free a moment ago (for nodes that must restart on the same address).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TCP backend on loopback: reads each connection to its end and answers `reply(request)`.
+pub async fn tcp_backend(reply: fn(Vec<u8>) -> Vec<u8>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if s.read_to_end(&mut buf).await.is_ok() {
+                    let _ = s.write_all(&reply(buf)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_quicmesh"))
 }
