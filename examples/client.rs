@@ -21,11 +21,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Keep the temp dir and node alive for the whole run when we make our own.
     let (_dir, _node, entry, tls) = match args.as_slice() {
         [entry, ca, cert, key] => {
-            let tls = TlsPaths {
-                ca: ca.into(),
-                cert: cert.into(),
-                key: key.into(),
-            };
+            let tls = TlsPaths::new(ca, cert, key);
             (None, None, entry.clone(), tls)
         }
         [] => {
@@ -41,22 +37,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .write(dir.path(), Role::Client, "web", false)?;
             // 2. A node that serves `echo` in-process.
             let ca_path = dir.path().join("ca.crt");
-            let mut cfg = NodeConfig::new(
-                "n1",
-                TlsPaths {
-                    ca: ca_path.clone(),
-                    cert: node_files.cert,
-                    key: node_files.key,
-                },
-            );
+            let mut cfg = NodeConfig::new("n1", TlsPaths::new(ca_path.clone(), node_files.cert, node_files.key));
             cfg.listen = "127.0.0.1:0".parse()?;
             let node = Node::builder(cfg).handler("echo", Echo).start().await?;
             let entry = node.local_addr().to_string();
-            let tls = TlsPaths {
-                ca: ca_path,
-                cert: client_files.cert,
-                key: client_files.key,
-            };
+            let tls = TlsPaths::new(ca_path, client_files.cert, client_files.key);
             (Some(dir), Some(node), entry, tls)
         }
         _ => return Err("usage: client [ENTRY CA CERT KEY]".into()),

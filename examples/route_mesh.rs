@@ -22,11 +22,7 @@ fn tls(dir: &std::path::Path, ca: &MeshCa, role: Role, name: &str) -> TlsPaths {
         .issue(&IssueOptions::new(role, name))
         .and_then(|c| c.write(dir, role, name, true))
         .expect("issue certificate");
-    TlsPaths {
-        ca: dir.join("ca.crt"),
-        cert: files.cert,
-        key: files.key,
-    }
+    TlsPaths::new(dir.join("ca.crt"), files.cert, files.key)
 }
 
 async fn run(strategy: Strategy) -> (Duration, Duration, f64, Duration) {

@@ -3,7 +3,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use quicmesh::{Client, ClientConfig, TlsPaths};
-//! let tls = TlsPaths { ca: "certs/ca.crt".into(), cert: "certs/client-web.crt".into(), key: "certs/client-web.key".into() };
+//! let tls = TlsPaths::new("certs/ca.crt", "certs/client-web.crt", "certs/client-web.key");
 //! let client = Client::connect(ClientConfig::new(tls, vec!["127.0.0.1:7401".into()])).await?;
 //! let reply = client.call("echo", "hello").await?;
 //! assert_eq!(&reply[..], b"hello");
@@ -199,7 +199,9 @@ impl Client {
                 break;
             }
         }
-        let bind: SocketAddr = if family_v6 {
+        let bind: SocketAddr = if let Some(b) = cfg.bind {
+            b
+        } else if family_v6 {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
@@ -490,7 +492,7 @@ impl Client {
                 Ok::<_, std::io::Error>(out)
             };
             let (w, r) = tokio::join!(write, read);
-            let out = r.map_err(|e| CallError::Stream(e.to_string()))?;
+            let out = r.map_err(|e| CallError::Stream(stream_failure(&e)))?;
             if let Err(e) = w {
                 // The reply ended cleanly, so the service chose to stop reading early: the
                 // reply stands.
@@ -534,5 +536,23 @@ async fn finish_open(
     match resp {
         Response::Accept { node } => Ok(ServiceStream::new(send, recv, node)),
         Response::Reject { code, reason } => Err(CallError::Rejected { code, reason }),
+    }
+}
+
+/// Says what a reset stream means, rather than quinn's bare "stream reset by peer: error 3".
+fn stream_failure(e: &std::io::Error) -> String {
+    let reset = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
+        .and_then(|r| match r {
+            quinn::ReadError::Reset(code) => Some(*code),
+            _ => None,
+        });
+    match reset {
+        Some(code) if code == codes::STREAM_ABORTED => format!(
+            "the node aborted the stream mid-reply (code {code}): the serving node, its backend or the connection to it failed; the request may have been partly processed"
+        ),
+        Some(code) => format!("the node reset the stream mid-reply (code {code})"),
+        None => e.to_string(),
     }
 }

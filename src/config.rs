@@ -177,6 +177,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Relay hops a service stream may take. Default 1 (entry node → serving node).
     pub hop_limit: u8,
+    /// Handshakes in progress above which a new connection attempt must first prove it owns
+    /// its source address (QUIC Retry, one extra round trip). Default 256; 0 validates every
+    /// address.
+    pub max_pending_handshakes: usize,
 }
 
 impl Default for Limits {
@@ -187,6 +191,7 @@ impl Default for Limits {
             max_header_bytes: crate::protocol::DEFAULT_MAX_HEADER,
             max_connections: 10_000,
             hop_limit: 1,
+            max_pending_handshakes: 256,
         }
     }
 }
@@ -265,6 +270,21 @@ impl ReconnectSettings {
 pub struct ServiceConfig {
     /// `host:port` of the TCP backend.
     pub backend: String,
+    /// Identities allowed to call the service, e.g. `["spiffe://mesh.example/client/web"]`;
+    /// others get `Unauthorized`. Default empty: every identity of the trust domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+}
+
+/// Parses an allow-list of SPIFFE identities, naming the key and entry at fault.
+pub(crate) fn parse_allow(key: &str, list: &[String]) -> Result<Vec<crate::identity::Identity>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse()
+                .map_err(|e| invalid(format!("{key}[{i}]"), format!("{s:?}: {e}")))
+        })
+        .collect()
 }
 
 /// The configuration of one node (`quicmesh node --config node.toml`).
@@ -465,6 +485,7 @@ impl NodeConfig {
                 ));
             }
             validate_host_port(&format!("services.{name}.backend"), &svc.backend)?;
+            parse_allow(&format!("services.{name}.allow"), &svc.allow)?;
         }
         if let Some(a) = &self.advertise {
             validate_host_port("advertise", a)?;
@@ -517,6 +538,10 @@ pub struct ClientConfig {
     /// Client-side routing.
     #[serde(default)]
     pub routing: ClientRouting,
+    /// Local UDP address to send from, `ip:port`. Default: any address of the entry
+    /// node's family, port chosen by the system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<SocketAddr>,
 }
 
 /// Client-side routing: fetch the load table from the entry node and connect straight to the
@@ -555,6 +580,7 @@ impl ClientConfig {
             transport: TransportSettings::default(),
             max_response_bytes: default_max_response(),
             routing: ClientRouting::default(),
+            bind: None,
         }
     }
 
@@ -637,11 +663,7 @@ key = "node-a.key"
 
     #[test]
     fn a_client_needs_entries_or_discovery() {
-        let tls = TlsPaths {
-            ca: "ca.crt".into(),
-            cert: "c.crt".into(),
-            key: "c.key".into(),
-        };
+        let tls = TlsPaths::new("ca.crt", "c.crt", "c.key");
         let mut c = ClientConfig::new(tls, vec![]);
         assert!(c.validate().unwrap_err().to_string().contains("discovery"));
         c.discovery = vec!["srv:_quicmesh._udp.mesh.example".into()];

@@ -90,11 +90,11 @@ async fn start_upper_backend() -> Result<String, DemoError> {
 }
 
 fn tls_paths(dir: &Path, role: Role, name: &str) -> TlsPaths {
-    TlsPaths {
-        ca: dir.join("ca.crt"),
-        cert: dir.join(format!("{role}-{name}.crt")),
-        key: dir.join(format!("{role}-{name}.key")),
-    }
+    TlsPaths::new(
+        dir.join("ca.crt"),
+        dir.join(format!("{role}-{name}.crt")),
+        dir.join(format!("{role}-{name}.key")),
+    )
 }
 
 /// SRV priority of each node: alpha and bravo are the preferred entry nodes, charlie the
@@ -124,6 +124,7 @@ async fn start_nodes(dir: &Path, upper_backend: String, dns: &ZoneServer) -> Res
                     "upper".into(),
                     ServiceConfig {
                         backend: upper_backend.clone(),
+                        allow: Vec::new(),
                     },
                 );
                 b = Node::builder(cfg);

@@ -12,13 +12,13 @@
 //! use quicmesh::{Client, ClientConfig, Echo, Node, NodeConfig, TlsPaths};
 //!
 //! // A node that serves `echo` in-process (certificates made by `quicmesh certs`).
-//! let tls = TlsPaths { ca: "certs/ca.crt".into(), cert: "certs/node-a.crt".into(), key: "certs/node-a.key".into() };
+//! let tls = TlsPaths::new("certs/ca.crt", "certs/node-a.crt", "certs/node-a.key");
 //! let mut config = NodeConfig::new("a", tls);
 //! config.listen = "127.0.0.1:7401".parse()?;
 //! let node = Node::builder(config).handler("echo", Echo).start().await?;
 //!
 //! // A client that calls it.
-//! let tls = TlsPaths { ca: "certs/ca.crt".into(), cert: "certs/client-web.crt".into(), key: "certs/client-web.key".into() };
+//! let tls = TlsPaths::new("certs/ca.crt", "certs/client-web.crt", "certs/client-web.key");
 //! let client = Client::connect(ClientConfig::new(tls, vec!["127.0.0.1:7401".into()])).await?;
 //! assert_eq!(&client.call("echo", "hi").await?[..], b"hi");
 //! node.shutdown().await;
@@ -38,6 +38,7 @@ mod direct;
 pub mod discovery;
 pub mod gossip;
 mod identity;
+pub mod impair;
 pub mod lbsim;
 mod node;
 pub mod protocol;

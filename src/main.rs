@@ -87,6 +87,23 @@ enum CertsCmd {
         #[command(flatten)]
         common: IssueArgs,
     },
+    /// Write a certificate revocation list naming the given certificates (`crl.pem`); point
+    /// nodes' `tls.crl` at it. The list replaces any earlier one, so name every revoked
+    /// certificate each time.
+    Revoke {
+        /// Certificate files to revoke (PEM).
+        #[arg(required = true)]
+        certs: Vec<PathBuf>,
+        /// Directory holding ca.crt and ca.key.
+        #[arg(long, default_value = "certs")]
+        ca: PathBuf,
+        /// File to write.
+        #[arg(long, default_value = "certs/crl.pem")]
+        out: PathBuf,
+        /// Days until the list must be renewed (its nextUpdate).
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
 }
 
 #[derive(Args)]
@@ -330,6 +347,23 @@ fn certs(cmd: CertsCmd) -> Result<(), BoxError> {
             let files = issue_leaf(&common.ca, &common.out, &opts, common.force)?;
             println!("client {name}: {} and {}", files.cert.display(), files.key.display());
         }
+        CertsCmd::Revoke { certs, ca, out, days } => {
+            let ca = MeshCa::load(&quicmesh::CaFiles::in_dir(&ca))?;
+            let pems = certs
+                .iter()
+                .map(|p| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display())))
+                .collect::<Result<Vec<_>, _>>()?;
+            let crl = ca.revoke(&pems, days)?;
+            // Written beside and renamed, so a node reloading it never reads half a file.
+            let tmp = out.with_extension("pem.tmp");
+            std::fs::write(&tmp, crl).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &out).map_err(|e| format!("{}: {e}", out.display()))?;
+            println!(
+                "{} revokes {} certificate(s); nodes with tls.crl pointing at it pick it up within tls.reload",
+                out.display(),
+                certs.len()
+            );
+        }
     }
     Ok(())
 }
@@ -480,11 +514,11 @@ fn client_config(a: &ClientArgs) -> Result<ClientConfig, BoxError> {
                     format!("missing {flag} (or --client-config, or the QUICMESH_* environment variables)")
                 })
             };
-            let tls = TlsPaths {
-                ca: need(&a.ca, "--ca")?,
-                cert: need(&a.cert, "--cert")?,
-                key: need(&a.cert_key, "--cert-key")?,
-            };
+            let tls = TlsPaths::new(
+                need(&a.ca, "--ca")?,
+                need(&a.cert, "--cert")?,
+                need(&a.cert_key, "--cert-key")?,
+            );
             ClientConfig::new(tls, Vec::new())
         }
     };

@@ -218,7 +218,7 @@ pub const STATUS_SERVICE: &str = "quicmesh-status";
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     /// The stream failed or ended early.
-    #[error("stream error: {0}")]
+    #[error("stream error: {}", with_causes(.0))]
     Io(#[from] std::io::Error),
     /// The stream ended cleanly before a frame began.
     #[error("stream ended before a frame")]
@@ -237,6 +237,23 @@ pub enum FrameError {
     /// The header names another protocol version.
     #[error("protocol version {0} is not supported (this node speaks {PROTOCOL_VERSION})")]
     UnsupportedVersion(u8),
+}
+
+/// An error and its causes, so "connection lost" also says why (quinn keeps the
+/// connection's close reason, e.g. a refused certificate, in the source chain).
+fn with_causes(e: &std::io::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    // io::Error's own source is the wrapped error, whose Display `out` already shows.
+    if let Some(inner) = e.get_ref() {
+        cause = std::error::Error::source(inner);
+    }
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 impl FrameError {

@@ -198,11 +198,11 @@ fn client_flags(dir: &Path, entry: &str) -> Vec<String> {
 async fn call_and_forward_through_an_in_process_node() {
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path());
-    let tls = TlsPaths {
-        ca: dir.path().join("ca.crt"),
-        cert: dir.path().join("node-n1.crt"),
-        key: dir.path().join("node-n1.key"),
-    };
+    let tls = TlsPaths::new(
+        dir.path().join("ca.crt"),
+        dir.path().join("node-n1.crt"),
+        dir.path().join("node-n1.key"),
+    );
     let mut cfg = NodeConfig::new("n1", tls);
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     let node = Node::builder(cfg).handler("echo", Echo).start().await.unwrap();

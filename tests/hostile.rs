@@ -3,40 +3,16 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{mesh, within, Pki};
+use common::{code, mesh, raw_conn, send_raw, within, Pki};
 use quicmesh::protocol::{
     encode_frame, read_frame, Response, ServiceRequest, StreamHeader, StreamKind, PROTOCOL_VERSION,
 };
-use quicmesh::{Node, RejectCode, Role, TlsMaterial};
+use quicmesh::{Node, RejectCode, Role};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// A raw QUIC connection with a real certificate, speaking the protocol by hand.
-async fn raw_conn(pki: &Pki, role: Role, name: &str, to: SocketAddr) -> quinn::Connection {
-    let tls = TlsMaterial::load(&pki.tls(role, name), role).unwrap();
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(tls.client_config().unwrap()));
-    ep.connect(to, "quicmesh").unwrap().await.unwrap()
-}
-
-/// Sends `bytes` on a new stream, finishes it, and returns the node's response.
-async fn send_raw(conn: &quinn::Connection, bytes: &[u8]) -> Response {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(bytes).await.unwrap();
-    let _ = send.finish();
-    read_frame(&mut recv, 64 * 1024).await.unwrap()
-}
-
-fn code(r: &Response) -> Option<RejectCode> {
-    match r {
-        Response::Reject { code, .. } => Some(*code),
-        Response::Accept { .. } => None,
-    }
-}
 
 fn service_header(service: &str, hops: u8, origin: Option<String>) -> Vec<u8> {
     encode_frame(&StreamHeader {

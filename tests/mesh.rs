@@ -89,6 +89,7 @@ async fn tcp_backend_is_spliced_with_half_close() {
         "upper".into(),
         quicmesh::config::ServiceConfig {
             backend: backend_addr.to_string(),
+            allow: Vec::new(),
         },
     );
     let b = Node::builder(cfg).start().await.unwrap();
@@ -118,6 +119,7 @@ async fn tcp_backend_down_gives_unavailable_not_a_hang() {
         "db".into(),
         quicmesh::config::ServiceConfig {
             backend: dead.to_string(),
+            allow: Vec::new(),
         },
     );
     let a = Node::builder(cfg).start().await.unwrap();

@@ -131,6 +131,7 @@ async fn a_refusing_node_is_retried_elsewhere_and_ejected() {
         "work".into(),
         quicmesh::config::ServiceConfig {
             backend: dead.to_string(),
+            allow: Vec::new(),
         },
     );
     let b = Node::builder(cfg).start().await.unwrap();

@@ -43,6 +43,9 @@ pub enum CertError {
     /// rcgen refused the parameters.
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// A certificate to revoke could not be read.
+    #[error("certificate to revoke: {0}")]
+    BadCert(String),
     /// A validity period of zero days was asked for.
     #[error("--days must be at least 1")]
     ZeroDays,
@@ -99,6 +102,9 @@ pub struct IssueOptions {
     pub ips: Vec<IpAddr>,
     /// Validity in days from now (default 365).
     pub days: u32,
+    /// An explicit validity window `(not_before, not_after)` instead of `days` (default
+    /// none): for short-lived certificates, and for tests of expired or future ones.
+    pub window: Option<(std::time::SystemTime, std::time::SystemTime)>,
 }
 
 impl IssueOptions {
@@ -114,6 +120,7 @@ impl IssueOptions {
             dns,
             ips,
             days: 365,
+            window: None,
         }
     }
 }
@@ -223,7 +230,10 @@ impl MeshCa {
     /// only, so a client certificate can never pass as a node's server certificate.
     pub fn issue(&self, opts: &IssueOptions) -> Result<IssuedCert, CertError> {
         let id = Identity::new(&self.trust_domain, opts.role, &opts.name)?;
-        let (not_before, not_after) = validity(opts.days)?;
+        let (not_before, not_after) = match opts.window {
+            Some((from, to)) => (from.into(), to.into()),
+            None => validity(opts.days)?,
+        };
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, format!("{} {}", opts.role, opts.name));
@@ -250,6 +260,36 @@ impl MeshCa {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+
+    /// Makes a certificate revocation list (PEM) naming the given certificates (PEM), valid
+    /// for `days`. Nodes load it from `tls.crl` and refuse those certificates.
+    pub fn revoke(&self, certs_pem: &[String], days: u32) -> Result<String, CertError> {
+        let (this_update, next_update) = validity(days)?;
+        let mut revoked = Vec::new();
+        for pem in certs_pem {
+            for der in rustls_pemfile::certs(&mut pem.as_bytes()) {
+                let der = der.map_err(|e| CertError::BadCert(e.to_string()))?;
+                let (_, cert) =
+                    x509_parser::parse_x509_certificate(&der).map_err(|e| CertError::BadCert(e.to_string()))?;
+                revoked.push(rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+                    revocation_time: this_update,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                });
+            }
+        }
+        let crl_number = u64::try_from(next_update.unix_timestamp()).unwrap_or_default();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: rcgen::SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     /// Writes `ca.crt` and `ca.key` into `dir` (created if missing).

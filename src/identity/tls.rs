@@ -12,7 +12,7 @@ use std::sync::Arc;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
@@ -79,6 +79,31 @@ pub struct TlsPaths {
     pub cert: PathBuf,
     /// This holder's private key (PEM, PKCS#8).
     pub key: PathBuf,
+    /// A certificate revocation list from the mesh CA (PEM), made by `quicmesh certs revoke`;
+    /// certificates it lists are refused in both directions. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<PathBuf>,
+    /// Nodes only: how often the files are checked for changes and reloaded without a
+    /// restart (existing connections are kept). `"0ms"` turns reloading off. Default `"5s"`.
+    #[serde(default = "default_reload", with = "crate::config::duration_str")]
+    pub reload: std::time::Duration,
+}
+
+fn default_reload() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
+}
+
+impl TlsPaths {
+    /// The three files, with no CRL and the default reload interval.
+    pub fn new(ca: impl Into<PathBuf>, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        TlsPaths {
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+            crl: None,
+            reload: default_reload(),
+        }
+    }
 }
 
 /// Loaded, checked TLS material: trust roots, our chain and key, and our identity.
@@ -88,6 +113,7 @@ pub struct TlsMaterial {
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
     identity: Identity,
+    crls: Arc<Vec<CertificateRevocationListDer<'static>>>,
 }
 
 impl fmt::Debug for TlsMaterial {
@@ -132,12 +158,58 @@ impl TlsMaterial {
         let ca = read(&paths.ca)?;
         let cert = read(&paths.cert)?;
         let key = read(&paths.key)?;
-        Self::from_pem_named(
+        let material = Self::from_pem_named(
             (&ca, &paths.ca.display().to_string()),
             (&cert, &paths.cert.display().to_string()),
             (&key, &paths.key.display().to_string()),
             role,
-        )
+        )?;
+        match &paths.crl {
+            Some(crl) => material.with_crl_named(&read(crl)?, &crl.display().to_string()),
+            None => Ok(material),
+        }
+    }
+
+    /// Adds a certificate revocation list (PEM) from the mesh CA: certificates it lists are
+    /// refused when they are presented to us, whichever side dialled.
+    pub fn with_crl_pem(self, crl_pem: &str) -> Result<Self, TlsError> {
+        self.with_crl_named(crl_pem.as_bytes(), "CRL")
+    }
+
+    fn with_crl_named(mut self, pem: &[u8], what: &str) -> Result<Self, TlsError> {
+        let bad = |reason: String| TlsError::Pem {
+            what: what.to_owned(),
+            reason,
+        };
+        let crls = rustls_pemfile::crls(&mut &pem[..])
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if crls.is_empty() {
+            return Err(bad("no X509 CRL block found".into()));
+        }
+        // Check our own certificate against the list now: that proves the list parses and is
+        // signed by the CA in the `ca` file, so a wrong file is a clear error at start (or a
+        // kept old list on reload) rather than refused handshakes later.
+        let now = UnixTime::now();
+        match verify_chain(
+            &self.roots,
+            &crls,
+            &self.chain[0],
+            &self.chain[1..],
+            now,
+            webpki::KeyUsage::client_auth(),
+        ) {
+            Ok(()) => {}
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
+                return Err(bad(format!(
+                    "it revokes this holder's own certificate ({})",
+                    self.identity
+                )))
+            }
+            Err(e) => return Err(bad(format!("not a usable CRL from the mesh CA: {e}"))),
+        }
+        self.crls = Arc::new(crls);
+        Ok(self)
     }
 
     /// Builds material from PEM text held in memory (tests, the demo).
@@ -197,6 +269,7 @@ impl TlsMaterial {
             chain,
             key: Arc::new(key),
             identity,
+            crls: Arc::default(),
         })
     }
 
@@ -215,7 +288,14 @@ impl TlsMaterial {
     /// The server side of a node: requires a client certificate from the mesh CA naming an
     /// identity (node or client) of our trust domain.
     pub fn server_config(&self) -> Result<Arc<QuicServerConfig>, TlsError> {
-        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider()).build()?;
+        let mut builder = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider());
+        if !self.crls.is_empty() {
+            // Leaves only: the CA itself is the trust anchor and has no CRL above it.
+            builder = builder
+                .with_crls(self.crls.iter().cloned())
+                .only_check_end_entity_revocation();
+        }
+        let inner = builder.build()?;
         let verifier = Arc::new(MeshClientVerifier {
             inner,
             trust_domain: self.identity.trust_domain.clone(),
@@ -237,6 +317,7 @@ impl TlsMaterial {
             roots: self.roots.clone(),
             provider: provider(),
             trust_domain: self.identity.trust_domain.clone(),
+            crls: self.crls.clone(),
         });
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -295,6 +376,53 @@ struct MeshServerVerifier {
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
     trust_domain: String,
+    crls: Arc<Vec<CertificateRevocationListDer<'static>>>,
+}
+
+/// A chain check with CRLs (leaf revocation only). rustls's public helpers take no revocation
+/// options, so this calls webpki, which rustls itself uses underneath.
+fn verify_chain(
+    roots: &RootCertStore,
+    crls: &[CertificateRevocationListDer<'_>],
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    usage: webpki::KeyUsage,
+) -> Result<(), rustls::Error> {
+    let crls: Vec<webpki::CertRevocationList<'_>> = crls
+        .iter()
+        .map(|d| webpki::BorrowedCertRevocationList::from_der(d.as_ref()).map(Into::into))
+        .collect::<Result<_, _>>()
+        .map_err(webpki_error)?;
+    let refs: Vec<&webpki::CertRevocationList<'_>> = crls.iter().collect();
+    let revocation = webpki::RevocationOptionsBuilder::new(&refs)
+        .map_err(|_| rustls::Error::General("no CRLs".into()))?
+        .with_depth(webpki::RevocationCheckDepth::EndEntity)
+        .build();
+    let ee = webpki::EndEntityCert::try_from(end_entity).map_err(webpki_error)?;
+    ee.verify_for_usage(
+        provider().signature_verification_algorithms.all,
+        &roots.roots,
+        intermediates,
+        now,
+        usage,
+        Some(revocation),
+        None,
+    )
+    .map(|_| ())
+    .map_err(webpki_error)
+}
+
+fn webpki_error(e: webpki::Error) -> rustls::Error {
+    use rustls::CertificateError as C;
+    rustls::Error::InvalidCertificate(match e {
+        webpki::Error::CertRevoked => C::Revoked,
+        webpki::Error::CertExpired { .. } => C::Expired,
+        webpki::Error::CertNotValidYet { .. } => C::NotValidYet,
+        webpki::Error::UnknownIssuer => C::UnknownIssuer,
+        webpki::Error::InvalidSignatureForPublicKey => C::BadSignature,
+        other => C::Other(rustls::OtherError(Arc::new(other))),
+    })
 }
 
 impl ServerCertVerifier for MeshServerVerifier {
@@ -306,14 +434,25 @@ impl ServerCertVerifier for MeshServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+        if self.crls.is_empty() {
+            let parsed = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                &self.roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        } else {
+            verify_chain(
+                &self.roots,
+                &self.crls,
+                end_entity,
+                intermediates,
+                now,
+                webpki::KeyUsage::server_auth(),
+            )?;
+        }
         let id = Identity::from_cert_der(end_entity).map_err(identity_error)?;
         check_domain(&id, &self.trust_domain)?;
         if id.role != Role::Node {

@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::debug;
 
+use super::handshake::HandshakeFailure;
 use super::shared::{lock, Shared};
 use crate::protocol::RejectCode;
 
@@ -132,7 +133,7 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
 fn metrics(shared: &Shared) -> String {
     let mut reg = Registry::with_prefix("quicmesh");
     let s = &shared.stats;
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 7] = [
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 11] = [
         ("streams_accepted", "Service streams accepted", &s.accepted),
         (
             "streams_served_local",
@@ -160,6 +161,26 @@ fn metrics(shared: &Shared) -> String {
             "Connections to peers re-established after one was lost",
             &s.reconnects,
         ),
+        (
+            "connection_migrations",
+            "Connections whose peer's address changed (QUIC migration)",
+            &s.migrations,
+        ),
+        (
+            "handshake_retries",
+            "Retry packets sent to validate addresses above limits.max_pending_handshakes",
+            &s.retries,
+        ),
+        (
+            "tls_reloads",
+            "Certificate files reloaded after a change",
+            &s.tls_reloads,
+        ),
+        (
+            "tls_reload_failures",
+            "Certificate reloads that failed (the old ones stayed in use)",
+            &s.tls_reload_failures,
+        ),
     ];
     for (name, help, value) in counters {
         counter(&mut reg, name, help, value.load(Ordering::Relaxed));
@@ -171,6 +192,23 @@ fn metrics(shared: &Shared) -> String {
             .inc_by(s.rejected[code.index()].load(Ordering::Relaxed));
     }
     reg.register("streams_rejected", "Streams rejected, by reject code", rejected);
+    let failures = Family::<Labels, Counter>::default();
+    for reason in HandshakeFailure::ALL {
+        failures
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc_by(s.handshake_failure_reasons[reason.index()].load(Ordering::Relaxed));
+    }
+    reg.register(
+        "handshake_failures_by_reason",
+        "Incoming handshakes that failed, by reason",
+        failures,
+    );
+    gauge(
+        &mut reg,
+        "handshakes_pending",
+        "Incoming handshakes in progress",
+        i64::try_from(shared.pending_handshakes.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+    );
     let decisions = Family::<Labels, Counter>::default();
     for ((service, node), n) in &lock(&shared.routing).decisions {
         decisions
@@ -182,7 +220,7 @@ fn metrics(shared: &Shared) -> String {
         "Streams the balancer sent to each node, per service",
         decisions,
     );
-    if let Some(t) = shared.cert_not_after {
+    if let Some(t) = *lock(&shared.cert_not_after) {
         gauge(
             &mut reg,
             "cert_not_after_timestamp_seconds",

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::shared::{lock, ControlHandle, Shared};
 use super::streams::handle_stream;
-use crate::identity::{peer_identity, Identity, Role};
+use crate::identity::{Identity, Role};
 use crate::protocol::{
     codes, read_frame, write_frame, ControlMsg, FrameError, Response, StreamHeader, MAX_CONTROL_MESSAGE,
 };
@@ -31,6 +31,9 @@ impl Drop for ConnGuard<'_> {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// How often a connection's remote address is compared with the last one seen.
+const MIGRATION_CHECK: Duration = Duration::from_millis(250);
 
 /// Accepts connections until shutdown.
 pub(crate) async fn accept_loop(shared: Arc<Shared>) {
@@ -53,42 +56,8 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>) {
             incoming.refuse();
             continue;
         }
-        tokio::spawn(handshake(shared.clone(), incoming));
+        super::handshake::admit(&shared, incoming);
     }
-}
-
-async fn handshake(shared: Arc<Shared>, incoming: quinn::Incoming) {
-    let remote = incoming.remote_address();
-    let connecting = match incoming.accept() {
-        Ok(c) => c,
-        Err(e) => {
-            debug!(%remote, error = %e, "could not accept connection");
-            return;
-        }
-    };
-    let conn = match tokio::time::timeout(shared.cfg.transport.connect_timeout, connecting).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            shared.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-            info!(%remote, error = %e, "handshake failed");
-            return;
-        }
-        Err(_) => {
-            shared.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-            info!(%remote, "handshake timed out");
-            return;
-        }
-    };
-    let id = match peer_identity(&conn) {
-        Ok(id) => id,
-        Err(e) => {
-            // The verifier already checked this; reaching here means a bug, not an attacker.
-            warn!(%remote, error = %e, "connection without a usable identity");
-            conn.close(codes::FORBIDDEN, e.to_string().as_bytes());
-            return;
-        }
-    };
-    run_connection(shared, conn, id, false).await;
 }
 
 /// Runs an established connection until it closes: registers node peers, opens the control
@@ -116,12 +85,28 @@ pub(crate) async fn run_connection(shared: Arc<Shared>, conn: Connection, id: Id
             debug!("client connected");
         }
         let id = Arc::new(id);
+        // QUIC migrates a connection whose peer's address changes (a client on a new
+        // network, a NAT rebinding) without telling the application; look now and then so
+        // it is logged and counted.
+        let mut remote = conn.remote_address();
+        let mut look = tokio::time::interval(MIGRATION_CHECK);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reason = loop {
-            match conn.accept_bi().await {
-                Ok((send, recv)) => {
-                    tokio::spawn(handle_stream(shared.clone(), conn.clone(), id.clone(), send, recv).in_current_span());
+            tokio::select! {
+                accepted = conn.accept_bi() => match accepted {
+                    Ok((send, recv)) => {
+                        tokio::spawn(handle_stream(shared.clone(), conn.clone(), id.clone(), send, recv).in_current_span());
+                    }
+                    Err(e) => break e,
+                },
+                _ = look.tick() => {
+                    let now = conn.remote_address();
+                    if now != remote {
+                        shared.stats.migrations.fetch_add(1, Ordering::Relaxed);
+                        info!(from = %remote, to = %now, "peer address changed; connection migrated");
+                        remote = now;
+                    }
                 }
-                Err(e) => break e,
             }
         };
         if is_node {

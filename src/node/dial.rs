@@ -140,7 +140,8 @@ async fn resolve(target: &str) -> Result<SocketAddr, DialError> {
 
 async fn dial_once(shared: &Arc<Shared>, target: &str, backoff: &mut Backoff) -> Result<DialOutcome, DialError> {
     let addr = resolve(target).await?;
-    let connecting = shared.endpoint.connect(addr, SNI)?;
+    let config = lock(&shared.client_config).clone();
+    let connecting = shared.endpoint.connect_with(config, addr, SNI)?;
     let conn = tokio::time::timeout(shared.cfg.transport.connect_timeout, connecting)
         .await
         .map_err(|_| DialError::Timeout)??;

@@ -16,7 +16,9 @@ mod conn;
 mod conn_use;
 mod dial;
 mod discover;
+mod handshake;
 mod membership;
+mod reload;
 mod shared;
 mod streams;
 
@@ -89,6 +91,7 @@ pub enum NodeError {
 pub struct NodeBuilder {
     config: NodeConfig,
     handlers: Vec<(String, Arc<dyn Handler>)>,
+    allow: Vec<(String, Vec<String>)>,
     tls: Option<TlsMaterial>,
 }
 
@@ -96,6 +99,19 @@ impl NodeBuilder {
     /// Serves `service` with an in-process handler.
     pub fn handler(mut self, service: &str, handler: impl Handler) -> Self {
         self.handlers.push((service.to_owned(), Arc::new(handler)));
+        self
+    }
+
+    /// Lets only these identities (`spiffe://...` URIs) call `service`; others get
+    /// `Unauthorized`. The same as `allow` under `[services.NAME]` in the configuration,
+    /// for in-process handlers.
+    pub fn allow<I, S>(mut self, service: &str, identities: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allow
+            .push((service.to_owned(), identities.into_iter().map(Into::into).collect()));
         self
     }
 
@@ -107,8 +123,14 @@ impl NodeBuilder {
 
     /// Binds the endpoint, starts accepting, and starts dialling the configured peers.
     pub async fn start(self) -> Result<Node, NodeError> {
-        let NodeBuilder { config, handlers, tls } = self;
+        let NodeBuilder {
+            config,
+            handlers,
+            allow,
+            tls,
+        } = self;
         config.validate()?;
+        let tls_from_files = tls.is_none();
         let tls = match tls {
             Some(t) => t,
             None => TlsMaterial::load(&config.tls, Role::Node)?,
@@ -133,6 +155,7 @@ impl NodeBuilder {
             }
         }
 
+        let allow = allow_lists(&config, allow, &local, &identity)?;
         let discovery = if config.discovery.is_empty() {
             None
         } else {
@@ -160,7 +183,7 @@ impl NodeBuilder {
             .ok_or_else(|| NodeError::Endpoint(std::io::Error::other("no async runtime found")))?;
         let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
             .map_err(NodeError::Endpoint)?;
-        endpoint.set_default_client_config(client_config);
+        endpoint.set_default_client_config(client_config.clone());
         let local_addr = endpoint.local_addr().map_err(NodeError::Endpoint)?;
 
         let (shutdown, _) = watch::channel(false);
@@ -191,6 +214,7 @@ impl NodeBuilder {
             inflight: Arc::new(Semaphore::new(config.limits.max_inflight)),
             cfg: config,
             endpoint,
+            client_config: Mutex::new(client_config),
             local,
             peers: Mutex::new(BTreeMap::new()),
             peers_changed,
@@ -209,7 +233,9 @@ impl NodeBuilder {
             draining: std::sync::atomic::AtomicBool::new(false),
             undelivered: watch::channel(0).0,
             conn_use: Arc::default(),
-            cert_not_after,
+            cert_not_after: Mutex::new(cert_not_after),
+            pending_handshakes: AtomicUsize::new(0),
+            allow,
             discovery,
             discovered: Mutex::new(discover::Discovered::default()),
         });
@@ -217,6 +243,9 @@ impl NodeBuilder {
         let mut tasks = JoinSet::new();
         tasks.spawn(conn::accept_loop(shared.clone()).instrument(span.clone()));
         tasks.spawn(membership::gossip_loop(shared.clone()).instrument(span.clone()));
+        if tls_from_files {
+            tasks.spawn(reload::reload_loop(shared.clone()).instrument(span.clone()));
+        }
         for peer in &shared.cfg.peers {
             let purpose = dial::Purpose::Seed;
             tasks.spawn(dial::keep_connected(shared.clone(), peer.clone(), purpose).instrument(span.clone()));
@@ -247,6 +276,36 @@ impl NodeBuilder {
             tasks: Mutex::new(tasks),
         })
     }
+}
+
+/// Gathers the allow-lists of the configuration and the builder, checking each names a
+/// service served here and identities of this trust domain.
+fn allow_lists(
+    config: &NodeConfig,
+    extra: Vec<(String, Vec<String>)>,
+    local: &BTreeMap<String, Local>,
+    me: &Identity,
+) -> Result<BTreeMap<String, Vec<Identity>>, ConfigError> {
+    let invalid = |key: String, reason: String| ConfigError::Invalid { key, reason };
+    let mut out: BTreeMap<String, Vec<Identity>> = BTreeMap::new();
+    let from_config = config.services.iter().map(|(n, s)| (n.clone(), s.allow.clone()));
+    for (service, list) in from_config.chain(extra) {
+        let key = format!("services.{service}.allow");
+        if !local.contains_key(&service) {
+            return Err(invalid(key, "this node does not serve that service".into()));
+        }
+        for id in crate::config::parse_allow(&key, &list)? {
+            if id.trust_domain != me.trust_domain {
+                return Err(invalid(
+                    key,
+                    format!("{id} is outside this node's trust domain {:?}", me.trust_domain),
+                ));
+            }
+            out.entry(service.clone()).or_default().push(id);
+        }
+    }
+    out.retain(|_, v| !v.is_empty());
+    Ok(out)
 }
 
 /// Logs when the node's certificate expires: a warning inside 30 days, an error once expired.
@@ -308,8 +367,18 @@ pub struct NodeStats {
     pub rejected: BTreeMap<RejectCode, u64>,
     /// Incoming handshakes that failed (bad certificate, timeout, ...).
     pub handshake_failures: u64,
+    /// Failed incoming handshakes by reason (`cert_expired`, `unknown_ca`, ...), non-zero only.
+    pub handshake_failure_reasons: BTreeMap<&'static str, u64>,
     /// Connections open now (peers and clients).
     pub connections: usize,
+    /// Connections whose peer's address changed (QUIC migration).
+    pub migrations: u64,
+    /// Retry packets sent for address validation.
+    pub retries: u64,
+    /// Certificate reloads after the files changed.
+    pub tls_reloads: u64,
+    /// Connections to peers re-established after one was lost.
+    pub peer_reconnects: u64,
 }
 
 impl Node {
@@ -318,6 +387,7 @@ impl Node {
         NodeBuilder {
             config,
             handlers: Vec::new(),
+            allow: Vec::new(),
             tls: None,
         }
     }
@@ -465,8 +535,29 @@ impl Node {
                 .filter(|(_, n)| *n > 0)
                 .collect(),
             handshake_failures: s.handshake_failures.load(Ordering::Relaxed),
+            handshake_failure_reasons: handshake::HandshakeFailure::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        r.as_str(),
+                        s.handshake_failure_reasons[r.index()].load(Ordering::Relaxed),
+                    )
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
             connections: self.shared.connections.load(Ordering::Relaxed),
+            migrations: s.migrations.load(Ordering::Relaxed),
+            retries: s.retries.load(Ordering::Relaxed),
+            tls_reloads: s.tls_reloads.load(Ordering::Relaxed),
+            peer_reconnects: s.reconnects.load(Ordering::Relaxed),
         }
+    }
+
+    /// Moves the node's endpoint to a new UDP socket (a new address or port). Connections
+    /// this node dialled migrate to it and keep their streams; peers that dial this node
+    /// must learn the new address (by gossip of `advertise`, or DNS).
+    pub fn rebind(&self, socket: std::net::UdpSocket) -> std::io::Result<()> {
+        self.shared.endpoint.rebind(socket)
     }
 
     /// Waits until the peer table changes (a peer connects, disconnects, or says hello).

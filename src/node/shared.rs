@@ -55,6 +55,16 @@ pub(crate) struct Stats {
     pub bytes_down: AtomicU64,
     /// Connections to peers this node dialled that came up after the first (reconnects).
     pub reconnects: AtomicU64,
+    /// Failed incoming handshakes, by [`super::handshake::HandshakeFailure`].
+    pub handshake_failure_reasons: [AtomicU64; super::handshake::HandshakeFailure::ALL.len()],
+    /// Connections whose peer's address changed (QUIC connection migration).
+    pub migrations: AtomicU64,
+    /// Retry packets sent for address validation under handshake load.
+    pub retries: AtomicU64,
+    /// Certificate files reloaded after a change.
+    pub tls_reloads: AtomicU64,
+    /// Reloads that failed (the old certificates stayed in use).
+    pub tls_reload_failures: AtomicU64,
 }
 
 impl Stats {
@@ -68,6 +78,8 @@ pub(crate) struct Shared {
     pub identity: Identity,
     pub cfg: NodeConfig,
     pub endpoint: Endpoint,
+    /// How this node dials peers; replaced when the certificates are reloaded.
+    pub client_config: Mutex<quinn::ClientConfig>,
     pub local: BTreeMap<String, Local>,
     pub peers: Mutex<BTreeMap<String, PeerState>>,
     /// Bumped whenever the peer table changes, so waiters need not poll.
@@ -95,8 +107,13 @@ pub(crate) struct Shared {
     /// Replies written but not yet acknowledged by their callers. A connection close discards
     /// unacknowledged data, so a drain waits for this to reach zero before closing.
     pub undelivered: watch::Sender<usize>,
-    /// When this node's certificate expires (Unix seconds), for `/metrics`.
-    pub cert_not_after: Option<i64>,
+    /// When this node's certificate expires (Unix seconds), for `/metrics`; updated on reload.
+    pub cert_not_after: Mutex<Option<i64>>,
+    /// Handshakes in progress, for `limits.max_pending_handshakes`.
+    pub pending_handshakes: AtomicUsize,
+    /// Who may call each service (`services.NAME.allow`); a service not listed is open to
+    /// every identity of the trust domain.
+    pub allow: BTreeMap<String, Vec<Identity>>,
     /// Streams running per connection; retired duplicates close when theirs end.
     pub conn_use: super::conn_use::ConnUseTable,
     /// Set by [`super::Node::drain`]: new connections are refused and new service streams

@@ -250,6 +250,15 @@ impl Incoming<'_> {
     async fn serve_local(mut self, origin: &Identity, req: &ServiceRequest, local: Local) {
         let shared = self.shared;
         let started = Instant::now();
+        if let Some(allowed) = shared.allow.get(&req.service) {
+            if !allowed.contains(origin) {
+                let why = format!(
+                    "{origin} may not call service {:?} on node {} (not in services.{}.allow)",
+                    req.service, shared.name, req.service
+                );
+                return self.reject(reject(RejectCode::Unauthorized, why)).await;
+            }
+        }
         if !matches!(local, Local::Status) {
             shared.stats.served_local.fetch_add(1, Ordering::Relaxed);
         }

@@ -41,11 +41,11 @@ impl Pki {
                 .write(self.path(), role, name, false)
                 .unwrap();
         }
-        TlsPaths {
-            ca: self.path().join("ca.crt"),
+        TlsPaths::new(
+            self.path().join("ca.crt"),
             cert,
-            key: self.path().join(format!("{role}-{name}.key")),
-        }
+            self.path().join(format!("{role}-{name}.key")),
+        )
     }
 
     pub fn node_config(&self, name: &str) -> NodeConfig {
@@ -154,4 +154,35 @@ pub fn init_logs() {
             .with_test_writer()
             .try_init();
     }
+}
+
+/// A raw QUIC connection with a real certificate, speaking the protocol by hand.
+pub async fn raw_conn(pki: &Pki, role: Role, name: &str, to: std::net::SocketAddr) -> quinn::Connection {
+    let tls = quicmesh::TlsMaterial::load(&pki.tls(role, name), role).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(tls.client_config().unwrap()));
+    ep.connect(to, "quicmesh").unwrap().await.unwrap()
+}
+
+/// Sends `bytes` on a new stream, finishes it, and returns the node's response.
+pub async fn send_raw(conn: &quinn::Connection, bytes: &[u8]) -> quicmesh::protocol::Response {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    let _ = send.finish();
+    quicmesh::protocol::read_frame(&mut recv, 64 * 1024).await.unwrap()
+}
+
+/// The reject code of a response, if it is a refusal.
+pub fn code(r: &quicmesh::protocol::Response) -> Option<quicmesh::RejectCode> {
+    match r {
+        quicmesh::protocol::Response::Reject { code, .. } => Some(*code),
+        quicmesh::protocol::Response::Accept { .. } => None,
+    }
+}
+
+/// This process's resident memory, in bytes (Linux).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
 }

@@ -1,0 +1,400 @@
+//! The mesh on impaired links: real nodes whose peer traffic passes through the userspace
+//! impairment proxy (`quicmesh::impair`), on loopback.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use quicmesh::gossip::Status;
+use quicmesh::impair::{Direction, Impairment, UdpProxy};
+use quicmesh::{CallOptions, Client, Echo, Node, NodeConfig};
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A node on a fixed port, reachable by its peers only through its own proxy (its
+/// `advertise` address), so that every byte between nodes can be impaired.
+struct Proxied {
+    node: Node,
+    proxy: UdpProxy,
+}
+
+async fn proxied(pki: &Pki, name: &str, peers: Vec<String>, echo: bool, tweak: impl Fn(&mut NodeConfig)) -> Proxied {
+    let port = free_udp_port();
+    let proxy = UdpProxy::start(loopback(0), loopback(port)).await.unwrap();
+    let mut cfg = pki.node_config(name);
+    cfg.listen = loopback(port);
+    cfg.advertise = Some(proxy.local_addr().to_string());
+    cfg.peers = peers;
+    tweak(&mut cfg);
+    let mut b = Node::builder(cfg);
+    if echo {
+        b = b.handler("echo", Echo);
+    }
+    Proxied {
+        node: b.start().await.unwrap(),
+        proxy,
+    }
+}
+
+fn any_dead(nodes: &[&Node]) -> Option<String> {
+    nodes.iter().find_map(|n| {
+        n.status()
+            .members
+            .iter()
+            .find(|m| m.member.status == Status::Dead)
+            .map(|m| format!("{} declared {} dead", n.name(), m.member.name))
+    })
+}
+
+fn connected(n: &Node, peer: &str) -> bool {
+    n.peers().iter().any(|p| p.name == peer && p.connected)
+}
+
+/// Runs `calls` echo calls through `client`, `workers` at a time; every one must succeed
+/// and echo its body. Meanwhile checks that no node declares another dead.
+async fn calls_all_succeed(client: &Client, calls: usize, workers: usize, watch: &[&Node]) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (client, next) = (client.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= calls {
+                    return;
+                }
+                let body: Vec<u8> = (0..(1024 + i * 97 % 15_000)).map(|j| (i + j) as u8).collect();
+                let opts = CallOptions {
+                    timeout: Some(Duration::from_secs(20)),
+                    ..CallOptions::default()
+                };
+                let reply = client.request("echo", body.clone(), &opts).await;
+                let reply = reply.unwrap_or_else(|e| panic!("call {i} failed: {e}"));
+                assert_eq!(reply.body, body, "call {i} came back altered");
+            }
+        }));
+    }
+    let all = futures_join(tasks);
+    tokio::pin!(all);
+    loop {
+        tokio::select! {
+            _ = &mut all => break,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                if let Some(dead) = any_dead(watch) {
+                    panic!("false failure detection under impairment: {dead}");
+                }
+            }
+        }
+    }
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_succeed_under_5_and_20_percent_loss_and_nobody_is_declared_dead() {
+    init_logs();
+    for loss in [0.05, 0.20] {
+        let pki = Pki::new();
+        let b = proxied(&pki, "b", vec![], true, |_| {}).await;
+        let a = proxied(&pki, "a", vec![b.proxy.local_addr().to_string()], false, |_| {}).await;
+        eventually(Duration::from_secs(10), "a and b connected", || {
+            connected(&a.node, "b") && sees_all(&[&a.node], &["echo"])
+        })
+        .await;
+        for p in [&a.proxy, &b.proxy] {
+            p.set_both(Impairment::loss(loss));
+        }
+        // The client enters at a; every call is relayed to b over the lossy link.
+        let client = pki.client("web", &a.node).await;
+        let started = Instant::now();
+        calls_all_succeed(&client, 300, 8, &[&a.node, &b.node]).await;
+        let lost = b.proxy.stats(Direction::Up).lost + b.proxy.stats(Direction::Down).lost;
+        let delivered = b.proxy.stats(Direction::Up).delivered + b.proxy.stats(Direction::Down).delivered;
+        let measured = lost as f64 / (lost + delivered) as f64;
+        println!(
+            "loss {loss}: 300 relayed calls in {:?}; proxy dropped {lost} of {} datagrams ({measured:.3})",
+            started.elapsed(),
+            lost + delivered
+        );
+        assert!((measured - loss).abs() < 0.05, "proxy loss {measured} far from {loss}");
+        assert_eq!(a.node.stats().relayed, 300);
+        client.close().await;
+        a.node.shutdown().await;
+        b.node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_peer_times_out_traffic_reroutes_and_it_reconnects_within_the_backoff_bound() {
+    init_logs();
+    let pki = Pki::new();
+    let fast = |c: &mut NodeConfig| {
+        c.transport.idle_timeout = Duration::from_millis(1500);
+        c.transport.keepalive = Duration::from_millis(300);
+        c.transport.header_timeout = Duration::from_millis(500);
+        c.transport.connect_timeout = Duration::from_millis(500);
+        c.reconnect.initial = Duration::from_millis(50);
+        c.reconnect.max = Duration::from_millis(400);
+    };
+    let b = proxied(&pki, "b", vec![], true, fast).await;
+    let c = proxied(&pki, "c", vec![b.proxy.local_addr().to_string()], true, fast).await;
+    let a = proxied(
+        &pki,
+        "a",
+        vec![b.proxy.local_addr().to_string(), c.proxy.local_addr().to_string()],
+        false,
+        fast,
+    )
+    .await;
+    eventually(Duration::from_secs(10), "full mesh", || {
+        connected(&a.node, "b") && connected(&a.node, "c") && connected(&b.node, "c")
+    })
+    .await;
+    let client = pki.client("web", &a.node).await;
+    let opts = CallOptions {
+        timeout: Some(Duration::from_secs(5)),
+        ..CallOptions::default()
+    };
+
+    // Cut b off from everyone.
+    let reconnects_before = a.node.stats().peer_reconnects;
+    b.proxy.blackhole(true);
+    let cut = Instant::now();
+    eventually(Duration::from_secs(5), "a notices b is gone", || {
+        !connected(&a.node, "b")
+    })
+    .await;
+    let noticed = cut.elapsed();
+    println!("a lost b {noticed:?} after the cut (idle_timeout 1.5s)");
+    assert!(
+        noticed >= Duration::from_millis(1000),
+        "gone before the idle timeout could pass: {noticed:?}"
+    );
+    // Calls go to c only now.
+    for i in 0..50 {
+        let r = client.request("echo", format!("x{i}"), &opts).await.unwrap();
+        assert_eq!(r.served_by, "c");
+    }
+    // a keeps trying (through the cut link) with backoff: its attempts reach the proxy.
+    let dropped_before = b.proxy.stats(Direction::Up).blackholed;
+    eventually(Duration::from_secs(5), "a retries b while the link is cut", || {
+        b.proxy.stats(Direction::Up).blackholed > dropped_before + 2
+    })
+    .await;
+
+    b.proxy.blackhole(false);
+    let healed = Instant::now();
+    eventually(Duration::from_secs(5), "a reconnects to b", || connected(&a.node, "b")).await;
+    let back = healed.elapsed();
+    // Bound: the longest backoff wait (reconnect.max) plus one handshake attempt that was
+    // already under way into the cut link (connect_timeout), plus scheduling slack.
+    println!("a reconnected to b {back:?} after the link came back");
+    assert!(back < Duration::from_millis(400 + 500 + 600), "reconnect took {back:?}");
+    println!(
+        "peer reconnects: a {} (was {reconnects_before}), b {}",
+        a.node.stats().peer_reconnects,
+        b.node.stats().peer_reconnects
+    );
+    // And b serves again.
+    eventually(Duration::from_secs(10), "b serves again", || {
+        a.node
+            .service_map()
+            .get("echo")
+            .is_some_and(|v| v.contains(&"b".to_string()))
+    })
+    .await;
+    let mut served_by_b = 0;
+    for i in 0..200 {
+        if client.request("echo", format!("y{i}"), &opts).await.unwrap().served_by == "b" {
+            served_by_b += 1;
+        }
+        if served_by_b > 0 {
+            break;
+        }
+    }
+    assert!(served_by_b > 0, "b never served again after the link healed");
+    client.close().await;
+    for n in [&a.node, &b.node, &c.node] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_shows_in_rtt_estimates_and_p2c_prefers_the_near_node() {
+    init_logs();
+    let pki = Pki::new();
+    let far = proxied(&pki, "far", vec![], true, |_| {}).await;
+    let near = proxied(&pki, "near", vec![], true, |_| {}).await;
+    let a = proxied(
+        &pki,
+        "a",
+        vec![far.proxy.local_addr().to_string(), near.proxy.local_addr().to_string()],
+        false,
+        |_| {},
+    )
+    .await;
+    eventually(Duration::from_secs(10), "a connected to both", || {
+        connected(&a.node, "far") && connected(&a.node, "near")
+    })
+    .await;
+    // 50 ms ± 20 each way on the link to `far`: a round trip of about 100 ms.
+    far.proxy
+        .set_both(Impairment::delay(Duration::from_millis(50), Duration::from_millis(20)));
+    let rtt_of = |n: &Node, peer: &str| n.peers().iter().find(|p| p.name == peer).and_then(|p| p.rtt);
+    eventually(Duration::from_secs(15), "a's RTT estimate for far near 100 ms", || {
+        rtt_of(&a.node, "far").is_some_and(|r| (Duration::from_millis(80)..Duration::from_millis(130)).contains(&r))
+    })
+    .await;
+    let near_rtt = rtt_of(&a.node, "near").unwrap();
+    println!("rtt: far {:?}, near {near_rtt:?}", rtt_of(&a.node, "far").unwrap());
+    assert!(near_rtt < Duration::from_millis(20), "near RTT {near_rtt:?}");
+
+    let client = pki.client("web", &a.node).await;
+    let mut to_far = 0;
+    for i in 0..100 {
+        let r = client
+            .request("echo", format!("{i}"), &CallOptions::default())
+            .await
+            .unwrap();
+        if r.served_by == "far" {
+            to_far += 1;
+        }
+    }
+    println!("{to_far} of 100 calls went to the far node");
+    assert!(to_far <= 20, "p2c sent {to_far} of 100 calls over the slow link");
+    client.close().await;
+    for n in [&a.node, &far.node, &near.node] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_under_load_fails_only_calls_in_flight_and_nothing_hangs() {
+    init_logs();
+    let pki = Pki::new();
+    let fast = |c: &mut NodeConfig| {
+        c.transport.idle_timeout = Duration::from_millis(1500);
+        c.transport.keepalive = Duration::from_millis(300);
+        c.transport.header_timeout = Duration::from_millis(500);
+    };
+    let slow_echo = || {
+        quicmesh::request_handler(1 << 16, |body: bytes::Bytes, _| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<_, String>(body)
+        })
+    };
+    let start = |name: &'static str, peers: Vec<String>| {
+        let pki = &pki;
+        async move {
+            let port = free_udp_port();
+            let proxy = UdpProxy::start(loopback(0), loopback(port)).await.unwrap();
+            let mut cfg = pki.node_config(name);
+            cfg.listen = loopback(port);
+            cfg.advertise = Some(proxy.local_addr().to_string());
+            cfg.peers = peers;
+            fast(&mut cfg);
+            let node = Node::builder(cfg).handler("echo", slow_echo()).start().await.unwrap();
+            Proxied { node, proxy }
+        }
+    };
+    let b = start("b", vec![]).await;
+    let c = start("c", vec![b.proxy.local_addr().to_string()]).await;
+    let mut cfg = pki.node_config("a");
+    fast(&mut cfg);
+    cfg.peers = vec![b.proxy.local_addr().to_string(), c.proxy.local_addr().to_string()];
+    let a = Node::builder(cfg).start().await.unwrap();
+    eventually(Duration::from_secs(10), "a sees echo on b and c", || {
+        a.service_map().get("echo").is_some_and(|v| v.len() == 2)
+    })
+    .await;
+    let client = pki.client("web", &a).await;
+    let deadline = Duration::from_secs(3);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (client, stop) = (client.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let body = format!("{w}-{i}");
+                let opts = CallOptions {
+                    timeout: Some(deadline),
+                    ..CallOptions::default()
+                };
+                let started = Instant::now();
+                let r = client.request("echo", body.clone(), &opts).await;
+                let r = r.map(|reply| {
+                    assert_eq!(reply.body, body.as_bytes());
+                    reply.served_by
+                });
+                results.push((started, started.elapsed(), r.map_err(|e| e.to_string())));
+            }
+            results
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // c dies: nothing more leaves or reaches it, as when its host loses power.
+    c.proxy.blackhole(true);
+    let died = Instant::now();
+    drop(c.node);
+    eventually(Duration::from_secs(5), "a notices c is gone", || !connected(&a, "c")).await;
+    let noticed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut results = Vec::new();
+    for w in workers {
+        results.extend(w.await.unwrap());
+    }
+    let failed: Vec<_> = results.iter().filter(|r| r.2.is_err()).collect();
+    let slowest = results.iter().map(|r| r.1).max().unwrap();
+    println!(
+        "{} calls, {} failed, slowest {slowest:?}; c died {:?} before a noticed",
+        results.len(),
+        failed.len(),
+        noticed - died
+    );
+    for f in &failed {
+        println!("  failed after {:?}: {}", f.1, f.2.as_ref().unwrap_err());
+    }
+    // Nothing hangs past its deadline.
+    assert!(
+        slowest < deadline + Duration::from_millis(500),
+        "a call took {slowest:?}"
+    );
+    // Only calls that were running on c when it died may fail (at most one per worker),
+    // each with an error that says what happened.
+    assert!(failed.len() <= 8, "{} calls failed", failed.len());
+    for (started, _, r) in &failed {
+        assert!(*started < died, "a call started after the death failed: {r:?}");
+        let e = r.as_ref().unwrap_err();
+        assert!(
+            e.contains("aborted the stream") || e.contains("no reply within"),
+            "unclear: {e}"
+        );
+    }
+    // Calls that started once a knew are all served by b.
+    let later: Vec<_> = results.iter().filter(|r| r.0 > noticed).collect();
+    assert!(
+        later.len() > 50,
+        "only {} calls after the death was noticed",
+        later.len()
+    );
+    assert!(later.iter().all(|r| r.2.as_deref() == Ok("b")));
+    eventually(Duration::from_secs(5), "nothing left in flight", || a.in_flight() == 0).await;
+    client.close().await;
+    a.shutdown().await;
+    b.node.shutdown().await;
+}
