@@ -16,22 +16,6 @@ use crate::protocol::{
     codes, read_frame, write_frame, ControlMsg, FrameError, Response, StreamHeader, MAX_CONTROL_MESSAGE,
 };
 
-/// Counts a live connection for the `max_connections` limit while it exists.
-struct ConnGuard<'a>(&'a Shared);
-
-impl<'a> ConnGuard<'a> {
-    fn new(shared: &'a Shared) -> Self {
-        shared.connections.fetch_add(1, Ordering::Relaxed);
-        ConnGuard(shared)
-    }
-}
-
-impl Drop for ConnGuard<'_> {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// How often a connection's remote address is compared with the last one seen.
 const MIGRATION_CHECK: Duration = Duration::from_millis(250);
 
@@ -65,7 +49,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>) {
 pub(crate) async fn run_connection(shared: Arc<Shared>, conn: Connection, id: Identity, dialed_by_me: bool) {
     let span = tracing::info_span!("conn", peer = %id, remote = %conn.remote_address());
     async move {
-        let _guard = ConnGuard::new(&shared);
+        let _counted = super::shared::Counted::new(&shared.connections);
         let is_node = id.role == Role::Node;
         if is_node {
             if id.name == shared.name {

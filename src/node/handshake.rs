@@ -115,22 +115,6 @@ impl std::fmt::Display for HandshakeFailure {
     }
 }
 
-/// Counts a handshake in progress for `limits.max_pending_handshakes` while it exists.
-struct Pending<'a>(&'a Shared);
-
-impl<'a> Pending<'a> {
-    fn new(shared: &'a Shared) -> Self {
-        shared.pending_handshakes.fetch_add(1, Ordering::Relaxed);
-        Pending(shared)
-    }
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        self.0.pending_handshakes.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Admits an incoming connection attempt, or answers it with a Retry first.
 ///
 /// Above `limits.max_pending_handshakes`, a source that has not proved it owns its address
@@ -154,7 +138,7 @@ pub(crate) fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) {
 }
 
 async fn handshake(shared: Arc<Shared>, incoming: quinn::Incoming) {
-    let pending = Pending::new(&shared);
+    let pending = super::shared::Counted::new(&shared.pending_handshakes);
     let remote = incoming.remote_address();
     let connecting = match incoming.accept() {
         Ok(c) => c,

@@ -125,6 +125,22 @@ pub(crate) struct Shared {
     pub discovered: Mutex<super::discover::Discovered>,
 }
 
+/// Holds one unit of a gauge (live connections, pending handshakes) while it exists.
+pub(crate) struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    pub fn new(gauge: &'a AtomicUsize) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The sending side of one peer's control stream.
 pub(crate) struct ControlHandle {
     /// The connection the stream belongs to.
