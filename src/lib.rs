@@ -40,6 +40,7 @@ pub mod gossip;
 mod identity;
 pub mod impair;
 pub mod lbsim;
+mod logbudget;
 mod node;
 pub mod protocol;
 pub mod routing;

@@ -48,6 +48,10 @@ struct StatusArgs {
     /// Refresh every SECS seconds (default 2) until Ctrl-C.
     #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
     watch: Option<f64>,
+    /// Read the node's admin HTTP `/status` at HOST:PORT instead of asking through the mesh
+    /// (no client certificate needed; the admin port is usually loopback-only).
+    #[arg(long, value_name = "HOST:PORT")]
+    admin: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -615,9 +619,17 @@ async fn status(a: StatusArgs) -> Result<(), BoxError> {
         Some(secs) => Some(Duration::from_secs_f64(secs)),
         None => None,
     };
-    let client = Client::connect(client_config(&a.client)?).await?;
+    let client = match &a.admin {
+        Some(_) => None,
+        None => Some(Client::connect(client_config(&a.client)?).await?),
+    };
     let result = loop {
-        let report = match client.status().await {
+        let fetched = match (&client, &a.admin) {
+            (Some(c), _) => c.status().await.map_err(BoxError::from),
+            (None, Some(addr)) => http_status(addr).await,
+            (None, None) => Err("no client and no --admin".into()),
+        };
+        let report = match fetched {
             Ok(r) => r,
             Err(e) if every.is_some() => {
                 // Watching: a node restarting is worth seeing, not a reason to quit.
@@ -638,8 +650,37 @@ async fn status(a: StatusArgs) -> Result<(), BoxError> {
             _ = tokio::signal::ctrl_c() => break Ok(()),
         }
     };
-    client.close().await;
-    Ok(result?)
+    if let Some(c) = client {
+        c.close().await;
+    }
+    result
+}
+
+/// GETs `/status` from a node's admin endpoint (plain HTTP/1.1, loopback or a trusted network).
+async fn http_status(addr: &str) -> Result<quicmesh::protocol::StatusReport, BoxError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let req = format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut out = Vec::new();
+        s.take(64 << 20).read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let out = tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .map_err(|_| format!("admin {addr}: no answer within 5s"))?
+        .map_err(|e| format!("admin {addr}: {e}"))?;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("admin {addr}: not an HTTP response"))?;
+    let head = String::from_utf8_lossy(&out[..split]);
+    let status_line = head.lines().next().unwrap_or_default();
+    if !status_line.contains(" 200 ") {
+        return Err(format!("admin {addr}/status answered {status_line:?}; is this a quicmesh admin address?").into());
+    }
+    serde_json::from_slice(&out[split + 4..]).map_err(|e| format!("admin {addr}/status: unreadable JSON: {e}").into())
 }
 
 fn render_time() -> String {

@@ -93,6 +93,15 @@ async fn metrics_move_with_calls_and_rejections() {
         .unwrap()
         .as_secs_f64();
     assert!(expiry > now + 300.0 * 86_400.0, "the test certificates last a year");
+    // Gossip ran and its bytes were counted both ways.
+    assert!(sample(&after, "quicmesh_gossip_rounds_total").is_some_and(|n| n >= 1.0));
+    assert!(sample(&after, "quicmesh_gossip_sent_bytes_total").is_some_and(|n| n > 0.0));
+    assert!(sample(&after, "quicmesh_gossip_received_bytes_total").is_some_and(|n| n > 0.0));
+    for reason in ["cert_expired", "unknown_ca", "timeout"] {
+        let series = format!("quicmesh_handshake_failures_by_reason_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&after, &series), Some(0.0), "{series}");
+    }
+    assert_eq!(sample(&after, "quicmesh_connection_migrations_total"), Some(0.0));
     assert!(after.ends_with("# EOF\n"));
 
     let (code, json) = http(admin, "GET", "/status").await;

@@ -205,6 +205,7 @@ async fn call_and_forward_through_an_in_process_node() {
     );
     let mut cfg = NodeConfig::new("n1", tls);
     cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin.listen = "127.0.0.1:0".into();
     let node = Node::builder(cfg).handler("echo", Echo).start().await.unwrap();
     let entry = node.local_addr().to_string();
 
@@ -280,6 +281,18 @@ async fn call_and_forward_through_an_in_process_node() {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     watch.kill().await.unwrap();
+
+    // status --admin reads the admin endpoint's JSON: no certificate needed.
+    let admin = node.admin_addr().unwrap().to_string();
+    let out = run_with_stdin(&["status".into(), "--admin".into(), admin], b"").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("node n1 (quicmesh "), "{table}");
+    assert!(table.contains("n1"), "{table}");
+    // Pointed at something that is not an admin endpoint, it says so.
+    let out = run_with_stdin(&["status".into(), "--admin".into(), listen.clone()], b"").await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&format!("admin {listen}")), "{}", stderr(&out));
 }
 
 #[tokio::test]

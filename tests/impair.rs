@@ -201,11 +201,8 @@ async fn a_blackholed_peer_times_out_traffic_reroutes_and_it_reconnects_within_t
     // already under way into the cut link (connect_timeout), plus scheduling slack.
     println!("a reconnected to b {back:?} after the link came back");
     assert!(back < Duration::from_millis(400 + 500 + 600), "reconnect took {back:?}");
-    println!(
-        "peer reconnects: a {} (was {reconnects_before}), b {}",
-        a.node.stats().peer_reconnects,
-        b.node.stats().peer_reconnects
-    );
+    // Counted on a whichever side redialled first.
+    assert!(a.node.stats().peer_reconnects > reconnects_before);
     // And b serves again.
     eventually(Duration::from_secs(10), "b serves again", || {
         a.node

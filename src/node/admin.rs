@@ -133,7 +133,7 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
 fn metrics(shared: &Shared) -> String {
     let mut reg = Registry::with_prefix("quicmesh");
     let s = &shared.stats;
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 11] = [
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 14] = [
         ("streams_accepted", "Service streams accepted", &s.accepted),
         (
             "streams_served_local",
@@ -158,8 +158,19 @@ fn metrics(shared: &Shared) -> String {
         ),
         (
             "peer_reconnects",
-            "Connections to peers re-established after one was lost",
+            "Peers connected again after their connection was lost (either side dialled)",
             &s.reconnects,
+        ),
+        ("gossip_rounds", "Gossip rounds run", &s.gossip_rounds),
+        (
+            "gossip_sent_bytes",
+            "Bytes of gossip messages sent on control streams",
+            &s.gossip_bytes_sent,
+        ),
+        (
+            "gossip_received_bytes",
+            "Bytes of gossip messages received on control streams",
+            &s.gossip_bytes_received,
         ),
         (
             "connection_migrations",

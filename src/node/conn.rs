@@ -13,7 +13,8 @@ use super::shared::{lock, ControlHandle, Shared};
 use super::streams::handle_stream;
 use crate::identity::{Identity, Role};
 use crate::protocol::{
-    codes, read_frame, write_frame, ControlMsg, FrameError, Response, StreamHeader, MAX_CONTROL_MESSAGE,
+    codes, encode_frame, read_frame, read_frame_bytes, write_frame, ControlMsg, FrameError, Response, StreamHeader,
+    MAX_CONTROL_MESSAGE,
 };
 
 /// How often a connection's remote address is compared with the last one seen.
@@ -173,14 +174,24 @@ pub(crate) async fn run_control(
             tx: tx.clone(),
         },
     );
-    let writer = tokio::spawn(async move {
-        let mut send = send;
-        while let Some(msg) = rx.recv().await {
-            if write_frame(&mut send, &msg).await.is_err() {
-                break;
+    let writer = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut send = send;
+            while let Some(msg) = rx.recv().await {
+                let Ok(frame) = encode_frame(&msg) else { break };
+                if send.write_all(&frame).await.is_err() {
+                    break;
+                }
+                if matches!(msg, ControlMsg::Gossip(_)) {
+                    shared
+                        .stats
+                        .gossip_bytes_sent
+                        .fetch_add(frame.len() as u64, Ordering::Relaxed);
+                }
             }
-        }
-    });
+        })
+    };
     let syn = lock(&shared.gossip).connected(peer, shared.now());
     let _ = tx.try_send(ControlMsg::Gossip(syn));
     let pinger = {
@@ -198,10 +209,21 @@ pub(crate) async fn run_control(
         })
     };
     let result = loop {
-        let msg: ControlMsg = match read_frame(&mut recv, MAX_CONTROL_MESSAGE).await {
-            Ok(m) => m,
+        let body = match read_frame_bytes(&mut recv, MAX_CONTROL_MESSAGE).await {
+            Ok(b) => b,
             Err(e) => break Err(ControlError::from(e)),
         };
+        let msg: ControlMsg = match postcard::from_bytes(&body) {
+            Ok(m) => m,
+            Err(e) => break Err(ControlError::from(FrameError::from(e))),
+        };
+        if matches!(msg, ControlMsg::Gossip(_)) {
+            // 4 bytes of length prefix, as on the sending side.
+            shared
+                .stats
+                .gossip_bytes_received
+                .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
+        }
         match msg {
             ControlMsg::Gossip(g) => {
                 let now = shared.now();

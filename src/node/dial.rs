@@ -155,12 +155,6 @@ async fn dial_once(shared: &Arc<Shared>, target: &str, backoff: &mut Backoff) ->
         return Ok(DialOutcome::Itself);
     }
     let peer = id.name.clone();
-    if backoff.ever_connected() {
-        shared
-            .stats
-            .reconnects
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
     info!(%addr, %peer, "dialled");
     let started = Instant::now();
     backoff.connected(started);

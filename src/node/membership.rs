@@ -41,6 +41,10 @@ pub(crate) async fn gossip_loop(shared: Arc<Shared>) {
             _ = every.tick() => {}
             _ = shutdown.changed() => return,
         }
+        shared
+            .stats
+            .gossip_rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = shared.now();
         let load = current_load(&shared, &mut sys);
         let (out, events, members) = {

@@ -235,6 +235,9 @@ impl NodeBuilder {
             conn_use: Arc::default(),
             cert_not_after: Mutex::new(cert_not_after),
             pending_handshakes: AtomicUsize::new(0),
+            // 20 lines a second, bursts of 100: every rejection of a misconfigured caller
+            // shows, a flood of garbage does not drown the log.
+            reject_log: Mutex::new(crate::logbudget::LogBudget::new(20, 100)),
             allow,
             discovery,
             discovered: Mutex::new(discover::Discovered::default()),

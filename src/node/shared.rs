@@ -53,8 +53,13 @@ pub(crate) struct Stats {
     pub bytes_up: AtomicU64,
     /// Bytes spliced from services back to callers.
     pub bytes_down: AtomicU64,
-    /// Connections to peers this node dialled that came up after the first (reconnects).
+    /// Peers connected again after their connection was lost (whichever side dialled).
     pub reconnects: AtomicU64,
+    /// Gossip rounds run.
+    pub gossip_rounds: AtomicU64,
+    /// Bytes of gossip messages sent and received on control streams (frames included).
+    pub gossip_bytes_sent: AtomicU64,
+    pub gossip_bytes_received: AtomicU64,
     /// Failed incoming handshakes, by [`super::handshake::HandshakeFailure`].
     pub handshake_failure_reasons: [AtomicU64; super::handshake::HandshakeFailure::ALL.len()],
     /// Connections whose peer's address changed (QUIC connection migration).
@@ -111,6 +116,8 @@ pub(crate) struct Shared {
     pub cert_not_after: Mutex<Option<i64>>,
     /// Handshakes in progress, for `limits.max_pending_handshakes`.
     pub pending_handshakes: AtomicUsize,
+    /// Rate limit of the info line logged per rejected stream.
+    pub reject_log: Mutex<crate::logbudget::LogBudget>,
     /// Who may call each service (`services.NAME.allow`); a service not listed is open to
     /// every identity of the trust domain.
     pub allow: BTreeMap<String, Vec<Identity>>,
@@ -186,6 +193,9 @@ impl Shared {
             }
             // Streams may already run on the old one; it closes when they are done.
             super::conn_use::retire(&self.conn_use, &old);
+        } else if peers.contains_key(peer) {
+            // We had a connection to this peer and lost it; whichever side dialled, it is back.
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         peers.insert(
             peer.to_owned(),

@@ -43,11 +43,17 @@ async fn respond(shared: &Shared, send: &mut SendStream, resp: &Response) -> boo
 
 async fn send_reject(shared: &Shared, mut send: SendStream, mut recv: RecvStream, caller: &Identity, r: Reject) {
     shared.stats.count_reject(r.code);
-    match r.code {
-        RejectCode::Unauthorized => {
-            info!(caller = %caller, code = %r.code, reason = %r.reason, "stream rejected")
-        }
-        _ => debug!(caller = %caller, code = %r.code, reason = %r.reason, "stream rejected"),
+    let budget = lock(&shared.reject_log).take(shared.now());
+    match budget {
+        Some(0) => info!(caller = %caller, code = %r.code, reason = %r.reason, "stream rejected"),
+        Some(held_back) => info!(
+            caller = %caller,
+            code = %r.code,
+            reason = %r.reason,
+            held_back,
+            "stream rejected ({held_back} similar lines held back by the log rate limit; see quicmesh_streams_rejected_total)"
+        ),
+        None => debug!(caller = %caller, code = %r.code, reason = %r.reason, "stream rejected"),
     }
     let resp = Response::Reject {
         code: r.code,
