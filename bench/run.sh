@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs the end-to-end benchmarks on loopback and writes docs/benchmarks.md.
+#   bench/run.sh            # 1 GiB per throughput run, 5 runs, 3 s per latency cell
+#   QM_MIB=256 QM_RUNS=3 QM_DURATION=1s bench/run.sh   # quicker
+# Installs HAProxy from the Debian packages if it is missing (needs root for that).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v haproxy >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy >/dev/null
+    else
+        echo "haproxy is not installed and this is not root: the HAProxy rows will be missing" >&2
+    fi
+fi
+cargo build --release --bin quicmesh --example bench_mesh
+out=docs/benchmarks.md
+tmp=$(mktemp)
+target/release/examples/bench_mesh --mib "${QM_MIB:-1024}" --runs "${QM_RUNS:-5}" --duration "${QM_DURATION:-3s}" >"$tmp"
+{
+    echo "# Benchmarks"
+    echo
+    echo "Written by \`bench/run.sh\` on $(date -u +%Y-%m-%d). Everything runs on loopback on one machine:"
+    echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB,"
+    echo "$(uname -sr), $(rustc --version)."
+    echo "Command: \`target/release/examples/bench_mesh --mib ${QM_MIB:-1024} --runs ${QM_RUNS:-5} --duration ${QM_DURATION:-3s}\`."
+    echo "Client, nodes, backends and HAProxy share the same cores, so every path pays for all"
+    echo "of its hops' CPU; ratios are to baselines measured in the same run."
+    echo
+    cat "$tmp"
+    if [ -f docs/benchmarks-notes.md ]; then cat docs/benchmarks-notes.md; fi
+} >"$out"
+rm -f "$tmp"
+echo "wrote $out" >&2
