@@ -42,6 +42,10 @@ struct Args {
     /// The HAProxy binary; the HAProxy rows are left out if it cannot run.
     #[arg(long, default_value = "haproxy")]
     haproxy: String,
+    /// `limits.max_streams_per_client` of the node in the connections section (quinn keeps
+    /// state for every stream a peer may open, so this sets the idle cost).
+    #[arg(long, default_value_t = 128)]
+    client_streams: u32,
     /// Only these sections: throughput, latency, connections (default all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -342,14 +346,14 @@ fn node_binary() -> Result<PathBuf, Error> {
 }
 
 /// Memory per idle client connection on a node process, and the rate of mTLS handshakes.
-async fn connections(pki: &Pki, idle: usize) -> Result<(), Error> {
+async fn connections(pki: &Pki, idle: usize, max_streams: u32) -> Result<(), Error> {
     let tls = pki.tls(Role::Node, "lone")?;
     let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
     let config = pki.dir.path().join("lone.toml");
     std::fs::write(
         &config,
         format!(
-            "name = \"lone\"\nlisten = \"127.0.0.1:{port}\"\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[admin]\nlisten = \"off\"\n",
+            "name = \"lone\"\nlisten = \"127.0.0.1:{port}\"\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[admin]\nlisten = \"off\"\n[limits]\nmax_streams_per_client = {max_streams}\n",
             tls.ca, tls.cert, tls.key
         ),
     )?;
@@ -404,7 +408,7 @@ async fn connections(pki: &Pki, idle: usize) -> Result<(), Error> {
         before as f64 / 1048576.0,
         after as f64 / 1048576.0
     );
-    println!("| memory per idle client connection on the node | **{per:.1} KiB** |\n");
+    println!("| memory per idle client connection on the node (limits.max_streams_per_client = {max_streams}) | **{per:.1} KiB** |\n");
     for c in clients {
         c.close().await;
     }
@@ -564,7 +568,7 @@ async fn main() -> Result<(), Error> {
     }
 
     if want("connections") {
-        connections(&pki, a.idle).await?;
+        connections(&pki, a.idle, a.client_streams).await?;
     }
     one_hop.close().await;
     two_hops.close().await;

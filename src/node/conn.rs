@@ -52,6 +52,13 @@ pub(crate) async fn run_connection(shared: Arc<Shared>, conn: Connection, id: Id
     async move {
         let _counted = super::shared::Counted::new(&shared.connections);
         let is_node = id.role == Role::Node;
+        let limits = &shared.cfg.limits;
+        let streams = if is_node {
+            limits.max_streams_per_connection
+        } else {
+            limits.max_streams_per_client
+        };
+        conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(streams));
         if is_node {
             if id.name == shared.name {
                 warn!("a peer address points back at this node; dropping the connection");

@@ -173,11 +173,11 @@ impl NodeBuilder {
             None => None,
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
-        let server_transport = transport_config(&config.transport, config.limits.max_streams_per_connection)?;
+        let (server_transport, dial_transport) = transports(&config)?;
         let mut server_config = quinn::ServerConfig::with_crypto(tls.server_config()?);
-        server_config.transport_config(server_transport.clone());
+        server_config.transport_config(server_transport);
         let mut client_config = quinn::ClientConfig::new(tls.client_config()?);
-        client_config.transport_config(server_transport);
+        client_config.transport_config(dial_transport);
         let socket = bind_udp(config.listen)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| NodeError::Endpoint(std::io::Error::other("no async runtime found")))?;
@@ -279,6 +279,21 @@ impl NodeBuilder {
             tasks: Mutex::new(tasks),
         })
     }
+}
+
+/// Transport settings for accepted and for dialled connections. An accepted connection
+/// starts with the smaller of the two stream limits (the peer's role is known only after the
+/// handshake) and is raised or lowered then; dialled connections go to nodes only.
+pub(crate) fn transports(
+    config: &NodeConfig,
+) -> Result<(Arc<quinn::TransportConfig>, Arc<quinn::TransportConfig>), TransportError> {
+    let l = &config.limits;
+    let accept = transport_config(
+        &config.transport,
+        l.max_streams_per_client.min(l.max_streams_per_connection),
+    )?;
+    let dial = transport_config(&config.transport, l.max_streams_per_connection)?;
+    Ok((accept, dial))
 }
 
 /// Gathers the allow-lists of the configuration and the builder, checking each names a

@@ -10,7 +10,6 @@ use tracing::{info, warn};
 use super::shared::{lock, Shared};
 use super::NodeError;
 use crate::identity::{Role, TlsMaterial};
-use crate::transport::transport_config;
 
 /// The bytes of the files, to notice any change (an mtime can miss a same-second rewrite).
 fn snapshot(shared: &Shared) -> Vec<Option<Vec<u8>>> {
@@ -66,11 +65,11 @@ fn reload(shared: &Shared) -> Result<(), NodeError> {
             cert: tls.identity().clone(),
         });
     }
-    let transport = transport_config(&shared.cfg.transport, shared.cfg.limits.max_streams_per_connection)?;
+    let (accept, dial) = super::transports(&shared.cfg)?;
     let mut server = quinn::ServerConfig::with_crypto(tls.server_config()?);
-    server.transport_config(transport.clone());
+    server.transport_config(accept);
     let mut client = quinn::ClientConfig::new(tls.client_config()?);
-    client.transport_config(transport);
+    client.transport_config(dial);
     shared.endpoint.set_server_config(Some(server));
     *lock(&shared.client_config) = client;
     *lock(&shared.cert_not_after) = tls.not_after();
