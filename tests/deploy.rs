@@ -8,27 +8,9 @@ mod common;
 
 use std::process::Command;
 
-fn netns_usable() -> Result<(), String> {
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map_err(|e| format!("cannot run id: {e}"))?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Err("not root".into());
-    }
-    let ip = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map_err(|e| format!("no ip command: {e}"))?;
-    if !ip.status.success() {
-        return Err(format!("ip netns unusable: {}", String::from_utf8_lossy(&ip.stderr)));
-    }
-    Ok(())
-}
-
 #[test]
 fn netns_mesh_script_forms_a_mesh_from_dnsmasq_srv_records() {
-    if let Err(why) = netns_usable() {
+    if let Err(why) = common::netns_usable() {
         println!("SKIPPED: deploy/netns-mesh.sh needs root and ip netns ({why})");
         return;
     }

@@ -61,25 +61,6 @@ async fn failed_handshakes(stranger: &TlsMaterial, node: std::net::SocketAddr, n
     ep.wait_idle().await;
 }
 
-fn rss_of(pid: u32) -> u64 {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
-
-async fn metric(admin: &str, name: &str) -> u64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_garbage_streams_and_a_thousand_failed_handshakes_leave_memory_flat() {
     init_logs();
@@ -151,12 +132,10 @@ async fn ten_thousand_garbage_streams_and_a_thousand_failed_handshakes_leave_mem
     stop.store(true, Ordering::Relaxed);
     let good_calls = good.await.unwrap();
 
-    let refused = metric(&admin, "quicmesh_streams_rejected_total{code=\"BadHeader\"}").await;
-    let failed = metric(
-        &admin,
-        "quicmesh_handshake_failures_by_reason_total{reason=\"unknown_ca\"}",
-    )
-    .await;
+    let (_, metrics) = http(admin.as_str(), "GET", "/metrics").await;
+    let metric = |series: &str| sample(&metrics, series).unwrap_or(0.0) as u64;
+    let refused = metric("quicmesh_streams_rejected_total{code=\"BadHeader\"}");
+    let failed = metric("quicmesh_handshake_failures_by_reason_total{reason=\"unknown_ca\"}");
     let mib = |b: u64| b as f64 / 1048576.0;
     println!(
         "node rss: {:.1} MiB after warm-up, {:.1} MiB after 10,000 garbage streams, {:.1} MiB after 1,000 failed handshakes; {refused} streams refused, {failed} handshakes failed; {good_calls} good calls, none failed",

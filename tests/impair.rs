@@ -25,7 +25,14 @@ struct Proxied {
     proxy: UdpProxy,
 }
 
-async fn proxied(pki: &Pki, name: &str, peers: Vec<String>, echo: bool, tweak: impl Fn(&mut NodeConfig)) -> Proxied {
+/// `echo` is the handler serving service "echo" here, if any.
+async fn proxied<H: quicmesh::Handler>(
+    pki: &Pki,
+    name: &str,
+    peers: Vec<String>,
+    echo: Option<H>,
+    tweak: impl Fn(&mut NodeConfig),
+) -> Proxied {
     let port = free_udp_port();
     let proxy = UdpProxy::start(loopback(0), loopback(port)).await.unwrap();
     let mut cfg = pki.node_config(name);
@@ -34,8 +41,8 @@ async fn proxied(pki: &Pki, name: &str, peers: Vec<String>, echo: bool, tweak: i
     cfg.peers = peers;
     tweak(&mut cfg);
     let mut b = Node::builder(cfg);
-    if echo {
-        b = b.handler("echo", Echo);
+    if let Some(h) = echo {
+        b = b.handler("echo", h);
     }
     Proxied {
         node: b.start().await.unwrap(),
@@ -106,8 +113,8 @@ async fn calls_succeed_under_5_and_20_percent_loss_and_nobody_is_declared_dead()
     init_logs();
     for loss in [0.05, 0.20] {
         let pki = Pki::new();
-        let b = proxied(&pki, "b", vec![], true, |_| {}).await;
-        let a = proxied(&pki, "a", vec![b.proxy.local_addr().to_string()], false, |_| {}).await;
+        let b = proxied(&pki, "b", vec![], Some(Echo), |_| {}).await;
+        let a = proxied(&pki, "a", vec![b.proxy.local_addr().to_string()], None::<Echo>, |_| {}).await;
         eventually(Duration::from_secs(10), "a and b connected", || {
             connected(&a.node, "b") && sees_all(&[&a.node], &["echo"])
         })
@@ -147,13 +154,13 @@ async fn a_blackholed_peer_times_out_traffic_reroutes_and_it_reconnects_within_t
         c.reconnect.initial = Duration::from_millis(50);
         c.reconnect.max = Duration::from_millis(400);
     };
-    let b = proxied(&pki, "b", vec![], true, fast).await;
-    let c = proxied(&pki, "c", vec![b.proxy.local_addr().to_string()], true, fast).await;
+    let b = proxied(&pki, "b", vec![], Some(Echo), fast).await;
+    let c = proxied(&pki, "c", vec![b.proxy.local_addr().to_string()], Some(Echo), fast).await;
     let a = proxied(
         &pki,
         "a",
         vec![b.proxy.local_addr().to_string(), c.proxy.local_addr().to_string()],
-        false,
+        None::<Echo>,
         fast,
     )
     .await;
@@ -231,13 +238,13 @@ async fn a_blackholed_peer_times_out_traffic_reroutes_and_it_reconnects_within_t
 async fn delay_shows_in_rtt_estimates_and_p2c_prefers_the_near_node() {
     init_logs();
     let pki = Pki::new();
-    let far = proxied(&pki, "far", vec![], true, |_| {}).await;
-    let near = proxied(&pki, "near", vec![], true, |_| {}).await;
+    let far = proxied(&pki, "far", vec![], Some(Echo), |_| {}).await;
+    let near = proxied(&pki, "near", vec![], Some(Echo), |_| {}).await;
     let a = proxied(
         &pki,
         "a",
         vec![far.proxy.local_addr().to_string(), near.proxy.local_addr().to_string()],
-        false,
+        None::<Echo>,
         |_| {},
     )
     .await;
@@ -291,22 +298,15 @@ async fn a_node_that_dies_under_load_fails_only_calls_in_flight_and_nothing_hang
             Ok::<_, String>(body)
         })
     };
-    let start = |name: &'static str, peers: Vec<String>| {
-        let pki = &pki;
-        async move {
-            let port = free_udp_port();
-            let proxy = UdpProxy::start(loopback(0), loopback(port)).await.unwrap();
-            let mut cfg = pki.node_config(name);
-            cfg.listen = loopback(port);
-            cfg.advertise = Some(proxy.local_addr().to_string());
-            cfg.peers = peers;
-            fast(&mut cfg);
-            let node = Node::builder(cfg).handler("echo", slow_echo()).start().await.unwrap();
-            Proxied { node, proxy }
-        }
-    };
-    let b = start("b", vec![]).await;
-    let c = start("c", vec![b.proxy.local_addr().to_string()]).await;
+    let b = proxied(&pki, "b", vec![], Some(slow_echo()), fast).await;
+    let c = proxied(
+        &pki,
+        "c",
+        vec![b.proxy.local_addr().to_string()],
+        Some(slow_echo()),
+        fast,
+    )
+    .await;
     let mut cfg = pki.node_config("a");
     fast(&mut cfg);
     cfg.peers = vec![b.proxy.local_addr().to_string(), c.proxy.local_addr().to_string()];

@@ -140,10 +140,7 @@ impl Netns {
 
     /// `host` (with `secondary`) on this side, `inner` inside the namespace, all /24.
     fn new(name: &str, host: &str, secondary: &str, inner: &str) -> Result<Self, String> {
-        let uid = Command::new("id").arg("-u").output().map_err(|e| e.to_string())?;
-        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-            return Err("not root".into());
-        }
+        netns_usable()?;
         let _ = Self::ip(&["netns", "del", name]);
         Self::ip(&["netns", "add", name])?;
         let ns = Netns { name: name.into() };
@@ -181,16 +178,6 @@ async fn echo_backend(ip: &str) -> SocketAddr {
         }
     });
     addr
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +246,7 @@ async fn a_client_whose_ip_address_changes_keeps_its_stream_across_a_veth_link()
     assert_eq!(client.local_addr().unwrap().ip().to_string(), secondary);
     let mut metrics = String::new();
     for _ in 0..500 {
-        metrics = http_get(&admin, "/metrics").await;
+        metrics = http(admin.as_str(), "GET", "/metrics").await.1;
         if metrics.contains("quicmesh_connection_migrations_total 1") {
             break;
         }

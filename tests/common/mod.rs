@@ -180,9 +180,48 @@ pub fn code(r: &quicmesh::protocol::Response) -> Option<quicmesh::RejectCode> {
     }
 }
 
-/// This process's resident memory, in bytes (Linux).
-pub fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+/// A process's resident memory, in bytes (Linux).
+pub fn rss_of(pid: u32) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
     let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
     pages * 4096
+}
+
+/// One HTTP/1.1 request over a raw TCP socket (the admin endpoint): (status code, body).
+pub async fn http(addr: impl tokio::net::ToSocketAddrs, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.to_owned())
+}
+
+/// The value of the Prometheus sample line starting with `series ` (name and labels, exactly).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Whether network namespaces can be made here (root and a working `ip netns`).
+pub fn netns_usable() -> Result<(), String> {
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| format!("cannot run id: {e}"))?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Err("not root".into());
+    }
+    let ip = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map_err(|e| format!("no ip command: {e}"))?;
+    if !ip.status.success() {
+        return Err(format!("ip netns unusable: {}", String::from_utf8_lossy(&ip.stderr)));
+    }
+    Ok(())
 }
