@@ -2,6 +2,7 @@
 # Runs the end-to-end benchmarks on loopback and writes docs/benchmarks.md.
 #   bench/run.sh            # 1 GiB per throughput run, 5 runs, 3 s per latency cell
 #   QM_MIB=256 QM_RUNS=3 QM_DURATION=1s bench/run.sh   # quicker
+# Then the criterion micro-benchmarks (benches/micro.rs), summarised as a table.
 # Installs HAProxy from the Debian packages if it is missing (needs root for that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ cargo build --release --bin quicmesh --example bench_mesh
 out=docs/benchmarks.md
 tmp=$(mktemp)
 target/release/examples/bench_mesh --mib "${QM_MIB:-1024}" --runs "${QM_RUNS:-5}" --duration "${QM_DURATION:-3s}" >"$tmp"
+micro=$(mktemp)
+cargo bench --bench micro -- --output-format bencher 2>/dev/null | grep '^test ' >"$micro"
 {
     echo "# Benchmarks"
     echo
@@ -27,7 +30,14 @@ target/release/examples/bench_mesh --mib "${QM_MIB:-1024}" --runs "${QM_RUNS:-5}
     echo "of its hops' CPU; ratios are to baselines measured in the same run."
     echo
     cat "$tmp"
+    echo "### Micro-benchmarks (criterion, \`cargo bench --bench micro\`)"
+    echo
+    echo "| benchmark | time per iteration |"
+    echo "|---|---|"
+    # bencher format: test NAME ... bench: N ns/iter (+/- M)
+    sed -E 's/^test (.*) \.\.\. bench: +([0-9,]+) ns\/iter \(\+\/- ([0-9,]+)\)$/| \1 | \2 ns (± \3) |/' "$micro"
+    echo
     if [ -f docs/benchmarks-notes.md ]; then cat docs/benchmarks-notes.md; fi
 } >"$out"
-rm -f "$tmp"
+rm -f "$tmp" "$micro"
 echo "wrote $out" >&2

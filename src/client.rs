@@ -206,7 +206,7 @@ impl Client {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let socket = bind_udp(bind)?;
+        let socket = bind_udp(bind, cfg.transport.udp_buffer)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| ClientError::Endpoint(std::io::Error::other("no async runtime found")))?;
         let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)

@@ -99,7 +99,7 @@ pub(crate) mod duration_str {
     }
 }
 
-/// Transport timing.
+/// Transport timing and socket settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransportSettings {
@@ -118,7 +118,15 @@ pub struct TransportSettings {
     /// Interval of RTT pings on each peer's control stream. Default `"1s"`.
     #[serde(with = "duration_str")]
     pub ping_interval: Duration,
+    /// Receive and send buffer of the UDP socket, in bytes. The kernel's default (about
+    /// 208 KiB) overflows at a few hundred MiB/s and every overflow is a lost packet to QUIC;
+    /// Linux caps the size at `net.core.rmem_max`/`wmem_max` (a warning says so). 0 keeps the
+    /// kernel's default. Default 2 MiB.
+    pub udp_buffer: usize,
 }
+
+/// Default [`TransportSettings::udp_buffer`].
+pub const DEFAULT_UDP_BUFFER: usize = 2 << 20;
 
 impl Default for TransportSettings {
     fn default() -> Self {
@@ -128,6 +136,7 @@ impl Default for TransportSettings {
             connect_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(1),
+            udp_buffer: DEFAULT_UDP_BUFFER,
         }
     }
 }
@@ -148,6 +157,12 @@ impl TransportSettings {
         // QUIC idle timeouts are negotiated in milliseconds as a varint; keep well inside.
         if self.idle_timeout > Duration::from_secs(3600) {
             return Err(invalid(format!("{prefix}.idle_timeout"), "must be at most 1h"));
+        }
+        if self.udp_buffer > 256 << 20 {
+            return Err(invalid(
+                format!("{prefix}.udp_buffer"),
+                "must be at most 268435456 (256 MiB)",
+            ));
         }
         if self.keepalive * 3 > self.idle_timeout {
             return Err(invalid(
@@ -708,6 +723,7 @@ key = "node-a.key"
             ("[services.Web]\nbackend = \"127.0.0.1:80\"", "services.Web"),
             ("[limits]\nhop_limit = 9", "limits.hop_limit"),
             ("[transport]\nidle_timeout = \"5x\"", "idle_timeout"),
+            ("[transport]\nudp_buffer = 1000000000", "transport.udp_buffer"),
         ] {
             let text = if extra.starts_with('[') {
                 format!("{BASE}\n{extra}\n")

@@ -39,9 +39,31 @@ pub fn transport_config(t: &TransportSettings, max_bidi_streams: u32) -> Result<
     Ok(Arc::new(tc))
 }
 
-/// Binds a UDP socket for an endpoint, reporting the address on failure.
-pub fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, TransportError> {
-    std::net::UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })
+/// Binds a UDP socket for an endpoint, reporting the address on failure, and sizes its
+/// buffers to `buffer` bytes (0: the kernel's default).
+pub fn bind_udp(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, TransportError> {
+    let s = std::net::UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })?;
+    if buffer > 0 {
+        size_buffers(&s, buffer);
+    }
+    Ok(s)
+}
+
+/// Best effort: a smaller buffer than asked costs throughput, not correctness, so it is a
+/// warning that says which sysctl to raise.
+fn size_buffers(s: &std::net::UdpSocket, want: usize) {
+    let r = socket2::SockRef::from(s);
+    let _ = r.set_recv_buffer_size(want);
+    let _ = r.set_send_buffer_size(want);
+    // Linux reports twice the size it was given (the other half is its bookkeeping).
+    let got = r.recv_buffer_size().unwrap_or(0);
+    if got < want {
+        tracing::warn!(
+            asked = want,
+            got,
+            "the UDP receive buffer is smaller than transport.udp_buffer; raise net.core.rmem_max (and wmem_max) to at least {want} or packets will be dropped under load"
+        );
+    }
 }
 
 /// Two nodes that dial each other at the same moment end up with two connections; both sides
@@ -92,6 +114,26 @@ mod tests {
         // And in the other arrival order the same connection survives.
         assert!(keep_new_connection("a", "b", false, YOUNG, true, W));
         assert!(!keep_new_connection("b", "a", false, YOUNG, true, W));
+    }
+
+    #[test]
+    fn udp_buffers_are_sized_up_to_the_kernel_cap() {
+        let cap = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let want = 1 << 20;
+        let s = bind_udp("127.0.0.1:0".parse().unwrap(), want).unwrap();
+        let got = socket2::SockRef::from(&s).recv_buffer_size().unwrap();
+        // Linux doubles what it is given, up to twice the cap.
+        if let Some(cap) = cap {
+            assert!(got >= want.min(cap), "asked {want}, cap {cap}, got {got}");
+        }
+        let default = bind_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let kernel = socket2::SockRef::from(&default).recv_buffer_size().unwrap();
+        assert!(
+            cap.is_none_or(|c| c < want) || got > kernel,
+            "sized {got}, default {kernel}"
+        );
     }
 
     #[test]

@@ -178,7 +178,7 @@ impl NodeBuilder {
         server_config.transport_config(server_transport);
         let mut client_config = quinn::ClientConfig::new(tls.client_config()?);
         client_config.transport_config(dial_transport);
-        let socket = bind_udp(config.listen)?;
+        let socket = bind_udp(config.listen, config.transport.udp_buffer)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| NodeError::Endpoint(std::io::Error::other("no async runtime found")))?;
         let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
