@@ -68,8 +68,9 @@ pub enum CallError {
         /// Human-readable detail from the node.
         reason: String,
     },
-    /// The stream failed after it was accepted (reset, connection lost). The request may have
-    /// been partly processed; it is not retried automatically.
+    /// The stream failed after it was accepted (reset, connection lost), or the connection was
+    /// lost after a whole small request had been sent and before the node answered. The request
+    /// may have been (partly) processed; it is not retried automatically.
     #[error("stream failed: {0}")]
     Stream(String),
     /// The reply is larger than `max_response_bytes`.
@@ -316,14 +317,21 @@ impl Client {
 
     /// Opens a duplex stream to `service` with options.
     pub async fn open_with(&self, service: &str, opts: &CallOptions) -> Result<ServiceStream, CallError> {
-        let fut = self.open_inner(service, opts);
+        let fut = self.open_inner(service, opts, None);
         match opts.timeout {
             Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| CallError::Timeout(t))?,
             None => fut.await,
         }
     }
 
-    async fn open_inner(&self, service: &str, opts: &CallOptions) -> Result<ServiceStream, CallError> {
+    /// Opens a stream to `service`. With `body`, the whole request (header, body, end) is sent
+    /// before the node answers, so a small request costs no round trip more than its reply.
+    async fn open_inner(
+        &self,
+        service: &str,
+        opts: &CallOptions,
+        body: Option<&Bytes>,
+    ) -> Result<ServiceStream, CallError> {
         let header = StreamHeader {
             version: PROTOCOL_VERSION,
             kind: StreamKind::Service(ServiceRequest {
@@ -335,21 +343,26 @@ impl Client {
             }),
         };
         let frame = encode_frame(&header)?;
+        let request = Request { frame: &frame, body };
         if self.inner.direct.is_some() && service != crate::protocol::STATUS_SERVICE {
-            match self.open_direct(service, opts, &frame).await {
+            match self.open_direct(service, opts, request).await {
                 Ok(Some(s)) => return Ok(s),
                 Ok(None) => {}
-                Err(e) => debug!(error = %e, "direct routing failed; going through the entry node"),
+                Err(Failed { error, sent: true }) => return Err(error),
+                Err(Failed { error, sent: false }) => {
+                    debug!(error = %error, "direct routing failed; going through the entry node")
+                }
             }
         }
-        self.open_via_entry(&frame).await
+        self.open_via_entry(request).await
     }
 
     /// Opens the stream through the entry node, which routes it.
-    async fn open_via_entry(&self, frame: &[u8]) -> Result<ServiceStream, CallError> {
-        // Retries, each on a fresh connection, when nothing was processed: the connection died
-        // before the stream opened or before the node answered, or the entry node is draining.
-        // The request body has not been sent at that point, so a retry cannot duplicate work.
+    async fn open_via_entry(&self, request: Request<'_>) -> Result<ServiceStream, CallError> {
+        // Retries, each on a fresh connection, only when nothing can have been processed: the
+        // connection died before the stream opened, the entry node is draining, or the
+        // connection closed before the node answered and either the request body was still
+        // held back or the node closed in order (it answers every stream it took first).
         const ATTEMPTS: usize = 3;
         let mut attempt = 0;
         loop {
@@ -364,19 +377,26 @@ impl Client {
                 }
                 Err(e) => return Err(CallError::Stream(e.to_string())),
             };
-            match finish_open(send, recv, frame).await {
-                Err(CallError::Rejected {
-                    code: RejectCode::Draining,
-                    reason,
+            match finish_open(send, recv, request).await {
+                Err(Failed {
+                    error:
+                        CallError::Rejected {
+                            code: RejectCode::Draining,
+                            reason,
+                        },
+                    ..
                 }) if attempt < ATTEMPTS => {
                     debug!(%reason, "entry node is draining; moving to another");
                     self.forget(&conn).await;
                 }
-                Err(e) if attempt < ATTEMPTS && conn.close_reason().is_some() => {
-                    debug!(error = %e, "connection closed before the node answered; reconnecting");
+                Err(Failed { error, sent })
+                    if attempt < ATTEMPTS && conn.close_reason().is_some() && (!sent || closed_in_order(&conn)) =>
+                {
+                    debug!(%error, "connection closed before the node answered; reconnecting");
                     self.forget(&conn).await;
                 }
-                other => return other,
+                Err(Failed { error, .. }) => return Err(error),
+                Ok(s) => return Ok(s),
             }
         }
     }
@@ -397,22 +417,28 @@ impl Client {
         &self,
         service: &str,
         opts: &CallOptions,
-        frame: &[u8],
-    ) -> Result<Option<ServiceStream>, CallError> {
+        request: Request<'_>,
+    ) -> Result<Option<ServiceStream>, Failed> {
         let Some(direct) = &self.inner.direct else {
             return Ok(None);
         };
+        let before = |error: CallError| Failed { error, sent: false };
         let refresh = self.inner.cfg.routing.refresh;
         if crate::node::lock_std(direct).stale(refresh) {
-            let status = encode_frame(&StreamHeader::service(crate::protocol::STATUS_SERVICE))?;
-            let mut stream = Box::pin(self.open_via_entry(&status)).await?;
-            stream.finish().map_err(|e| CallError::Stream(e.to_string()))?;
+            let status =
+                encode_frame(&StreamHeader::service(crate::protocol::STATUS_SERVICE)).map_err(|e| before(e.into()))?;
+            let status = Request {
+                frame: &status,
+                body: None,
+            };
+            let mut stream = Box::pin(self.open_via_entry(status)).await.map_err(before)?;
+            stream.finish().map_err(|e| before(CallError::Stream(e.to_string())))?;
             let bytes = stream
                 .read_to_end(self.inner.cfg.max_response_bytes)
                 .await
-                .map_err(|e| CallError::Stream(e.to_string()))?;
+                .map_err(|e| before(CallError::Stream(e.to_string())))?;
             let report: crate::protocol::StatusReport = postcard::from_bytes(&bytes)
-                .map_err(|e| CallError::Stream(format!("unreadable status report: {e}")))?;
+                .map_err(|e| before(CallError::Stream(format!("unreadable status report: {e}"))))?;
             crate::node::lock_std(direct).table = Some((std::time::Instant::now(), report));
         }
         let picked = crate::node::lock_std(direct).pick(service, opts.key.as_deref());
@@ -425,11 +451,11 @@ impl Client {
         let conn = match existing {
             Some(c) => c,
             None => {
-                let c = self.dial(&addr).await.map_err(CallError::Stream)?;
-                let id = peer_identity(&c).map_err(|e| CallError::Stream(e.to_string()))?;
+                let c = self.dial(&addr).await.map_err(|e| before(CallError::Stream(e)))?;
+                let id = peer_identity(&c).map_err(|e| before(CallError::Stream(e.to_string())))?;
                 if id.name != node {
                     c.close(codes::FORBIDDEN, b"not the node the table names");
-                    return Err(CallError::Stream(format!("{addr} is {id}, not node {node}")));
+                    return Err(before(CallError::Stream(format!("{addr} is {id}, not node {node}"))));
                 }
                 crate::node::lock_std(direct).conns.insert(node.clone(), c.clone());
                 c
@@ -438,8 +464,11 @@ impl Client {
         *crate::node::lock_std(direct).pending.entry(node.clone()).or_insert(0) += 1;
         let started = std::time::Instant::now();
         let result = async {
-            let (send, recv) = conn.open_bi().await.map_err(|e| CallError::Stream(e.to_string()))?;
-            finish_open(send, recv, frame).await
+            let (send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| before(CallError::Stream(e.to_string())))?;
+            finish_open(send, recv, request).await
         }
         .await;
         let mut d = crate::node::lock_std(direct);
@@ -470,11 +499,25 @@ impl Client {
     }
 
     /// Sends `body` to `service` with options; returns the reply and the serving node.
+    ///
+    /// A body up to 64 KiB goes out with the stream's header, before the node answers, so the
+    /// call costs one round trip; a larger one is streamed once the node has accepted.
     pub async fn request(&self, service: &str, body: impl Into<Bytes>, opts: &CallOptions) -> Result<Reply, CallError> {
         let body = body.into();
         let max = self.inner.cfg.max_response_bytes;
         let fut = async {
-            let stream = self.open_inner(service, opts).await?;
+            if body.len() <= PIPELINE_MAX {
+                let mut stream = self.open_inner(service, opts, Some(&body)).await?;
+                let out = stream.read_to_end(max).await.map_err(|e| match e.kind() {
+                    std::io::ErrorKind::InvalidData => CallError::ResponseTooLarge(max),
+                    _ => CallError::Stream(stream_failure(&e)),
+                })?;
+                return Ok(Reply {
+                    served_by: stream.served_by().to_owned(),
+                    body: Bytes::from(out),
+                });
+            }
+            let stream = self.open_inner(service, opts, None).await?;
             // Write and read concurrently: a streaming service may reply before the request ends,
             // and with large bodies both flow-control windows must keep moving.
             let served_by = stream.served_by().to_owned();
@@ -524,18 +567,70 @@ impl Client {
 }
 
 /// Sends the header on a fresh stream and reads the node's answer.
+/// Request bodies up to this size are sent with the header, before the node answers: they fit
+/// the stream's first flow-control window, so writing them never waits for the node. Larger
+/// bodies are streamed once the node has accepted (a refusal then wastes nothing).
+const PIPELINE_MAX: usize = 64 * 1024;
+
+/// What opens a stream: the encoded header, and the whole body if it goes out at once.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    frame: &'a [u8],
+    body: Option<&'a Bytes>,
+}
+
+/// A failed open, and whether the request had been sent: if so, a failure other than a
+/// refusal leaves it unknown whether the service got it, so it must not be sent again.
+struct Failed {
+    error: CallError,
+    sent: bool,
+}
+
+/// The node closed the connection in order (shutting down): it answered every stream it took.
+fn closed_in_order(conn: &quinn::Connection) -> bool {
+    matches!(conn.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == codes::SHUTDOWN)
+}
+
 async fn finish_open(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    frame: &[u8],
-) -> Result<ServiceStream, CallError> {
-    send.write_all(frame)
-        .await
-        .map_err(|e| CallError::Stream(e.to_string()))?;
-    let resp: Response = read_frame(&mut recv, crate::protocol::DEFAULT_MAX_HEADER).await?;
+    request: Request<'_>,
+) -> Result<ServiceStream, Failed> {
+    let sent = request.body.is_some();
+    let failed = |error: CallError| Failed { error, sent };
+    let wrote = async {
+        send.write_all(request.frame).await?;
+        if let Some(body) = request.body {
+            send.write_chunk(body.clone()).await?;
+            send.finish()?;
+        }
+        Ok::<_, quinn::WriteError>(())
+    }
+    .await;
+    // A refusal may stop the stream while the body is still being written: the answer says
+    // why, so read it before reporting the write.
+    let resp: Response = match read_frame(&mut recv, crate::protocol::DEFAULT_MAX_HEADER).await {
+        Ok(r) => r,
+        Err(e) if sent => {
+            return Err(failed(CallError::Stream(format!(
+                "{e}; the request had been sent, so it may have been processed"
+            ))))
+        }
+        Err(e) => return Err(failed(e.into())),
+    };
     match resp {
-        Response::Accept { node } => Ok(ServiceStream::new(send, recv, node)),
-        Response::Reject { code, reason } => Err(CallError::Rejected { code, reason }),
+        Response::Reject { code, reason } => Err(Failed {
+            error: CallError::Rejected { code, reason },
+            sent: false,
+        }),
+        Response::Accept { node } => {
+            wrote.map_err(|e| failed(CallError::Stream(e.to_string())))?;
+            let mut stream = ServiceStream::new(send, recv, node);
+            if sent {
+                stream.mark_finished();
+            }
+            Ok(stream)
+        }
     }
 }
 

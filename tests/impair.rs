@@ -234,6 +234,40 @@ async fn a_blackholed_peer_times_out_traffic_reroutes_and_it_reconnects_within_t
     }
 }
 
+/// A small request goes out whole with its stream's header (header, body and end in the first
+/// flight): over a 100 ms round trip a call takes one round trip, not one to open the stream
+/// and a second for the body. (A round-trip count, not a speed: 100 ms dwarfs the CPU time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_request_costs_one_round_trip() {
+    init_logs();
+    let pki = Pki::new();
+    let n = proxied(&pki, "n", vec![], Some(Echo), |_| {}).await;
+    let cfg = quicmesh::ClientConfig::new(
+        pki.tls(quicmesh::Role::Client, "web"),
+        vec![n.proxy.local_addr().to_string()],
+    );
+    let client = Client::connect(cfg).await.unwrap();
+    assert_eq!(client.call("echo", "warm").await.unwrap(), "warm".as_bytes());
+    let one_way = Duration::from_millis(50);
+    n.proxy.set_both(Impairment::delay(one_way, Duration::ZERO));
+    let mut fastest = Duration::MAX;
+    for i in 0..5 {
+        let body = vec![i as u8; 4096];
+        let started = Instant::now();
+        assert_eq!(client.call("echo", body.clone()).await.unwrap(), body);
+        fastest = fastest.min(started.elapsed());
+    }
+    println!("fastest call over a {:?} round trip: {fastest:?}", one_way * 2);
+    assert!(fastest >= one_way * 2, "faster than the link allows: {fastest:?}");
+    assert!(
+        fastest < one_way * 3,
+        "a call took {fastest:?}: more than one {:?} round trip",
+        one_way * 2
+    );
+    client.close().await;
+    n.node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delay_shows_in_rtt_estimates_and_p2c_prefers_the_near_node() {
     init_logs();

@@ -33,6 +33,11 @@ impl ServiceStream {
         }
     }
 
+    /// Records that our side was finished when the request was sent whole.
+    pub(crate) fn mark_finished(&mut self) {
+        self.finished = true;
+    }
+
     /// The name of the node serving this stream.
     pub fn served_by(&self) -> &str {
         &self.served_by
