@@ -1,31 +1,82 @@
-//! Scenario 3: memory per idle client connection on a node process, and the mTLS handshake
-//! rate.
+//! Scenario 3: memory per idle client connection and per peer connection on a node process,
+//! and the mTLS handshake rate.
 
 use std::time::{Duration, Instant};
 
-use quicmesh::{Client, ClientConfig, Role, TlsMaterial};
+use quicmesh::{Client, ClientConfig, Node, NodeConfig, Role, TlsMaterial};
 
 use crate::util::{node_binary, rss_of, Error, Pki};
 
-/// Memory per idle client connection on a node process, and the rate of mTLS handshakes.
-pub async fn run(pki: &Pki, idle: &[usize], max_streams: u32) -> Result<(), Error> {
-    let tls = pki.tls(Role::Node, "lone")?;
+/// A node process of its own (so that its RSS is its own), listening on a fresh port.
+async fn node_process(pki: &Pki, name: &str, max_streams: u32) -> Result<(tokio::process::Child, u32, u16), Error> {
+    let tls = pki.tls(Role::Node, name)?;
     let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
-    let config = pki.dir.path().join("lone.toml");
+    let config = pki.dir.path().join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
-            "name = \"lone\"\nlisten = \"127.0.0.1:{port}\"\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[admin]\nlisten = \"off\"\n[limits]\nmax_streams_per_client = {max_streams}\n",
+            "name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[admin]\nlisten = \"off\"\n[limits]\nmax_streams_per_client = {max_streams}\n",
             tls.ca, tls.cert, tls.key
         ),
     )?;
-    let mut child = tokio::process::Command::new(node_binary()?)
+    let child = tokio::process::Command::new(node_binary()?)
         .args(["node", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()?;
     let pid = child.id().ok_or("no pid")?;
+    Ok((child, pid, port))
+}
+
+/// Waits until every node is connected to the hub, then lets the gossip of the new members
+/// settle before the size is read.
+async fn all_joined(nodes: &[Node]) -> Result<(), Error> {
+    let connected = |n: &Node| n.peers().iter().any(|p| p.name == "hub" && p.connected);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nodes.iter().all(connected) {
+        if Instant::now() > deadline {
+            return Err("peers did not connect to the hub".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+/// Memory per peer connection: `peers` nodes in this process join a node process.
+pub async fn peers(pki: &Pki, peers: usize) -> Result<(), Error> {
+    let (mut child, pid, port) = node_process(pki, "hub", 128).await?;
+    let start = |i: usize| async move {
+        let name = format!("p{i}");
+        let mut cfg = NodeConfig::new(&name, pki.tls(Role::Node, &name)?);
+        cfg.listen = "127.0.0.1:0".parse()?;
+        cfg.peers = vec![format!("127.0.0.1:{port}")];
+        Ok::<_, Error>(Node::builder(cfg).start().await?)
+    };
+    let mut nodes = vec![start(0).await?];
+    all_joined(&nodes).await?;
+    let before = rss_of(pid)?;
+    for i in 1..peers {
+        nodes.push(start(i).await?);
+    }
+    all_joined(&nodes).await?;
+    let after = rss_of(pid)?;
+    let per = after.saturating_sub(before) as f64 / (peers - 1) as f64 / 1024.0;
+    println!("### Peer connections (node process)\n");
+    println!("| peers | node RSS | memory per peer (RSS delta / added peers: connection, control stream, gossip record) |\n|---|---|---|");
+    println!("| 1 | {:.1} MiB | – |", before as f64 / 1048576.0);
+    println!("| {peers} | {:.1} MiB | **{per:.1} KiB** |\n", after as f64 / 1048576.0);
+    for n in nodes {
+        n.shutdown().await;
+    }
+    let _ = child.kill().await;
+    Ok(())
+}
+
+/// Memory per idle client connection on a node process, and the rate of mTLS handshakes.
+pub async fn run(pki: &Pki, idle: &[usize], max_streams: u32) -> Result<(), Error> {
+    let (mut child, pid, port) = node_process(pki, "lone", max_streams).await?;
     let client_tls = TlsMaterial::load(&pki.tls(Role::Client, "idle")?, Role::Client)?;
     let mut cfg = ClientConfig::new(pki.tls(Role::Client, "idle")?, vec![format!("127.0.0.1:{port}")]);
     cfg.transport.idle_timeout = Duration::from_secs(120);

@@ -45,6 +45,9 @@ struct Args {
     /// Idle client connections for the memory measurement: RSS is read after each count.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     idle: Vec<usize>,
+    /// Peer nodes joining one node process for the per-peer memory measurement.
+    #[arg(long, default_value_t = 40)]
+    peers: usize,
     /// The HAProxy binary; the HAProxy rows are left out if it cannot run.
     #[arg(long, default_value = "haproxy")]
     haproxy: String,
@@ -213,6 +216,7 @@ async fn main() -> Result<(), Error> {
 
     if want("connections") {
         connections::run(&pki, &a.idle, a.client_streams).await?;
+        connections::peers(&pki, a.peers.max(2)).await?;
     }
     one_hop.close().await;
     two_hops.close().await;
