@@ -165,15 +165,15 @@ async fn main() -> Result<(), Error> {
     if want("throughput") {
         let (_qep, qconn) = quinn_pair(&pki, &client_tls, true).await?;
         const QUINN: &str = "direct quinn stream, mTLS (the stack's limit)";
-        let mut paths = vec![("direct TCP (baseline)", Path::Tcp(sink))];
+        let mut paths = vec![
+            ("direct TCP (baseline)", Path::Tcp(sink)),
+            (
+                "direct TLS 1.3 over TCP, mTLS (rustls both ends)",
+                Path::Tls(tls_sink, &connector),
+            ),
+        ];
         if ha.is_some() {
             paths.push(("HAProxy TCP mode, one hop", Path::Tcp(ha_tcp_sink)));
-        }
-        paths.push((
-            "direct TLS 1.3 over TCP, mTLS (rustls both ends)",
-            Path::Tls(tls_sink, &connector),
-        ));
-        if ha.is_some() {
             paths.push((
                 "HAProxy, TLS on both legs (client → HAProxy → TLS sink)",
                 Path::Tls(ha_tls_sink, &connector),

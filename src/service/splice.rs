@@ -1,8 +1,9 @@
 //! Byte pipes between an accepted stream and what serves it.
 //!
 //! Each direction is pumped independently so half-close works (a request body can end while
-//! the reply is still streaming). QUIC→QUIC uses `read_chunk`/`write_chunk`, which hands the
-//! received `Bytes` to the other stream without copying. If anything fails — a reset, a lost
+//! the reply is still streaming). QUIC→QUIC moves batches of received `Bytes` with
+//! `read_chunks`/`write_all_chunks`, without copying; QUIC→TCP gathers a batch into one
+//! buffer so the backend gets one write per batch, not one per QUIC frame. If anything fails — a reset, a lost
 //! connection, the deadline — every direction that has not ended cleanly is reset, so neither
 //! side ever mistakes a broken transfer for a complete one.
 
