@@ -223,7 +223,10 @@ impl Client {
                 cfg,
                 endpoint,
                 conn: Mutex::new(None),
-                direct: cfg_direct.then(|| std::sync::Mutex::new(crate::direct::Direct::new())),
+                direct: cfg_direct.then(|| {
+                    let rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+                    std::sync::Mutex::new(crate::direct::Direct::new(std::time::Instant::now(), rng))
+                }),
                 discovery,
             }),
         };
@@ -424,7 +427,7 @@ impl Client {
         };
         let before = |error: CallError| Failed { error, sent: false };
         let refresh = self.inner.cfg.routing.refresh;
-        if crate::node::lock_std(direct).stale(refresh) {
+        if crate::node::lock_std(direct).stale(std::time::Instant::now(), refresh) {
             let status =
                 encode_frame(&StreamHeader::service(crate::protocol::STATUS_SERVICE)).map_err(|e| before(e.into()))?;
             let status = Request {
@@ -439,9 +442,9 @@ impl Client {
                 .map_err(|e| before(CallError::Stream(e.to_string())))?;
             let report: crate::protocol::StatusReport = postcard::from_bytes(&bytes)
                 .map_err(|e| before(CallError::Stream(format!("unreadable status report: {e}"))))?;
-            crate::node::lock_std(direct).table = Some((std::time::Instant::now(), report));
+            crate::node::lock_std(direct).set_table(std::time::Instant::now(), report);
         }
-        let picked = crate::node::lock_std(direct).pick(service, opts.key.as_deref());
+        let picked = crate::node::lock_std(direct).pick(service, opts.key.as_deref(), std::time::Instant::now());
         let Some((node, addr)) = picked else { return Ok(None) };
         let existing = crate::node::lock_std(direct)
             .conns
@@ -461,7 +464,7 @@ impl Client {
                 c
             }
         };
-        *crate::node::lock_std(direct).pending.entry(node.clone()).or_insert(0) += 1;
+        crate::node::lock_std(direct).begin(&node);
         let started = std::time::Instant::now();
         let result = async {
             let (send, recv) = conn
@@ -471,18 +474,8 @@ impl Client {
             finish_open(send, recv, request).await
         }
         .await;
-        let mut d = crate::node::lock_std(direct);
-        if let Some(n) = d.pending.get_mut(&node) {
-            *n = n.saturating_sub(1);
-        }
-        match &result {
-            Ok(_) => d.observe(&node, started.elapsed()),
-            // Refused or failed: make it look slow and fetch a fresh table next time.
-            Err(_) => {
-                d.observe(&node, Duration::from_secs(1));
-                d.table = None;
-            }
-        }
+        let took = result.is_ok().then(|| started.elapsed());
+        crate::node::lock_std(direct).end(&node, took, std::time::Instant::now());
         result.map(Some)
     }
 

@@ -62,3 +62,11 @@ pub use protocol::RejectCode;
 pub use service::{request_handler, BoxFuture, Echo, Handler, RequestContext, RequestFn, ServiceStream};
 pub use table::{render_status, Table};
 pub use transport::TransportError;
+
+/// Time since the Unix epoch by the system clock (zero if the clock is before 1970): the
+/// one place the crate reads wall-clock time, for incarnations, certificate expiry and logs.
+pub fn unix_time() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}

@@ -684,9 +684,6 @@ async fn http_status(addr: &str) -> Result<quicmesh::protocol::StatusReport, Box
 }
 
 fn render_time() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = quicmesh::unix_time().as_secs();
     format!("{:02}:{:02}:{:02} UTC", secs / 3600 % 24, secs / 60 % 60, secs % 60)
 }

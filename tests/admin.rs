@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{eventually, http, sample, Pki};
+use common::{eventually, eventually_async, http, sample, Pki};
 use quicmesh::{Echo, Node};
 
 fn admin_on(cfg: &mut quicmesh::NodeConfig) {
@@ -117,11 +117,13 @@ async fn readyz_waits_for_the_node_to_join() {
     let mut cfg = pki.node_config("a");
     cfg.listen = a_addr;
     let a = Node::builder(cfg).start().await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while http(admin, "GET", "/readyz").await.0 != 200 {
-        assert!(std::time::Instant::now() < deadline, "b never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_async(Duration::from_secs(10), "b becomes ready", || async {
+        match http(admin, "GET", "/readyz").await {
+            (200, _) => Ok(()),
+            (code, body) => Err(format!("{code} {}", body.trim_end())),
+        }
+    })
+    .await;
     a.shutdown().await;
     b.shutdown().await;
 }

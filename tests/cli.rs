@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::bin;
+use common::{bin, eventually_async};
 use quicmesh::{Echo, Node, NodeConfig, TlsPaths};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -241,16 +241,10 @@ async fn call_and_forward_through_an_in_process_node() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut sock = loop {
-        match tokio::net::TcpStream::connect(&listen).await {
-            Ok(s) => break s,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "forward never listened: {e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let mut sock = eventually_async(Duration::from_secs(20), &format!("forward listens on {listen}"), || {
+        tokio::net::TcpStream::connect(&listen)
+    })
+    .await;
     sock.write_all(b"tcp through the mesh").await.unwrap();
     sock.shutdown().await.unwrap();
     let mut got = Vec::new();
@@ -331,17 +325,17 @@ async fn two_node_processes_from_config_files() {
     let entry = format!("127.0.0.1:{}", ports[1]);
     let mut args = vec!["call".to_owned(), "count".into(), "-v".into()];
     args.extend(client_flags(dir.path(), &entry));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let out = eventually_async(Duration::from_secs(20), "the mesh answers through n2", || async {
         let out = run_with_stdin(&args, &[7u8; 1000]).await;
         if out.status.success() {
-            assert_eq!(out.stdout, b"backend got 1000 bytes");
-            assert!(stderr(&out).contains("served by n1"), "{}", stderr(&out));
-            break;
+            Ok(out)
+        } else {
+            Err(stderr(&out))
         }
-        assert!(Instant::now() < deadline, "mesh never answered: {}", stderr(&out));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert_eq!(out.stdout, b"backend got 1000 bytes");
+    assert!(stderr(&out).contains("served by n1"), "{}", stderr(&out));
     for mut p in procs {
         // SIGTERM: the node shuts down cleanly and exits 0.
         let pid = p.id().unwrap();

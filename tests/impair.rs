@@ -352,9 +352,11 @@ async fn a_node_that_dies_under_load_fails_only_calls_in_flight_and_nothing_hang
     let client = pki.client("web", &a).await;
     let deadline = Duration::from_secs(3);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Calls finished so far, failed or not.
+    let done = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for w in 0..8 {
-        let (client, stop) = (client.clone(), stop.clone());
+        let (client, stop, done) = (client.clone(), stop.clone(), done.clone());
         workers.push(tokio::spawn(async move {
             let mut results = Vec::new();
             let mut i = 0;
@@ -372,18 +374,28 @@ async fn a_node_that_dies_under_load_fails_only_calls_in_flight_and_nothing_hang
                     reply.served_by
                 });
                 results.push((started, started.elapsed(), r.map_err(|e| e.to_string())));
+                done.fetch_add(1, Ordering::Relaxed);
             }
             results
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(Duration::from_secs(10), "100 calls done before c dies", || {
+        done.load(Ordering::Relaxed) >= 100
+    })
+    .await;
     // c dies: nothing more leaves or reaches it, as when its host loses power.
     c.proxy.blackhole(true);
     let died = Instant::now();
     drop(c.node);
     eventually(Duration::from_secs(5), "a notices c is gone", || !connected(&a, "c")).await;
     let noticed = Instant::now();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Wait for 100 calls that started after `noticed` to finish: of the calls that finish
+    // from here on, at most one per worker (8) was already running.
+    let so_far = done.load(Ordering::Relaxed);
+    eventually(Duration::from_secs(10), "100 calls after a noticed", || {
+        done.load(Ordering::Relaxed) >= so_far + 8 + 100
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let mut results = Vec::new();
     for w in workers {

@@ -170,7 +170,9 @@ async fn a_node_killed_mid_load_fails_only_its_in_flight_calls_and_nothing_hangs
         let cl = client.clone();
         tasks.spawn(async move { cl.request("work", format!("{i}"), &Default::default()).await });
     }
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Once the entry has relayed all 16, each is running on b or c (counted, not
+    // `in_flight() == 16`, which would race the first call to end).
+    eventually(LIMIT, "the entry relayed all 16 calls", || entry.stats().relayed >= 16).await;
     drop(c);
     let mut failed = 0;
     within(LIMIT, "in-flight calls end", async {

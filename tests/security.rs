@@ -233,11 +233,13 @@ fn replace(path: &std::path::Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// Steady calls from `workers` tasks until `stop`; returns (ok, failed) counts.
+/// Steady calls from `workers` tasks until `stop`, counting each finished call (ok or failed)
+/// in `done`; returns (ok, failed) counts.
 fn steady_load(
     client: &Client,
     workers: usize,
     stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
     let client = client.clone();
     tokio::spawn(async move {
@@ -245,7 +247,8 @@ fn steady_load(
         let failed = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for w in 0..workers {
-            let (client, stop, ok, failed) = (client.clone(), stop.clone(), ok.clone(), failed.clone());
+            let (client, stop, ok, failed, done) =
+                (client.clone(), stop.clone(), ok.clone(), failed.clone(), done.clone());
             tasks.push(tokio::spawn(async move {
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
@@ -258,6 +261,7 @@ fn steady_load(
                         Ok(r) => failed.lock().unwrap().push(format!("wrong reply {r:?}")),
                         Err(e) => failed.lock().unwrap().push(e.to_string()),
                     }
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
             }));
         }
@@ -302,7 +306,8 @@ async fn certificate_and_ca_rotation_on_disk_is_picked_up_under_load_with_no_fai
     let node = Node::builder(cfg).handler("echo", Echo).start().await.unwrap();
     let client = pki.client("web", &node).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let load = steady_load(&client, 4, stop.clone());
+    let done = Arc::new(AtomicUsize::new(0));
+    let load = steady_load(&client, 4, stop.clone(), done.clone());
 
     // A new CA arrives: the bundle trusts both while callers move over; the node gets a
     // certificate from the new CA.
@@ -331,24 +336,31 @@ async fn certificate_and_ca_rotation_on_disk_is_picked_up_under_load_with_no_fai
         node.stats().tls_reloads >= 1 && logged("certificates reloaded")
     })
     .await;
-    let mut presented = Vec::new();
-    for _ in 0..100 {
-        presented = presented_cert(&pki, node.local_addr()).await;
-        if presented == pem_der(&issued.cert_pem) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        presented,
-        pem_der(&issued.cert_pem),
-        "the node still presents its old certificate"
-    );
+    let issued_der = pem_der(&issued.cert_pem);
+    eventually_async(
+        Duration::from_secs(10),
+        "the node presents its new certificate",
+        || async {
+            if presented_cert(&pki, node.local_addr()).await == issued_der {
+                Ok(())
+            } else {
+                Err("the node still presents its old certificate")
+            }
+        },
+    )
+    .await;
     // A client of the new CA is now let in; the old client's connection never noticed.
     let nc = connect(newcomer, node.local_addr()).await.unwrap();
     assert_eq!(&nc.call("echo", "hi").await.unwrap()[..], b"hi");
     let (ok, failed) = {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The load runs on past the rotation for over 100 more calls.
+        let so_far = done.load(Ordering::Relaxed);
+        eventually(
+            Duration::from_secs(10),
+            "over 100 more calls after the rotation",
+            || done.load(Ordering::Relaxed) > so_far + 100,
+        )
+        .await;
         stop.store(true, Ordering::Relaxed);
         load.await.unwrap()
     };

@@ -19,8 +19,9 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::debug;
 
-use super::handshake::HandshakeFailure;
-use super::shared::{lock, Shared};
+use super::failure::HandshakeFailure;
+use super::state::State;
+use super::sync::lock;
 use crate::protocol::RejectCode;
 
 type Labels = Vec<(&'static str, String)>;
@@ -31,8 +32,8 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves admin requests until shutdown.
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    let mut shutdown = shared.shutdown.subscribe();
+pub(crate) async fn serve(shared: Arc<State>, listener: TcpListener) {
+    let mut shutdown = shared.ctx.on_shutdown();
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -69,7 +70,7 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
     r
 }
 
-fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(shared: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
     }
@@ -83,7 +84,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 format!("not ready: {why}\n"),
             ),
         },
-        "/status" => match serde_json::to_vec_pretty(&super::status_report(shared)) {
+        "/status" => match serde_json::to_vec_pretty(&shared.status_report()) {
             Ok(json) => respond(StatusCode::OK, "application/json", json),
             Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
         },
@@ -102,14 +103,12 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// Ready: not draining, and joined — connected to a peer, unless the node was given nobody
 /// to find (a mesh of one is ready at once).
-fn readiness(shared: &Shared) -> Result<(), String> {
-    if shared.draining.load(Ordering::Relaxed) {
+fn readiness(shared: &State) -> Result<(), String> {
+    if shared.is_draining() {
         return Err("draining".into());
     }
-    let connected = lock(&shared.peers)
-        .values()
-        .any(|p| p.conn.as_ref().is_some_and(|c| c.close_reason().is_none()));
-    let alone = shared.cfg.peers.is_empty() && shared.cfg.discovery.is_empty();
+    let connected = shared.peers.any_connected();
+    let alone = shared.ctx.cfg.peers.is_empty() && shared.ctx.cfg.discovery.is_empty();
     if connected || alone {
         Ok(())
     } else {
@@ -130,9 +129,9 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
 }
 
 /// The node's metrics, read from its live state at scrape time.
-fn metrics(shared: &Shared) -> String {
+fn metrics(shared: &State) -> String {
     let mut reg = Registry::with_prefix("quicmesh");
-    let s = &shared.stats;
+    let s = &shared.metrics.stats;
     let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 14] = [
         ("streams_accepted", "Service streams accepted", &s.accepted),
         (
@@ -218,10 +217,10 @@ fn metrics(shared: &Shared) -> String {
         &mut reg,
         "handshakes_pending",
         "Incoming handshakes in progress",
-        i64::try_from(shared.pending_handshakes.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        i64::try_from(shared.metrics.pending_handshakes.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
     );
     let decisions = Family::<Labels, Counter>::default();
-    for ((service, node), n) in &lock(&shared.routing).decisions {
+    for ((service, node), n) in lock(&shared.routing).decisions() {
         decisions
             .get_or_create(&vec![("service", service.clone()), ("node", node.clone())])
             .inc_by(*n);
@@ -231,7 +230,7 @@ fn metrics(shared: &Shared) -> String {
         "Streams the balancer sent to each node, per service",
         decisions,
     );
-    if let Some(t) = *lock(&shared.cert_not_after) {
+    if let Some(t) = shared.tls.not_after() {
         gauge(
             &mut reg,
             "cert_not_after_timestamp_seconds",
@@ -239,7 +238,7 @@ fn metrics(shared: &Shared) -> String {
             t,
         );
     }
-    let in_flight = shared.in_flight();
+    let in_flight = shared.load.in_flight();
     gauge(
         &mut reg,
         "streams_in_flight",
@@ -250,24 +249,24 @@ fn metrics(shared: &Shared) -> String {
         &mut reg,
         "connections",
         "Open connections (peers and clients)",
-        i64::try_from(shared.connections.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        i64::try_from(shared.metrics.connections()).unwrap_or(i64::MAX),
     );
     gauge(
         &mut reg,
         "draining",
         "1 while the node drains before stopping",
-        i64::from(shared.draining.load(Ordering::Relaxed)),
+        i64::from(shared.is_draining()),
     );
 
     let up = Family::<Labels, Gauge>::default();
     let rtt = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-    let rtts = lock(&shared.rtt).clone();
-    for (name, p) in lock(&shared.peers).iter() {
-        let live = p.conn.as_ref().filter(|c| c.close_reason().is_none());
+    let rtts = shared.peers.rtts();
+    for (name, p) in shared.peers.snapshot() {
+        let live = p.live();
         up.get_or_create(&vec![("peer", name.clone())])
             .set(i64::from(live.is_some()));
         if let Some(c) = live {
-            let secs = rtts.get(name).copied().unwrap_or_else(|| c.rtt().as_secs_f64());
+            let secs = rtts.get(&name).copied().unwrap_or_else(|| c.rtt().as_secs_f64());
             rtt.get_or_create(&vec![("peer", name.clone())]).set(secs);
         }
     }
@@ -284,7 +283,7 @@ fn metrics(shared: &Shared) -> String {
     }
     reg.register("members", "Members in this node's gossip view, by status", members);
 
-    if let Some(d) = &shared.discovery {
+    if let Some(d) = &shared.ctx.discovery {
         let lookups = Family::<Labels, Counter>::default();
         let failures = Family::<Labels, Counter>::default();
         let endpoints = Family::<Labels, Gauge>::default();

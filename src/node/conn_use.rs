@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use quinn::Connection;
 
-use super::shared::lock;
+use super::sync::lock;
 use crate::protocol::codes;
 
 /// Per-connection stream counts and the retired connections waiting for theirs to end.

@@ -7,7 +7,9 @@ use std::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
 use super::conn::run_connection;
-use super::shared::{lock, Shared};
+use super::coverage;
+use super::state::State;
+use super::sync::lock;
 use crate::backoff::Backoff;
 use crate::identity::{peer_identity, Role};
 
@@ -15,7 +17,7 @@ use crate::identity::{peer_identity, Role};
 pub(crate) const SNI: &str = "quicmesh";
 
 /// Whether gossip still lists `name` as a live member at `addr`.
-fn member_wanted(shared: &Shared, name: &str, addr: &str) -> bool {
+fn member_wanted(shared: &State, name: &str, addr: &str) -> bool {
     lock(&shared.gossip)
         .member(name)
         .is_some_and(|m| !m.status.is_gone() && m.addr == addr)
@@ -33,14 +35,14 @@ pub(crate) enum Purpose {
 }
 
 /// Dials `target` (`host:port`) and keeps a connection to it for as long as `purpose` says.
-pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String, purpose: Purpose) {
+pub(crate) async fn keep_connected(shared: Arc<State>, target: String, purpose: Purpose) {
     let span = tracing::info_span!("dial", peer = %target);
     let discovered_addr = target.parse::<SocketAddr>().ok();
     async {
-        let mut backoff = Backoff::new(shared.cfg.reconnect.policy());
-        let mut shutdown = shared.shutdown.subscribe();
+        let mut backoff = Backoff::new(shared.ctx.cfg.reconnect.policy());
+        let mut shutdown = shared.ctx.on_shutdown();
         loop {
-            if shared.is_shutting_down() {
+            if shared.ctx.is_shutting_down() {
                 return;
             }
             match &purpose {
@@ -52,7 +54,7 @@ pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String, purpose:
                     }
                 }
                 Purpose::Discovered => {
-                    if !discovered_addr.is_some_and(|a| super::discover::wanted(&shared, a)) {
+                    if !discovered_addr.is_some_and(|a| coverage::wanted(&shared, a)) {
                         debug!("address left DNS or is covered by a live connection; no longer dialling it");
                         return;
                     }
@@ -61,7 +63,7 @@ pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String, purpose:
             match dial_once(&shared, &target, &mut backoff).await {
                 Ok(DialOutcome::Ran { peer }) => {
                     if let (Purpose::Discovered, Some(addr)) = (&purpose, discovered_addr) {
-                        lock(&shared.discovered).found.insert(addr, peer.clone());
+                        shared.peers.found_at(addr, &peer);
                     }
                     backoff.disconnected(Instant::now());
                     // The tie-break may have kept the peer's own dial instead of ours; while
@@ -73,7 +75,7 @@ pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String, purpose:
                         // DNS lists every node, this one included: expected, and remembered.
                         (Purpose::Discovered, Some(addr)) => {
                             debug!("discovered address is this node itself");
-                            lock(&shared.discovered).found.insert(addr, shared.name.clone());
+                            shared.peers.found_at(addr, &shared.ctx.name);
                         }
                         _ => warn!("peer address is this node itself; not dialling it again"),
                     }
@@ -96,13 +98,11 @@ pub(crate) async fn keep_connected(shared: Arc<Shared>, target: String, purpose:
     match purpose {
         Purpose::Seed => {}
         Purpose::Member(name) => {
-            lock(&shared.dialing).remove(&name);
+            shared.peers.stop_dialing(&name);
         }
         Purpose::Discovered => {
             if let Some(addr) = discovered_addr {
-                lock(&shared.discovered).dialing.remove(&addr);
-                // The answers or the peer table may have changed while this task was ending.
-                shared.peers_changed.send_modify(|v| *v = v.wrapping_add(1));
+                shared.peers.stop_dialing_addr(addr);
             }
         }
     }
@@ -138,11 +138,13 @@ async fn resolve(target: &str) -> Result<SocketAddr, DialError> {
     addrs.next().ok_or(DialError::NoAddress)
 }
 
-async fn dial_once(shared: &Arc<Shared>, target: &str, backoff: &mut Backoff) -> Result<DialOutcome, DialError> {
+async fn dial_once(shared: &Arc<State>, target: &str, backoff: &mut Backoff) -> Result<DialOutcome, DialError> {
     let addr = resolve(target).await?;
-    let config = lock(&shared.client_config).clone();
-    let connecting = shared.endpoint.connect_with(config, addr, SNI)?;
-    let conn = tokio::time::timeout(shared.cfg.transport.connect_timeout, connecting)
+    let connecting = shared
+        .ctx
+        .endpoint
+        .connect_with(shared.tls.client_config(), addr, SNI)?;
+    let conn = tokio::time::timeout(shared.ctx.cfg.transport.connect_timeout, connecting)
         .await
         .map_err(|_| DialError::Timeout)??;
     let id = peer_identity(&conn)?;
@@ -150,7 +152,7 @@ async fn dial_once(shared: &Arc<Shared>, target: &str, backoff: &mut Backoff) ->
     if id.role != Role::Node {
         return Err(DialError::NotANode(id));
     }
-    if id.name == shared.name {
+    if id.name == shared.ctx.name {
         conn.close(crate::protocol::codes::FORBIDDEN, b"connected to itself");
         return Ok(DialOutcome::Itself);
     }
@@ -163,9 +165,9 @@ async fn dial_once(shared: &Arc<Shared>, target: &str, backoff: &mut Backoff) ->
     Ok(DialOutcome::Ran { peer })
 }
 
-async fn wait_until_disconnected(shared: &Shared, peer: &str) {
+async fn wait_until_disconnected(shared: &State, peer: &str) {
     // `peer_conn` skips closed connections, so this ends once no live one is left.
-    while let Some(conn) = shared.peer_conn(peer) {
+    while let Some(conn) = shared.peers.peer_conn(peer) {
         conn.closed().await;
     }
 }

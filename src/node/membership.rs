@@ -7,45 +7,40 @@ use tokio::time::MissedTickBehavior;
 use tracing::{info, warn, Instrument};
 
 use super::dial::{keep_connected, Purpose};
-use super::shared::{lock, Shared};
+use super::metrics::bump;
+use super::state::State;
+use super::sync::lock;
 use crate::gossip::{GossipEvent, Load, Status};
 use crate::protocol::ControlMsg;
 use crate::sysload::SysLoad;
 
-fn current_load(shared: &Shared, sys: &mut SysLoad) -> Load {
-    let inflight = shared.in_flight();
-    let per_service = lock(&shared.per_service)
-        .iter()
-        .filter(|(s, _)| s.as_str() != crate::protocol::STATUS_SERVICE)
-        .map(|(s, n)| (s.clone(), *n))
-        .collect();
+fn current_load(shared: &State, sys: &mut SysLoad) -> Load {
+    let inflight = shared.load.in_flight();
+    let per_service = shared.load.per_service();
     let (cpu_permille, mem_permille) = sys.sample();
     Load {
         inflight: u32::try_from(inflight).unwrap_or(u32::MAX),
-        capacity: shared.cfg.weight,
+        capacity: shared.ctx.cfg.weight,
         cpu_permille,
         mem_permille,
-        latency_us: *lock(&shared.latency_us) as u32,
+        latency_us: shared.load.serve_time_us() as u32,
         per_service,
     }
 }
 
 /// Runs gossip rounds until shutdown.
-pub(crate) async fn gossip_loop(shared: Arc<Shared>) {
-    let mut every = tokio::time::interval(shared.cfg.gossip.interval);
+pub(crate) async fn gossip_loop(shared: Arc<State>) {
+    let mut every = tokio::time::interval(shared.ctx.cfg.gossip.interval);
     every.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut shutdown = shared.shutdown.subscribe();
+    let mut shutdown = shared.ctx.on_shutdown();
     let mut sys = SysLoad::default();
     loop {
         tokio::select! {
             _ = every.tick() => {}
             _ = shutdown.changed() => return,
         }
-        shared
-            .stats
-            .gossip_rounds
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let now = shared.now();
+        bump(&shared.metrics.stats.gossip_rounds);
+        let now = shared.ctx.now();
         let load = current_load(&shared, &mut sys);
         let (out, events, members) = {
             let mut g = lock(&shared.gossip);
@@ -56,13 +51,13 @@ pub(crate) async fn gossip_loop(shared: Arc<Shared>) {
             };
             let members: Vec<(String, String)> = g
                 .members()
-                .filter(|m| m.name != shared.name && !m.status.is_gone())
+                .filter(|m| m.name != shared.ctx.name && !m.status.is_gone())
                 .map(|m| (m.name.clone(), m.addr.clone()))
                 .collect();
             (out, g.take_events(), members)
         };
         for (to, msg) in out {
-            shared.send_control(&to, ControlMsg::Gossip(msg));
+            shared.peers.send_control(&to, ControlMsg::Gossip(msg));
         }
         for e in events {
             log_event(&e);
@@ -70,7 +65,7 @@ pub(crate) async fn gossip_loop(shared: Arc<Shared>) {
         // Keep one connection per member: of two members that learned of each other by gossip,
         // the one with the lower name dials (configured peers are dialled regardless).
         for (name, addr) in members {
-            if shared.name < name && shared.peer_conn(&name).is_none() && lock(&shared.dialing).insert(name.clone()) {
+            if shared.ctx.name < name && shared.peers.peer_conn(&name).is_none() && shared.peers.start_dialing(&name) {
                 let span = tracing::Span::current();
                 tokio::spawn(keep_connected(shared.clone(), addr, Purpose::Member(name)).instrument(span));
             }

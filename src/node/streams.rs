@@ -1,7 +1,6 @@
 //! One accepted stream: read its header, check who may do what, then serve it locally or
 //! relay it one hop to a peer that offers the service.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +9,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::balance::Choice;
-use super::conn::{end_control, run_control};
-use super::shared::{lock, Local, Shared};
+use super::balance::{self, Choice};
+use super::control::{end_control, run_control};
+use super::metrics::bump;
+use super::route::{reject, route, Reject, Route};
+use super::services::Local;
+use super::state::State;
+use super::sync::lock;
 use crate::identity::{Identity, Role};
 use crate::protocol::{
     codes, read_frame, read_header, write_frame, FrameError, RejectCode, Response, ServiceRequest, StreamHeader,
@@ -20,30 +23,16 @@ use crate::protocol::{
 };
 use crate::service::{splice_quic, splice_tcp, RequestContext, ServiceStream};
 
-/// A refusal to send back on the stream.
-struct Reject {
-    code: RejectCode,
-    reason: String,
-}
-
-fn reject(code: RejectCode, reason: impl Into<String>) -> Reject {
-    Reject {
-        code,
-        reason: reason.into(),
-    }
-}
-
 /// Writes a response frame, bounded in time so a peer that never reads cannot pin the task.
-async fn respond(shared: &Shared, send: &mut SendStream, resp: &Response) -> bool {
+async fn respond(shared: &State, send: &mut SendStream, resp: &Response) -> bool {
     matches!(
-        tokio::time::timeout(shared.cfg.transport.header_timeout, write_frame(send, resp)).await,
+        tokio::time::timeout(shared.ctx.cfg.transport.header_timeout, write_frame(send, resp)).await,
         Ok(Ok(()))
     )
 }
 
-async fn send_reject(shared: &Shared, mut send: SendStream, mut recv: RecvStream, caller: &Identity, r: Reject) {
-    shared.stats.count_reject(r.code);
-    let budget = lock(&shared.reject_log).take(shared.now());
+async fn send_reject(shared: &State, mut send: SendStream, mut recv: RecvStream, caller: &Identity, r: Reject) {
+    let budget = shared.metrics.reject(r.code, shared.ctx.now());
     match budget {
         Some(0) => info!(caller = %caller, code = %r.code, reason = %r.reason, "stream rejected"),
         Some(held_back) => info!(
@@ -67,15 +56,15 @@ async fn send_reject(shared: &Shared, mut send: SendStream, mut recv: RecvStream
 
 /// Serves one stream opened by `caller` on `conn`.
 pub(crate) async fn handle_stream(
-    shared: Arc<Shared>,
+    shared: Arc<State>,
     conn: Connection,
     caller: Arc<Identity>,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
     let header = tokio::time::timeout(
-        shared.cfg.transport.header_timeout,
-        read_header(&mut recv, shared.cfg.limits.max_header_bytes),
+        shared.ctx.cfg.transport.header_timeout,
+        read_header(&mut recv, shared.ctx.cfg.limits.max_header_bytes),
     )
     .await;
     let header = match header {
@@ -91,7 +80,7 @@ pub(crate) async fn handle_stream(
         Err(_) => {
             let r = reject(
                 RejectCode::BadHeader,
-                format!("no stream header within {:?}", shared.cfg.transport.header_timeout),
+                format!("no stream header within {:?}", shared.ctx.cfg.transport.header_timeout),
             );
             return send_reject(&shared, send, recv, &caller, r).await;
         }
@@ -104,7 +93,7 @@ pub(crate) async fn handle_stream(
                 return send_reject(&shared, send, recv, &caller, r).await;
             }
             let accept = Response::Accept {
-                node: shared.name.clone(),
+                node: shared.ctx.name.clone(),
             };
             if !respond(&shared, &mut send, &accept).await {
                 return;
@@ -113,27 +102,27 @@ pub(crate) async fn handle_stream(
             end_control(&conn, result);
         }
         StreamKind::Service(req) => {
-            if shared.draining.load(Ordering::Relaxed) && req.service != STATUS_SERVICE {
+            if shared.is_draining() && req.service != STATUS_SERVICE {
                 let r = reject(
                     RejectCode::Draining,
-                    format!("node {} is draining before it stops; use another node", shared.name),
+                    format!("node {} is draining before it stops; use another node", shared.ctx.name),
                 );
                 return send_reject(&shared, send, recv, &caller, r).await;
             }
             // Resolves once the caller has acknowledged the whole reply (or stopped the stream).
             let delivered = send.stopped();
-            let in_use = super::conn_use::in_use(&shared.conn_use, &conn);
-            let Ok(_permit) = shared.inflight.clone().try_acquire_owned() else {
+            let in_use = shared.peers.in_use(&conn);
+            let Ok(_permit) = shared.load.inflight.clone().try_acquire_owned() else {
                 let r = reject(
                     RejectCode::Overloaded,
                     format!(
                         "node {} is at limits.max_inflight ({})",
-                        shared.name, shared.cfg.limits.max_inflight
+                        shared.ctx.name, shared.ctx.cfg.limits.max_inflight
                     ),
                 );
                 return send_reject(&shared, send, recv, &caller, r).await;
             };
-            shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            bump(&shared.metrics.stats.accepted);
             let deadline = req
                 .deadline_ms
                 .map(|ms| Instant::now() + Duration::from_millis(u64::from(ms)));
@@ -145,69 +134,19 @@ pub(crate) async fn handle_stream(
                 recv,
                 deadline,
             };
-            let _counted = ServiceGuard::new(&shared, &req.service);
-            match route(&shared, &caller, &req) {
+            let _counted = shared.load.service_stream(&req.service);
+            let services = shared.services.current();
+            let hop_limit = shared.ctx.cfg.limits.hop_limit;
+            match route(&shared.ctx.identity, &services, hop_limit, &caller, &req) {
                 Err(r) => stream.reject(r).await,
                 Ok((origin, Route::Here(local))) => stream.serve_local(&origin, &req, local).await,
                 Ok((origin, Route::Choose(local))) => stream.dispatch(&origin, req, local).await,
             }
-            shared.track_delivery(delivered, in_use);
+            shared
+                .load
+                .track_delivery(delivered, in_use, shared.ctx.cfg.transport.idle_timeout);
         }
     }
-}
-
-/// Where a stream may go.
-enum Route {
-    /// Only here (the status service, or a stream that has used its hops).
-    Here(Local),
-    /// Wherever the balancer picks; this node competes if it serves the service.
-    Choose(Option<Local>),
-}
-
-/// Decides who the request is for and where it may be served.
-fn route(shared: &Shared, caller: &Identity, req: &ServiceRequest) -> Result<(Identity, Route), Reject> {
-    // Relaying nodes vouch for their caller; nobody else may claim to speak for another.
-    let origin = match (&req.origin, caller.role) {
-        (None, _) => caller.clone(),
-        (Some(o), Role::Node) => {
-            let id: Identity = o
-                .parse()
-                .map_err(|e| reject(RejectCode::BadHeader, format!("origin: {e}")))?;
-            if id.trust_domain != shared.identity.trust_domain {
-                return Err(reject(
-                    RejectCode::Unauthorized,
-                    format!("origin {id} is outside this trust domain"),
-                ));
-            }
-            id
-        }
-        (Some(_), Role::Client) => {
-            return Err(reject(
-                RejectCode::Unauthorized,
-                "only nodes may relay on behalf of another caller",
-            ))
-        }
-    };
-    if req.hops > 0 && caller.role != Role::Node {
-        return Err(reject(RejectCode::Unauthorized, "only nodes may relay (hops > 0)"));
-    }
-    if req.service == STATUS_SERVICE {
-        return Ok((origin, Route::Here(Local::Status)));
-    }
-    let local = shared.local.get(&req.service).cloned();
-    if req.hops >= shared.cfg.limits.hop_limit {
-        if let Some(l) = local {
-            return Ok((origin, Route::Here(l)));
-        }
-        return Err(reject(
-            RejectCode::HopLimit,
-            format!(
-                "service {:?} is not served on node {} and the stream has taken {} hop(s) (limits.hop_limit = {})",
-                req.service, shared.name, req.hops, shared.cfg.limits.hop_limit
-            ),
-        ));
-    }
-    Ok((origin, Route::Choose(local)))
 }
 
 fn timeout_until(deadline: Option<Instant>, cap: Duration) -> Duration {
@@ -223,7 +162,7 @@ const RELAY_ATTEMPTS: usize = 2;
 
 /// An accepted service stream whose header has been read and checked.
 struct Incoming<'a> {
-    shared: &'a Arc<Shared>,
+    shared: &'a Arc<State>,
     conn: &'a Connection,
     caller: &'a Identity,
     send: SendStream,
@@ -256,24 +195,22 @@ impl Incoming<'_> {
     async fn serve_local(mut self, origin: &Identity, req: &ServiceRequest, local: Local) {
         let shared = self.shared;
         let started = Instant::now();
-        if let Some(allowed) = shared.allow.get(&req.service) {
-            if !allowed.contains(origin) {
-                let why = format!(
-                    "{origin} may not call service {:?} on node {} (not in services.{}.allow)",
-                    req.service, shared.name, req.service
-                );
-                return self.reject(reject(RejectCode::Unauthorized, why)).await;
-            }
+        if !shared.services.current().allows(&req.service, origin) {
+            let why = format!(
+                "{origin} may not call service {:?} on node {} (not in services.{}.allow)",
+                req.service, shared.ctx.name, req.service
+            );
+            return self.reject(reject(RejectCode::Unauthorized, why)).await;
         }
         if !matches!(local, Local::Status) {
-            shared.stats.served_local.fetch_add(1, Ordering::Relaxed);
+            bump(&shared.metrics.stats.served_local);
         }
         match local {
             Local::Status => {
-                if !self.accept(&shared.name).await {
+                if !self.accept(&shared.ctx.name).await {
                     return self.fail("caller stopped reading");
                 }
-                let report = super::status_report(shared);
+                let report = shared.status_report();
                 match postcard::to_allocvec(&report) {
                     Ok(bytes) => {
                         if self.send.write_all(&bytes).await.is_ok() {
@@ -285,41 +222,41 @@ impl Incoming<'_> {
                 return;
             }
             Local::Tcp(backend) => {
-                let wait = timeout_until(self.deadline, shared.cfg.transport.connect_timeout);
+                let wait = timeout_until(self.deadline, shared.ctx.cfg.transport.connect_timeout);
                 let tcp = match tokio::time::timeout(wait, TcpStream::connect(&backend)).await {
                     Ok(Ok(t)) => t,
                     Ok(Err(e)) => {
                         let reason = format!(
                             "backend {backend} of service {:?} on node {}: {e}",
-                            req.service, shared.name
+                            req.service, shared.ctx.name
                         );
                         return self.reject(reject(RejectCode::Unavailable, reason)).await;
                     }
                     Err(_) => {
                         let reason = format!(
                             "backend {backend} of service {:?} on node {}: connect timed out after {wait:?}",
-                            req.service, shared.name
+                            req.service, shared.ctx.name
                         );
                         return self.reject(reject(RejectCode::Unavailable, reason)).await;
                     }
                 };
-                if !self.accept(&shared.name).await {
+                if !self.accept(&shared.ctx.name).await {
                     return self.fail("caller stopped reading");
                 }
                 match splice_tcp((self.conn, self.send, self.recv), tcp, self.deadline).await {
-                    Ok(n) => shared.count_bytes(n.up, n.down),
+                    Ok(n) => shared.metrics.count_bytes(n.up, n.down),
                     Err(e) => debug!(caller = %self.caller, error = %e, "backend splice ended early"),
                 }
             }
             Local::Handler(h) => {
-                if !self.accept(&shared.name).await {
+                if !self.accept(&shared.ctx.name).await {
                     return self.fail("caller stopped reading");
                 }
-                let stream = ServiceStream::new(self.send, self.recv, shared.name.clone());
+                let stream = ServiceStream::new(self.send, self.recv, shared.ctx.name.clone());
                 let ctx = RequestContext {
                     caller: origin.clone(),
                     service: req.service.clone(),
-                    node: shared.name.clone(),
+                    node: shared.ctx.name.clone(),
                     key: req.key.clone(),
                 };
                 let fut = h.serve(stream, ctx);
@@ -336,11 +273,8 @@ impl Incoming<'_> {
             }
         }
         let took = started.elapsed();
-        shared.record_success(&shared.name, took);
-        let us = took.as_secs_f64() * 1e6;
-        let mut lat = lock(&shared.latency_us);
-        // EWMA, α = 0.2, of how long this node takes to serve a stream (published in gossip).
-        *lat = if *lat == 0.0 { us } else { 0.8 * *lat + 0.2 * us };
+        balance::record_success(shared, &shared.ctx.name, took);
+        shared.load.served(took);
     }
 
     /// Picks the node for the stream with the service's balancer (this node competes if it
@@ -348,14 +282,14 @@ impl Incoming<'_> {
     /// refused or failed before any byte flowed (within the retry budget).
     async fn dispatch(mut self, origin: &Identity, req: ServiceRequest, local: Option<Local>) {
         let shared = self.shared;
-        lock(&shared.routing).budget.deposit();
+        lock(&shared.routing).deposit();
         let mut tried: Vec<String> = Vec::new();
         let mut last: Option<Reject> = None;
         for attempt in 0..RELAY_ATTEMPTS {
-            if attempt > 0 && !lock(&shared.routing).budget.withdraw() {
+            if attempt > 0 && !lock(&shared.routing).withdraw() {
                 break;
             }
-            let choice = shared.choose(&req.service, req.key.as_deref(), local.is_some(), &tried);
+            let choice = balance::choose(shared, &req.service, req.key.as_deref(), local.is_some(), &tried);
             let (peer, pconn) = match (choice, &local) {
                 (Some(Choice::Local), Some(l)) => return self.serve_local(origin, &req, l.clone()).await,
                 (Some(Choice::Remote(peer, conn)), _) => (peer, conn),
@@ -379,8 +313,8 @@ impl Incoming<'_> {
                 deadline_ms: remaining_ms,
                 ..req.clone()
             };
-            let _pending = shared.pending(&peer);
-            let _in_use = super::conn_use::in_use(&shared.conn_use, &pconn);
+            let _pending = balance::pending(shared, &peer);
+            let _in_use = shared.peers.in_use(&pconn);
             let started = Instant::now();
             match self.open_downstream(&pconn, down).await {
                 Ok((node, ds, dr)) => {
@@ -390,7 +324,7 @@ impl Incoming<'_> {
                         let _ = dr.stop(codes::STREAM_ABORTED);
                         return self.fail("caller stopped reading");
                     }
-                    shared.stats.relayed.fetch_add(1, Ordering::Relaxed);
+                    bump(&shared.metrics.stats.relayed);
                     let first_byte = std::sync::OnceLock::new();
                     let result = splice_quic(
                         (self.conn, self.send, self.recv),
@@ -404,20 +338,20 @@ impl Incoming<'_> {
                     let end = first_byte.get().copied().unwrap_or_else(Instant::now);
                     match &result {
                         Ok(n) => {
-                            shared.count_bytes(n.up, n.down);
-                            shared.record_success(&peer, end.saturating_duration_since(started));
+                            shared.metrics.count_bytes(n.up, n.down);
+                            balance::record_success(shared, &peer, end.saturating_duration_since(started));
                         }
                         Err(e) => debug!(caller = %self.caller, via = %peer, error = %e, "relay ended early"),
                     }
                     return;
                 }
                 Err(Downstream::Rejected(code, reason)) if code.is_retryable() => {
-                    shared.record_failure(&peer);
+                    balance::record_failure(shared, &peer);
                     last = Some(reject(code, reason));
                 }
                 Err(Downstream::Rejected(code, reason)) => return self.reject(reject(code, reason)).await,
                 Err(Downstream::Failed(e)) => {
-                    shared.record_failure(&peer);
+                    balance::record_failure(shared, &peer);
                     last = Some(reject(RejectCode::Unavailable, format!("relay to node {peer}: {e}")));
                 }
             }
@@ -443,7 +377,7 @@ impl Incoming<'_> {
         req: ServiceRequest,
     ) -> Result<(String, SendStream, RecvStream), Downstream> {
         let shared = self.shared;
-        let wait = timeout_until(self.deadline, shared.cfg.transport.header_timeout);
+        let wait = timeout_until(self.deadline, shared.ctx.cfg.transport.header_timeout);
         let attempt = async {
             let (mut s, mut r) = pconn.open_bi().await.map_err(|e| Downstream::Failed(e.to_string()))?;
             let header = StreamHeader {
@@ -453,7 +387,7 @@ impl Incoming<'_> {
             write_frame(&mut s, &header)
                 .await
                 .map_err(|e| Downstream::Failed(e.to_string()))?;
-            let resp: Response = read_frame(&mut r, shared.cfg.limits.max_header_bytes)
+            let resp: Response = read_frame(&mut r, shared.ctx.cfg.limits.max_header_bytes)
                 .await
                 .map_err(|e| Downstream::Failed(e.to_string()))?;
             match resp {
@@ -468,34 +402,6 @@ impl Incoming<'_> {
                 "deadline passed while waiting for the serving node".into(),
             )),
             Err(_) => Err(Downstream::Failed(format!("no answer within {wait:?}"))),
-        }
-    }
-}
-
-/// Counts a stream in the per-service in-flight table while it lives.
-struct ServiceGuard<'a> {
-    shared: &'a Shared,
-    service: String,
-}
-
-impl<'a> ServiceGuard<'a> {
-    fn new(shared: &'a Shared, service: &str) -> Self {
-        *lock(&shared.per_service).entry(service.to_owned()).or_insert(0) += 1;
-        ServiceGuard {
-            shared,
-            service: service.to_owned(),
-        }
-    }
-}
-
-impl Drop for ServiceGuard<'_> {
-    fn drop(&mut self) {
-        let mut map = lock(&self.shared.per_service);
-        if let Some(n) = map.get_mut(&self.service) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.service);
-            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Peak-sensitive EWMA of latency, after Finagle's `PeakEwma` and tower's `load::peak_ewma`.
+//! Moving averages: a peak-sensitive EWMA of latency, after Finagle's `PeakEwma` and tower's
+//! `load::peak_ewma`, and a plain [`Ewma`].
 //!
 //! A sample above the current estimate replaces it at once (a node that just got slow looks
 //! slow now); a sample below it pulls it down exponentially with time constant `tau` (a node
@@ -42,9 +43,49 @@ impl PeakEwma {
     }
 }
 
+/// A plain exponentially weighted moving average: the first sample sets it, each later one
+/// moves it by `alpha` of the difference. For figures sampled at a steady pace (pings, served
+/// streams), where a time constant would add nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ewma {
+    alpha: f64,
+    value: Option<f64>,
+}
+
+impl Ewma {
+    /// An average with no samples that gives each new sample weight `alpha` (0..=1).
+    pub const fn new(alpha: f64) -> Self {
+        Ewma { alpha, value: None }
+    }
+
+    /// Adds a sample; returns the new average.
+    pub fn observe(&mut self, sample: f64) -> f64 {
+        let v = match self.value {
+            None => sample,
+            Some(v) => (1.0 - self.alpha) * v + self.alpha * sample,
+        };
+        self.value = Some(v);
+        v
+    }
+
+    /// The average, if any sample was seen.
+    pub fn get(&self) -> Option<f64> {
+        self.value
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_sample_sets_an_ewma_and_later_ones_blend() {
+        let mut e = Ewma::new(0.25);
+        assert_eq!(e.get(), None);
+        assert_eq!(e.observe(8.0), 8.0);
+        assert_eq!(e.observe(0.0), 6.0);
+        assert_eq!(e.get(), Some(6.0));
+    }
 
     #[test]
     fn peaks_at_once_and_decays_with_time() {

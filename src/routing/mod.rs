@@ -26,14 +26,16 @@
 
 mod ewma;
 mod hash;
+mod table;
 
 use std::collections::BTreeMap;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-pub use ewma::PeakEwma;
+pub use ewma::{Ewma, PeakEwma};
 pub use hash::{fnv1a, Ring};
+pub use table::{Ejection, Offer, Policy, Table, TAU};
 
 /// Latency charged for a failed attempt, seconds.
 pub const FAILURE_PENALTY: f64 = 1.0;
@@ -108,6 +110,25 @@ impl Default for RoutingConfig {
 }
 
 impl RoutingConfig {
+    /// An empty routing table with these settings' retry budget and ejection.
+    pub fn table(&self) -> Table {
+        Table::new(
+            self.retry_budget,
+            Ejection {
+                after: self.eject_after,
+                eject_for: self.eject_for,
+            },
+        )
+    }
+
+    /// How `service`'s streams are balanced.
+    pub fn policy_for(&self, service: &str) -> Policy {
+        Policy {
+            strategy: self.strategy_for(service),
+            epsilon: self.hash_epsilon,
+        }
+    }
+
     /// The strategy for `service`.
     pub fn strategy_for(&self, service: &str) -> Strategy {
         self.services.get(service).copied().unwrap_or(self.strategy)

@@ -74,6 +74,27 @@ pub async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut con
     }
 }
 
+/// [`eventually`] for an async check: polls `cond` until it returns `Ok` and returns its value,
+/// or panics with `what` and the last `Err` (why it did not hold yet) once `limit` passes.
+pub async fn eventually_async<T, E, F, Fut>(limit: Duration, what: &str, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        match cond().await {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for: {what} (last: {last})"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Fails the test instead of hanging if `fut` takes longer than `limit`.
 pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(limit, fut).await {

@@ -1,0 +1,161 @@
+//! The control stream between two nodes: opened by the dialling side, it carries gossip
+//! and pings for the life of the connection.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::peers::ControlHandle;
+use super::state::State;
+use super::sync::lock;
+use crate::protocol::{
+    codes, encode_frame, read_frame, read_frame_bytes, write_frame, ControlMsg, FrameError, Response, StreamHeader,
+    MAX_CONTROL_MESSAGE,
+};
+
+/// Errors on a control stream; any of them ends the stream (the connection stays).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ControlError {
+    #[error("opening the control stream: {0}")]
+    Open(#[from] quinn::ConnectionError),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("peer refused the control stream: {0}")]
+    Refused(String),
+    #[error("no answer within the header timeout")]
+    Timeout,
+}
+
+/// Opens the control stream on a connection this node dialled, and runs it.
+pub(crate) async fn open_control(shared: Arc<State>, conn: Connection, peer: String) {
+    let result = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(&mut send, &StreamHeader::control()).await?;
+        let resp: Response = tokio::time::timeout(
+            shared.ctx.cfg.transport.header_timeout,
+            read_frame(&mut recv, shared.ctx.cfg.limits.max_header_bytes),
+        )
+        .await
+        .map_err(|_| ControlError::Timeout)??;
+        if let Response::Reject { code, reason } = resp {
+            return Err(ControlError::Refused(format!("{code}: {reason}")));
+        }
+        run_control(&shared, &conn, &peer, send, recv).await
+    }
+    .await;
+    end_control(&conn, result);
+}
+
+pub(crate) fn end_control(conn: &Connection, result: Result<(), ControlError>) {
+    match result {
+        Ok(()) => {}
+        Err(ControlError::Frame(FrameError::Eof)) => debug!("control stream ended"),
+        Err(e) if conn.close_reason().is_some() => {
+            debug!(error = %e, "control stream ended with the connection")
+        }
+        Err(e) => {
+            // Without a control stream the peer's services are unknown; a fresh connection
+            // (the dialler reconnects) is the clean way back.
+            warn!(error = %e, "control stream failed; closing the connection");
+            conn.close(codes::PROTOCOL, e.to_string().as_bytes());
+        }
+    }
+}
+
+/// Both sides of a control stream after its header: open a gossip round, ping for RTT, and
+/// process messages until the stream or connection ends.
+pub(crate) async fn run_control(
+    shared: &Arc<State>,
+    conn: &Connection,
+    peer: &str,
+    send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), ControlError> {
+    let (tx, mut rx) = mpsc::channel::<ControlMsg>(256);
+    let conn_id = conn.stable_id();
+    shared.peers.set_control(
+        peer,
+        ControlHandle {
+            conn_id,
+            tx: tx.clone(),
+        },
+    );
+    let writer = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut send = send;
+            while let Some(msg) = rx.recv().await {
+                let Ok(frame) = encode_frame(&msg) else { break };
+                if send.write_all(&frame).await.is_err() {
+                    break;
+                }
+                if matches!(msg, ControlMsg::Gossip(_)) {
+                    shared
+                        .metrics
+                        .stats
+                        .gossip_bytes_sent
+                        .fetch_add(frame.len() as u64, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let syn = lock(&shared.gossip).connected(peer, shared.ctx.now());
+    let _ = tx.try_send(ControlMsg::Gossip(syn));
+    let pinger = {
+        let tx = tx.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(shared.ctx.cfg.transport.ping_interval);
+            loop {
+                every.tick().await;
+                let nonce = u64::try_from(shared.ctx.now().as_micros()).unwrap_or(u64::MAX);
+                if tx.send(ControlMsg::Ping { nonce }).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let result = loop {
+        let body = match read_frame_bytes(&mut recv, MAX_CONTROL_MESSAGE).await {
+            Ok(b) => b,
+            Err(e) => break Err(ControlError::from(e)),
+        };
+        let msg: ControlMsg = match postcard::from_bytes(&body) {
+            Ok(m) => m,
+            Err(e) => break Err(ControlError::from(FrameError::from(e))),
+        };
+        if matches!(msg, ControlMsg::Gossip(_)) {
+            // 4 bytes of length prefix, as on the sending side.
+            shared
+                .metrics
+                .stats
+                .gossip_bytes_received
+                .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
+        }
+        match msg {
+            ControlMsg::Gossip(g) => {
+                let now = shared.ctx.now();
+                let replies = lock(&shared.gossip).handle(peer, g, now);
+                for (_, reply) in replies {
+                    let _ = tx.try_send(ControlMsg::Gossip(reply));
+                }
+            }
+            ControlMsg::Ping { nonce } => {
+                let _ = tx.try_send(ControlMsg::Pong { nonce });
+            }
+            ControlMsg::Pong { nonce } => {
+                let now = u64::try_from(shared.ctx.now().as_micros()).unwrap_or(u64::MAX);
+                let sample = Duration::from_micros(now.saturating_sub(nonce)).as_secs_f64();
+                shared.peers.observe_rtt(peer, sample);
+            }
+        }
+    };
+    pinger.abort();
+    writer.abort();
+    shared.peers.drop_control(peer, conn_id);
+    result
+}

@@ -1,0 +1,260 @@
+//! The peer table: who this node is connected to and how to reach each peer's control stream,
+//! ping RTTs, the streams running on each connection, and what is being dialled.
+//!
+//! Owns its locks; takes nothing else of the node's state. The peer map, the control writers
+//! and the RTTs are separate locks because they are written by different tasks (connection,
+//! control stream, pinger) and never need to change together.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use quinn::Connection;
+use tokio::sync::{mpsc, watch};
+
+use super::conn_use::{self, ConnUseTable, InUse};
+use super::sync::lock;
+use crate::protocol::ControlMsg;
+use crate::routing::Ewma;
+use crate::transport::{keep_new_connection, DEDUP_WINDOW};
+
+/// Weight of each ping in the RTT average: follows a real change in a few pings, shrugs off
+/// one outlier.
+const RTT_ALPHA: f64 = 0.3;
+
+/// What this node knows of one peer node.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerState {
+    /// The live connection, if any.
+    pub conn: Option<Connection>,
+    /// Whether we dialled `conn`.
+    pub dialed_by_me: bool,
+    /// When `conn` was registered.
+    pub since: Instant,
+    /// The peer's address as we last saw it.
+    pub remote: SocketAddr,
+}
+
+impl PeerState {
+    /// The connection, if it is still open.
+    pub fn live(&self) -> Option<&Connection> {
+        self.conn.as_ref().filter(|c| c.close_reason().is_none())
+    }
+}
+
+/// The sending side of one peer's control stream.
+pub(crate) struct ControlHandle {
+    /// The connection the stream belongs to.
+    pub conn_id: usize,
+    pub tx: mpsc::Sender<ControlMsg>,
+}
+
+/// How [`PeerTable::register`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Registered {
+    /// The first connection to this peer.
+    New,
+    /// The peer is back after its connection was lost.
+    Reconnected,
+    /// Replaced a live connection (a restart, or the winner of a simultaneous dial).
+    Replaced,
+    /// Lost the duplicate tie-break to the live connection; it has been retired.
+    Duplicate,
+}
+
+/// What this node has learned about addresses found by DNS discovery.
+#[derive(Debug, Default)]
+pub(crate) struct Discovered {
+    /// Addresses with a dial task running.
+    pub dialing: BTreeSet<SocketAddr>,
+    /// The node found at each address dialled (this node's own name for its own address).
+    pub found: BTreeMap<SocketAddr, String>,
+}
+
+/// The peer table.
+pub(crate) struct PeerTable {
+    peers: Mutex<BTreeMap<String, PeerState>>,
+    /// Bumped whenever the peer table changes, so waiters need not poll.
+    changed: watch::Sender<u64>,
+    /// The writer of each peer's control stream.
+    control: Mutex<BTreeMap<String, ControlHandle>>,
+    /// Ping RTT per peer, seconds.
+    rtt: Mutex<BTreeMap<String, Ewma>>,
+    /// Streams running per connection; retired duplicates close when theirs end.
+    conn_use: ConnUseTable,
+    /// Members learned by gossip that are being dialled now.
+    dialing: Mutex<BTreeSet<String>>,
+    /// Dials of discovered addresses, and who was found at each.
+    discovered: Mutex<Discovered>,
+}
+
+impl PeerTable {
+    pub fn new() -> Self {
+        PeerTable {
+            peers: Mutex::new(BTreeMap::new()),
+            changed: watch::channel(0).0,
+            control: Mutex::new(BTreeMap::new()),
+            rtt: Mutex::new(BTreeMap::new()),
+            conn_use: ConnUseTable::default(),
+            dialing: Mutex::new(BTreeSet::new()),
+            discovered: Mutex::new(Discovered::default()),
+        }
+    }
+
+    /// Tells waiters the table changed.
+    pub fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// A receiver that changes with the table.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Registers a new connection to node `peer` (this node is `me`). A connection that
+    /// loses the duplicate tie-break is retired (closed once its streams end).
+    pub fn register(&self, me: &str, peer: &str, conn: &Connection, dialed_by_me: bool) -> Registered {
+        let now = Instant::now();
+        let mut peers = lock(&self.peers);
+        let live = peers
+            .get(peer)
+            .and_then(|e| e.live().map(|c| (c.clone(), e.dialed_by_me, e.since)));
+        let how = if let Some((old, old_by_me, since)) = live {
+            let age = now.saturating_duration_since(since);
+            if !keep_new_connection(me, peer, old_by_me, age, dialed_by_me, DEDUP_WINDOW) {
+                drop(peers);
+                conn_use::retire(&self.conn_use, conn);
+                return Registered::Duplicate;
+            }
+            // Streams may already run on the old one; it closes when they are done.
+            conn_use::retire(&self.conn_use, &old);
+            Registered::Replaced
+        } else if peers.contains_key(peer) {
+            Registered::Reconnected
+        } else {
+            Registered::New
+        };
+        peers.insert(
+            peer.to_owned(),
+            PeerState {
+                conn: Some(conn.clone()),
+                dialed_by_me,
+                since: now,
+                remote: conn.remote_address(),
+            },
+        );
+        drop(peers);
+        self.bump();
+        how
+    }
+
+    /// Forgets `conn` as the connection to `peer`, if it still is; returns whether it was.
+    pub fn unregister(&self, peer: &str, conn: &Connection) -> bool {
+        let mut peers = lock(&self.peers);
+        if let Some(e) = peers.get_mut(peer) {
+            if e.conn.as_ref().map(|c| c.stable_id()) == Some(conn.stable_id()) {
+                e.conn = None;
+                drop(peers);
+                self.bump();
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The live connection to `peer`, if any.
+    pub fn peer_conn(&self, peer: &str) -> Option<Connection> {
+        lock(&self.peers).get(peer).and_then(|e| e.live().cloned())
+    }
+
+    /// Every peer known, connected or not.
+    pub fn snapshot(&self) -> Vec<(String, PeerState)> {
+        lock(&self.peers).iter().map(|(n, p)| (n.clone(), p.clone())).collect()
+    }
+
+    /// Whether any peer is connected now.
+    pub fn any_connected(&self) -> bool {
+        lock(&self.peers).values().any(|p| p.live().is_some())
+    }
+
+    /// Installs the writer of `peer`'s control stream.
+    pub fn set_control(&self, peer: &str, handle: ControlHandle) {
+        lock(&self.control).insert(peer.to_owned(), handle);
+    }
+
+    /// Removes `peer`'s control writer if it still belongs to connection `conn_id`.
+    pub fn drop_control(&self, peer: &str, conn_id: usize) {
+        let mut control = lock(&self.control);
+        if control.get(peer).is_some_and(|h| h.conn_id == conn_id) {
+            control.remove(peer);
+        }
+    }
+
+    /// Sends a control message to `peer` if a control stream to it is up; drops it if the
+    /// stream is congested (gossip repeats itself, pings are periodic).
+    pub fn send_control(&self, peer: &str, msg: ControlMsg) -> bool {
+        match lock(&self.control).get(peer) {
+            Some(h) => h.tx.try_send(msg).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Peers with a control stream up.
+    pub fn control_peers(&self) -> Vec<String> {
+        lock(&self.control).keys().cloned().collect()
+    }
+
+    /// Adds a ping RTT sample (seconds) for `peer`.
+    pub fn observe_rtt(&self, peer: &str, sample: f64) {
+        lock(&self.rtt)
+            .entry(peer.to_owned())
+            .or_insert(Ewma::new(RTT_ALPHA))
+            .observe(sample);
+    }
+
+    /// Ping RTT per peer, seconds.
+    pub fn rtts(&self) -> BTreeMap<String, f64> {
+        lock(&self.rtt)
+            .iter()
+            .filter_map(|(n, e)| e.get().map(|v| (n.clone(), v)))
+            .collect()
+    }
+
+    /// Counts a stream on `conn` until the guard drops.
+    pub fn in_use(&self, conn: &Connection) -> InUse {
+        conn_use::in_use(&self.conn_use, conn)
+    }
+
+    /// Marks gossip member `name` as being dialled; false if it already was.
+    pub fn start_dialing(&self, name: &str) -> bool {
+        lock(&self.dialing).insert(name.to_owned())
+    }
+
+    /// The dial of member `name` ended.
+    pub fn stop_dialing(&self, name: &str) {
+        lock(&self.dialing).remove(name);
+    }
+
+    /// Marks discovered address `addr` as being dialled; false if it already was.
+    pub fn start_dialing_addr(&self, addr: SocketAddr) -> bool {
+        lock(&self.discovered).dialing.insert(addr)
+    }
+
+    /// The dial of discovered address `addr` ended.
+    pub fn stop_dialing_addr(&self, addr: SocketAddr) {
+        lock(&self.discovered).dialing.remove(&addr);
+        // The answers or the peer table may have changed while that dial was ending.
+        self.bump();
+    }
+
+    /// Remembers that node `name` answered at discovered address `addr`.
+    pub fn found_at(&self, addr: SocketAddr, name: &str) {
+        lock(&self.discovered).found.insert(addr, name.to_owned());
+    }
+
+    /// Who answered at each discovered address dialled.
+    pub fn found(&self) -> BTreeMap<SocketAddr, String> {
+        lock(&self.discovered).found.clone()
+    }
+}

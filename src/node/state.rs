@@ -1,0 +1,155 @@
+//! A node's state, split by owner. Each part has its own lock(s) and methods, and the files
+//! that drive the node (connections, streams, dialling, gossip, admin) reach state only
+//! through these parts:
+//!
+//! | part | owns | written by |
+//! |---|---|---|
+//! | [`Context`] | name, identity, configuration, endpoint, clock, discovery, shutdown | start only |
+//! | [`TlsState`] | dialling configuration, certificate expiry | certificate reload |
+//! | [`PeerTable`] | connections, control writers, RTTs, stream use, dials | connections, dials |
+//! | [`LocalServices`] | the services served here and their allow-lists | start (and later, registration) |
+//! | [`LoadState`] | streams in flight, service time, undelivered replies | streams |
+//! | `routing` | latency estimates, pending, ejections, balancers, retry budget | streams |
+//! | `gossip` | the membership state machine | control streams, gossip loop |
+//! | [`Metrics`] | counters and gauges | everyone, lock-free |
+//!
+//! A method here that spans parts takes their locks one at a time, never two at once.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use quinn::Connection;
+use rand::rngs::StdRng;
+
+use super::context::Context;
+use super::load::LoadState;
+use super::metrics::Metrics;
+use super::peers::PeerTable;
+use super::services::LocalServices;
+use super::sync::lock;
+use super::tls::TlsState;
+use crate::gossip::{Gossip, Load};
+use crate::protocol::{ControlMsg, MemberStatus, StatusReport};
+use crate::routing::Table;
+
+/// Everything a node's tasks share.
+pub(crate) struct State {
+    pub ctx: Context,
+    pub tls: TlsState,
+    pub peers: PeerTable,
+    pub services: LocalServices,
+    pub load: LoadState,
+    pub routing: Mutex<Table>,
+    pub gossip: Mutex<Gossip>,
+    pub metrics: Metrics,
+    /// Randomness of gossip, balancing and reconnect jitter; seeded by
+    /// [`crate::NodeBuilder::rng_seed`] for reproducible runs.
+    pub rng: Mutex<StdRng>,
+    /// Set by [`crate::Node::drain`]: new connections are refused and new service streams
+    /// rejected with `Draining`.
+    draining: AtomicBool,
+}
+
+impl State {
+    /// Puts the parts together.
+    pub fn new(ctx: Context, tls: TlsState, services: LocalServices, gossip: Gossip, rng: StdRng) -> Self {
+        State {
+            tls,
+            peers: PeerTable::new(),
+            services,
+            load: LoadState::new(ctx.cfg.limits.max_inflight),
+            routing: Mutex::new(ctx.cfg.routing.table()),
+            gossip: Mutex::new(gossip),
+            metrics: Metrics::new(),
+            rng: Mutex::new(rng),
+            draining: AtomicBool::new(false),
+            ctx,
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Nodes that may take a new stream for `service`: Alive or Suspect in the gossip view,
+    /// offering it, and connected. The flag says whether some node offers it but cannot take
+    /// it now (disconnected, draining, dead), which makes the answer Unavailable rather than
+    /// UnknownService. Each live candidate comes with its gossiped load.
+    pub fn candidates(&self, service: &str) -> (Vec<(String, Connection, Load)>, bool) {
+        let offering: Vec<(String, bool, Load)> = lock(&self.gossip)
+            .members()
+            .filter(|m| m.name != self.ctx.name && m.services.iter().any(|s| s == service))
+            .map(|m| (m.name.clone(), m.status.takes_work(), m.load.clone()))
+            .collect();
+        let mut live = Vec::new();
+        let mut offline = false;
+        for (name, takes_work, load) in offering {
+            match self.peers.peer_conn(&name).filter(|_| takes_work) {
+                Some(c) => live.push((name, c, load)),
+                None => offline = true,
+            }
+        }
+        (live, offline)
+    }
+
+    /// Changes this node's own gossip record with `change` and tells every connected peer at
+    /// once, rather than at the next gossip round (for Draining and Left).
+    pub fn announce(&self, change: impl FnOnce(&mut Gossip)) {
+        let news = {
+            let mut g = lock(&self.gossip);
+            change(&mut g);
+            g.syn()
+        };
+        for p in self.peers.control_peers() {
+            self.peers.send_control(&p, ControlMsg::Gossip(news.clone()));
+        }
+    }
+
+    /// The node's status report (also served as the built-in status service).
+    pub fn status_report(&self) -> StatusReport {
+        let rtt = self.peers.rtts();
+        let members: Vec<crate::gossip::Member> = lock(&self.gossip).members().cloned().collect();
+        StatusReport {
+            node: self.ctx.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            members: members
+                .into_iter()
+                .map(|m| {
+                    let connected = m.name == self.ctx.name || self.peers.peer_conn(&m.name).is_some();
+                    let rtt_us = rtt.get(&m.name).map(|s| (s * 1e6) as u64);
+                    MemberStatus {
+                        member: m,
+                        connected,
+                        rtt_us,
+                    }
+                })
+                .collect(),
+            routes: lock(&self.routing).shares(),
+        }
+    }
+
+    /// For every service reachable from this node, the nodes that would take a new stream for
+    /// it now (this one included).
+    pub fn service_map(&self) -> BTreeMap<String, Vec<String>> {
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for s in self.services.names() {
+            map.entry(s).or_default().push(self.ctx.name.clone());
+        }
+        let services: std::collections::BTreeSet<String> =
+            lock(&self.gossip).members().flat_map(|m| m.services.clone()).collect();
+        for s in services {
+            for (name, _, _) in self.candidates(&s).0 {
+                let nodes = map.entry(s.clone()).or_default();
+                if !nodes.contains(&name) {
+                    nodes.push(name);
+                }
+            }
+        }
+        map
+    }
+}

@@ -1,0 +1,327 @@
+//! The routing table of one router (a node, or a client that routes for itself): latency
+//! estimates, pending counts, ejections, per-service balancers, the retry budget and the
+//! recent share of streams per node. Pure: time and the rng are passed in.
+//!
+//! A router offers the table the nodes that could take a stream ([`Offer`]: name, weight and
+//! gossiped load); the table adds what only it knows (its own pending streams to each node,
+//! the latency it measured, whether the node is ejected) and lets the service's balancer pick.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::{Balancer, Candidate, Ejector, PeakEwma, RetryBudget, Strategy, FAILURE_PENALTY};
+
+/// Time constant of the latency estimates.
+pub const TAU: Duration = Duration::from_secs(10);
+
+/// Latency assumed for a node with no samples yet (seconds): zero, so that an unmeasured node
+/// (new, or back from draining) wins its first comparison and gets measured; otherwise under
+/// sequential load it could lose every comparison to a measured node and never be tried.
+const FRESH_LATENCY: f64 = 0.0;
+
+/// How often the recent-share counts are halved.
+const SHARE_HALF_LIFE: Duration = Duration::from_secs(60);
+
+/// A node that could take a stream, as the router sees it before the table adds its own view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offer {
+    /// Node name.
+    pub name: String,
+    /// Relative capacity (> 0), perhaps scaled by host load.
+    pub weight: f64,
+    /// In-flight streams as the node last published them.
+    pub gossiped_inflight: u32,
+}
+
+/// How a service's streams are balanced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    /// The balancing strategy.
+    pub strategy: Strategy,
+    /// Consistent hashing's load bound (see [`super::RoutingConfig::hash_epsilon`]).
+    pub epsilon: f64,
+}
+
+/// How the table ejects failing nodes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ejection {
+    /// Consecutive failures that eject a node.
+    pub after: u32,
+    /// For how long.
+    pub eject_for: Duration,
+}
+
+/// Mutable routing state of one router.
+#[derive(Debug, Clone)]
+pub struct Table {
+    balancers: BTreeMap<String, Balancer>,
+    latency: BTreeMap<String, PeakEwma>,
+    pending: BTreeMap<String, u32>,
+    ejector: Ejector,
+    ejection: Ejection,
+    budget: RetryBudget,
+    /// Streams sent per service and node, halved every minute.
+    sent: BTreeMap<String, BTreeMap<String, f64>>,
+    sent_decayed_at: Duration,
+    /// Streams sent per (service, node) since start.
+    decisions: BTreeMap<(String, String), u64>,
+}
+
+impl Table {
+    /// An empty table allowing `retry_budget` retries per request.
+    pub fn new(retry_budget: f64, ejection: Ejection) -> Self {
+        Table {
+            balancers: BTreeMap::new(),
+            latency: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            ejector: Ejector::default(),
+            ejection,
+            budget: RetryBudget::new(retry_budget),
+            sent: BTreeMap::new(),
+            sent_decayed_at: Duration::ZERO,
+            decisions: BTreeMap::new(),
+        }
+    }
+
+    /// Picks one of `offers` for a stream to `service` at `now`, skipping ejected nodes, with
+    /// the service's balancer (made with `policy` on first use). Counts the choice. Returns
+    /// the index into `offers`.
+    pub fn pick<R: Rng + ?Sized>(
+        &mut self,
+        service: &str,
+        policy: Policy,
+        offers: &[Offer],
+        key: Option<&[u8]>,
+        now: Duration,
+        rng: &mut R,
+    ) -> Option<usize> {
+        let mut cands: Vec<(Candidate, usize)> = offers
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| !self.ejector.is_ejected(&o.name, now))
+            .map(|(i, o)| {
+                let c = Candidate {
+                    name: o.name.clone(),
+                    weight: o.weight,
+                    gossiped_inflight: o.gossiped_inflight,
+                    local_inflight: self.pending.get(&o.name).copied().unwrap_or(0),
+                    latency: self.latency.get(&o.name).map_or(FRESH_LATENCY, PeakEwma::get),
+                };
+                (c, i)
+            })
+            .collect();
+        // Balancers keep positions (round-robin, the hash ring) over a stable order.
+        cands.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        let only: Vec<Candidate> = cands.iter().map(|(c, _)| c.clone()).collect();
+        let balancer = self
+            .balancers
+            .entry(service.to_owned())
+            .or_insert_with(|| Balancer::new(policy.strategy, policy.epsilon));
+        let picked = balancer.pick(&only, key, rng)?;
+        let index = cands[picked].1;
+        self.count(service, &offers[index].name, now);
+        Some(index)
+    }
+
+    fn count(&mut self, service: &str, node: &str, now: Duration) {
+        if now.saturating_sub(self.sent_decayed_at) >= SHARE_HALF_LIFE {
+            self.sent_decayed_at = now;
+            for by in self.sent.values_mut() {
+                by.values_mut().for_each(|c| *c /= 2.0);
+            }
+        }
+        *self.decisions.entry((service.to_owned(), node.to_owned())).or_default() += 1;
+        *self
+            .sent
+            .entry(service.to_owned())
+            .or_default()
+            .entry(node.to_owned())
+            .or_default() += 1.0;
+    }
+
+    /// A stream to `node` starts; pair with [`Table::end`].
+    pub fn begin(&mut self, node: &str) {
+        *self.pending.entry(node.to_owned()).or_insert(0) += 1;
+    }
+
+    /// A stream to `node` ended.
+    pub fn end(&mut self, node: &str) {
+        if let Some(n) = self.pending.get_mut(node) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Streams open to `node` now.
+    pub fn pending(&self, node: &str) -> u32 {
+        self.pending.get(node).copied().unwrap_or(0)
+    }
+
+    /// A stream to `node` got its first byte back after `latency`.
+    pub fn record_success(&mut self, node: &str, latency: Duration, now: Duration) {
+        self.ejector.success(node);
+        let secs = latency.as_secs_f64();
+        self.latency
+            .entry(node.to_owned())
+            .or_insert_with(|| PeakEwma::new(secs, TAU, now))
+            .observe(secs, now);
+    }
+
+    /// A stream to `node` was refused or failed before any byte flowed: its latency jumps to a
+    /// penalty, and enough failures in a row eject it.
+    pub fn record_failure(&mut self, node: &str, now: Duration) {
+        self.ejector
+            .failure(node, now, self.ejection.after, self.ejection.eject_for);
+        let e = self
+            .latency
+            .entry(node.to_owned())
+            .or_insert_with(|| PeakEwma::new(0.001, TAU, now));
+        let penalty = FAILURE_PENALTY.max(4.0 * e.get());
+        e.observe(penalty, now);
+    }
+
+    /// The latency estimate of `node`, seconds, if measured.
+    pub fn latency(&self, node: &str) -> Option<f64> {
+        self.latency.get(node).map(PeakEwma::get)
+    }
+
+    /// Whether `node` is ejected at `now`.
+    pub fn is_ejected(&self, node: &str, now: Duration) -> bool {
+        self.ejector.is_ejected(node, now)
+    }
+
+    /// A request started: the retry budget grows.
+    pub fn deposit(&mut self) {
+        self.budget.deposit();
+    }
+
+    /// Takes one retry if the budget allows.
+    pub fn withdraw(&mut self) -> bool {
+        self.budget.withdraw()
+    }
+
+    /// Recent share of streams per service and node.
+    pub fn shares(&self) -> Vec<(String, Vec<(String, f64)>)> {
+        self.sent
+            .iter()
+            .map(|(svc, by)| {
+                let total: f64 = by.values().sum();
+                let shares = by
+                    .iter()
+                    .map(|(n, c)| (n.clone(), if total > 0.0 { c / total } else { 0.0 }))
+                    .collect();
+                (svc.clone(), shares)
+            })
+            .collect()
+    }
+
+    /// Streams sent per (service, node) since the table was made.
+    pub fn decisions(&self) -> &BTreeMap<(String, String), u64> {
+        &self.decisions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn offer(name: &str) -> Offer {
+        Offer {
+            name: name.into(),
+            weight: 1.0,
+            gossiped_inflight: 0,
+        }
+    }
+
+    const P2C: Policy = Policy {
+        strategy: Strategy::P2c,
+        epsilon: 0.25,
+    };
+    const EJECT: Ejection = Ejection {
+        after: 5,
+        eject_for: Duration::from_secs(10),
+    };
+
+    #[test]
+    fn a_failing_node_is_ejected_then_tried_again() {
+        let mut t = Table::new(
+            0.2,
+            Ejection {
+                after: 2,
+                eject_for: Duration::from_secs(5),
+            },
+        );
+        let mut rng = StdRng::seed_from_u64(1);
+        let offers = [offer("a"), offer("b")];
+        let s = Duration::from_secs;
+        t.record_failure("a", s(1));
+        assert_eq!(
+            t.pick("svc", P2C, &offers[..1], None, s(1), &mut rng),
+            Some(0),
+            "one failure does not eject"
+        );
+        t.record_failure("a", s(1));
+        assert!(t.is_ejected("a", s(2)));
+        assert_eq!(t.pick("svc", P2C, &offers[..1], None, s(2), &mut rng), None);
+        for _ in 0..20 {
+            assert_eq!(
+                t.pick("svc", P2C, &offers, None, s(2), &mut rng),
+                Some(1),
+                "a is ejected"
+            );
+        }
+        assert_eq!(
+            t.pick("svc", P2C, &offers[..1], None, s(7), &mut rng),
+            Some(0),
+            "back after eject_for"
+        );
+        assert!(!t.is_ejected("a", s(7)));
+    }
+
+    #[test]
+    fn pending_streams_count_against_a_node() {
+        let mut t = Table::new(0.2, EJECT);
+        let mut rng = StdRng::seed_from_u64(2);
+        let offers = [offer("a"), offer("b")];
+        let now = Duration::from_secs(1);
+        t.record_success("a", Duration::from_millis(1), now);
+        t.record_success("b", Duration::from_millis(1), now);
+        for _ in 0..10 {
+            t.begin("a");
+        }
+        let to_b = (0..100)
+            .filter(|_| t.pick("svc", P2C, &offers, None, now, &mut rng) == Some(1))
+            .count();
+        assert_eq!(to_b, 100, "with two candidates P2C compares both; a has 10 pending");
+        for _ in 0..10 {
+            t.end("a");
+        }
+        assert_eq!(t.pending("a"), 0);
+    }
+
+    #[test]
+    fn shares_halve_every_minute_and_decisions_do_not() {
+        let mut t = Table::new(0.2, EJECT);
+        let mut rng = StdRng::seed_from_u64(3);
+        let offers = [offer("a")];
+        for _ in 0..4 {
+            t.pick("svc", P2C, &offers, None, Duration::ZERO, &mut rng);
+        }
+        t.pick("other", P2C, &offers, None, Duration::from_secs(61), &mut rng);
+        assert_eq!(t.decisions()[&("svc".to_owned(), "a".to_owned())], 4);
+        assert_eq!(t.shares()[1], ("svc".to_owned(), vec![("a".to_owned(), 1.0)]));
+        assert_eq!(t.sent["svc"]["a"], 2.0, "halved once");
+    }
+
+    #[test]
+    fn the_retry_budget_runs_out() {
+        let mut t = Table::new(0.0, EJECT);
+        let granted = (0..20).filter(|_| t.withdraw()).count();
+        assert_eq!(granted, 10, "the reserve only");
+        t.deposit();
+        assert!(!t.withdraw());
+    }
+}
