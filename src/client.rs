@@ -30,6 +30,7 @@ use crate::transport::{bind_udp, transport_config, TransportError};
 
 /// Errors setting up a client or reaching an entry node.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The configuration is invalid.
     #[error(transparent)]
@@ -56,6 +57,7 @@ pub enum ClientError {
 
 /// Errors of one call or stream.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// Reaching the mesh failed.
     #[error(transparent)]
@@ -72,7 +74,7 @@ pub enum CallError {
     /// lost after a whole small request had been sent and before the node answered. The request
     /// may have been (partly) processed; it is not retried automatically.
     #[error("stream failed: {0}")]
-    Stream(String),
+    Stream(#[source] StreamError),
     /// The reply is larger than `max_response_bytes`.
     #[error("response exceeds max_response_bytes ({0} bytes)")]
     ResponseTooLarge(usize),
@@ -378,7 +380,7 @@ impl Client {
                     self.forget(&conn).await;
                     continue;
                 }
-                Err(e) => return Err(CallError::Stream(e.to_string())),
+                Err(e) => return Err(CallError::Stream(e.into())),
             };
             match finish_open(send, recv, request).await {
                 Err(Failed {
@@ -435,13 +437,16 @@ impl Client {
                 body: None,
             };
             let mut stream = Box::pin(self.open_via_entry(status)).await.map_err(before)?;
-            stream.finish().map_err(|e| before(CallError::Stream(e.to_string())))?;
+            stream.finish().map_err(|e| before(CallError::Stream(e.into())))?;
             let bytes = stream
                 .read_to_end(self.inner.cfg.max_response_bytes)
                 .await
-                .map_err(|e| before(CallError::Stream(e.to_string())))?;
-            let report: crate::protocol::StatusReport = postcard::from_bytes(&bytes)
-                .map_err(|e| before(CallError::Stream(format!("unreadable status report: {e}"))))?;
+                .map_err(|e| before(CallError::Stream(StreamError::Read(e))))?;
+            let report: crate::protocol::StatusReport = postcard::from_bytes(&bytes).map_err(|e| {
+                before(CallError::Stream(StreamError::Direct(format!(
+                    "unreadable status report: {e}"
+                ))))
+            })?;
             crate::node::lock_std(direct).set_table(std::time::Instant::now(), report);
         }
         let picked = crate::node::lock_std(direct).pick(service, opts.key.as_deref(), std::time::Instant::now());
@@ -454,11 +459,16 @@ impl Client {
         let conn = match existing {
             Some(c) => c,
             None => {
-                let c = self.dial(&addr).await.map_err(|e| before(CallError::Stream(e)))?;
-                let id = peer_identity(&c).map_err(|e| before(CallError::Stream(e.to_string())))?;
+                let c = self
+                    .dial(&addr)
+                    .await
+                    .map_err(|e| before(CallError::Stream(StreamError::Direct(e))))?;
+                let id =
+                    peer_identity(&c).map_err(|e| before(CallError::Stream(StreamError::Direct(e.to_string()))))?;
                 if id.name != node {
                     c.close(codes::FORBIDDEN, b"not the node the table names");
-                    return Err(before(CallError::Stream(format!("{addr} is {id}, not node {node}"))));
+                    let why = format!("{addr} is {id}, not node {node}");
+                    return Err(before(CallError::Stream(StreamError::Direct(why))));
                 }
                 crate::node::lock_std(direct).conns.insert(node.clone(), c.clone());
                 c
@@ -467,10 +477,7 @@ impl Client {
         crate::node::lock_std(direct).begin(&node);
         let started = std::time::Instant::now();
         let result = async {
-            let (send, recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| before(CallError::Stream(e.to_string())))?;
+            let (send, recv) = conn.open_bi().await.map_err(|e| before(CallError::Stream(e.into())))?;
             finish_open(send, recv, request).await
         }
         .await;
@@ -503,7 +510,7 @@ impl Client {
                 let mut stream = self.open_inner(service, opts, Some(&body)).await?;
                 let out = stream.read_to_end(max).await.map_err(|e| match e.kind() {
                     std::io::ErrorKind::InvalidData => CallError::ResponseTooLarge(max),
-                    _ => CallError::Stream(stream_failure(&e)),
+                    _ => CallError::Stream(StreamError::Read(e)),
                 })?;
                 return Ok(Reply {
                     served_by: stream.served_by().to_owned(),
@@ -528,7 +535,7 @@ impl Client {
                 Ok::<_, std::io::Error>(out)
             };
             let (w, r) = tokio::join!(write, read);
-            let out = r.map_err(|e| CallError::Stream(stream_failure(&e)))?;
+            let out = r.map_err(|e| CallError::Stream(StreamError::Read(e)))?;
             if let Err(e) = w {
                 // The reply ended cleanly, so the service chose to stop reading early: the
                 // reply stands.
@@ -604,11 +611,7 @@ async fn finish_open(
     // why, so read it before reporting the write.
     let resp: Response = match read_frame(&mut recv, crate::protocol::DEFAULT_MAX_HEADER).await {
         Ok(r) => r,
-        Err(e) if sent => {
-            return Err(failed(CallError::Stream(format!(
-                "{e}; the request had been sent, so it may have been processed"
-            ))))
-        }
+        Err(e) if sent => return Err(failed(CallError::Stream(StreamError::AfterSend(e)))),
         Err(e) => return Err(failed(e.into())),
     };
     match resp {
@@ -617,7 +620,7 @@ async fn finish_open(
             sent: false,
         }),
         Response::Accept { node } => {
-            wrote.map_err(|e| failed(CallError::Stream(e.to_string())))?;
+            wrote.map_err(|e| failed(CallError::Stream(e.into())))?;
             let mut stream = ServiceStream::new(send, recv, node);
             if sent {
                 stream.mark_finished();
@@ -628,7 +631,34 @@ async fn finish_open(
 }
 
 /// Says what a reset stream means, rather than quinn's bare "stream reset by peer: error 3".
-fn stream_failure(e: &std::io::Error) -> String {
+/// Why a stream failed once it was open. The quinn or I/O error is the source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// The connection was lost or closed before the stream could be used.
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    /// Writing the request failed (the node stopped reading, or the connection was lost).
+    #[error(transparent)]
+    Write(#[from] quinn::WriteError),
+    /// The stream had already been finished or reset.
+    #[error(transparent)]
+    Closed(#[from] quinn::ClosedStream),
+    /// Reading the reply failed: the node reset the stream, or the connection was lost.
+    #[error("{}", read_failure(.0))]
+    Read(#[source] std::io::Error),
+    /// The node's answer did not arrive after the whole request had been sent.
+    #[error("{0}; the request had been sent, so it may have been processed")]
+    AfterSend(#[source] FrameError),
+    /// Finishing the request side of the stream failed.
+    #[error(transparent)]
+    Finish(#[from] std::io::Error),
+    /// Client-side routing could not reach the node its load table named.
+    #[error("{0}")]
+    Direct(String),
+}
+
+fn read_failure(e: &std::io::Error) -> String {
     let reset = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())

@@ -17,6 +17,7 @@ use crate::identity::{validate_name, TlsPaths};
 
 /// Configuration errors; each names the key or file at fault.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config {path}: {source}")]
@@ -102,7 +103,7 @@ pub(crate) mod duration_str {
 /// Transport timing and socket settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TransportSettings {
+pub struct TransportConfig {
     /// QUIC keepalive interval; at most a third of `idle_timeout`. Default `"5s"`.
     #[serde(with = "duration_str")]
     pub keepalive: Duration,
@@ -125,12 +126,12 @@ pub struct TransportSettings {
     pub udp_buffer: usize,
 }
 
-/// Default [`TransportSettings::udp_buffer`].
+/// Default [`TransportConfig::udp_buffer`].
 pub const DEFAULT_UDP_BUFFER: usize = 2 << 20;
 
-impl Default for TransportSettings {
+impl Default for TransportConfig {
     fn default() -> Self {
-        TransportSettings {
+        TransportConfig {
             keepalive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
@@ -141,7 +142,7 @@ impl Default for TransportSettings {
     }
 }
 
-impl TransportSettings {
+impl TransportConfig {
     fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
         for (key, d) in [
             ("keepalive", self.keepalive),
@@ -243,7 +244,7 @@ impl Limits {
 /// Reconnect backoff for peer connections.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ReconnectSettings {
+pub struct ReconnectConfig {
     /// Ceiling of the first wait. Default `"100ms"`.
     #[serde(with = "duration_str")]
     pub initial: Duration,
@@ -255,10 +256,10 @@ pub struct ReconnectSettings {
     pub stable_after: Duration,
 }
 
-impl Default for ReconnectSettings {
+impl Default for ReconnectConfig {
     fn default() -> Self {
         let p = BackoffPolicy::default();
-        ReconnectSettings {
+        ReconnectConfig {
             initial: p.initial,
             max: p.max,
             stable_after: p.stable_after,
@@ -266,7 +267,7 @@ impl Default for ReconnectSettings {
     }
 }
 
-impl ReconnectSettings {
+impl ReconnectConfig {
     /// As a backoff policy.
     pub fn policy(&self) -> BackoffPolicy {
         BackoffPolicy {
@@ -330,19 +331,19 @@ pub struct NodeConfig {
     pub discovery: Vec<String>,
     /// Name servers and refresh bounds for `discovery`.
     #[serde(default)]
-    pub dns: crate::discovery::DnsSettings,
+    pub dns: crate::discovery::DnsConfig,
     /// Services served from local TCP backends, by name. Default none.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
     /// Timeouts.
     #[serde(default)]
-    pub transport: TransportSettings,
+    pub transport: TransportConfig,
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
     /// Peer reconnect backoff.
     #[serde(default)]
-    pub reconnect: ReconnectSettings,
+    pub reconnect: ReconnectConfig,
     /// Address other nodes should dial to reach this one, `host:port`. Default: the address
     /// the node actually bound (which must then not be unspecified, like 0.0.0.0, for
     /// gossip-learned peers to reach this node).
@@ -359,30 +360,30 @@ pub struct NodeConfig {
     pub routing: crate::routing::RoutingConfig,
     /// Graceful stop on SIGTERM/SIGINT.
     #[serde(default)]
-    pub drain: DrainSettings,
+    pub drain: DrainConfig,
     /// The admin HTTP endpoint (`/metrics`, `/status`, `/healthz`, `/readyz`).
     #[serde(default)]
-    pub admin: AdminSettings,
+    pub admin: AdminConfig,
 }
 
 /// Where the admin HTTP endpoint listens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AdminSettings {
+pub struct AdminConfig {
     /// `host:port` (TCP), or `"off"`. Default `"127.0.0.1:7480"` in configuration files;
     /// [`NodeConfig::new`] leaves it `"off"` so embedded nodes open no port unasked.
     pub listen: String,
 }
 
-impl Default for AdminSettings {
+impl Default for AdminConfig {
     fn default() -> Self {
-        AdminSettings {
+        AdminConfig {
             listen: "127.0.0.1:7480".into(),
         }
     }
 }
 
-impl AdminSettings {
+impl AdminConfig {
     /// The address to serve on, or `None` when off.
     pub fn addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         if self.listen == "off" {
@@ -398,16 +399,16 @@ impl AdminSettings {
 /// How a node stops on SIGTERM or SIGINT (see `Node::drain`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DrainSettings {
+pub struct DrainConfig {
     /// How long streams in flight may take to finish before the node closes anyway.
     /// Default `"30s"`.
     #[serde(with = "duration_str")]
     pub grace: Duration,
 }
 
-impl Default for DrainSettings {
+impl Default for DrainConfig {
     fn default() -> Self {
-        DrainSettings {
+        DrainConfig {
             grace: Duration::from_secs(30),
         }
     }
@@ -452,17 +453,17 @@ impl NodeConfig {
             tls,
             peers: Vec::new(),
             discovery: Vec::new(),
-            dns: crate::discovery::DnsSettings::default(),
+            dns: crate::discovery::DnsConfig::default(),
             services: BTreeMap::new(),
-            transport: TransportSettings::default(),
+            transport: TransportConfig::default(),
             limits: Limits::default(),
-            reconnect: ReconnectSettings::default(),
+            reconnect: ReconnectConfig::default(),
             advertise: None,
             weight: default_weight(),
             gossip: crate::gossip::GossipConfig::default(),
             routing: crate::routing::RoutingConfig::default(),
-            drain: DrainSettings::default(),
-            admin: AdminSettings { listen: "off".into() },
+            drain: DrainConfig::default(),
+            admin: AdminConfig { listen: "off".into() },
         }
     }
 
@@ -551,10 +552,10 @@ pub struct ClientConfig {
     pub discovery: Vec<String>,
     /// Name servers and refresh bounds for `discovery`.
     #[serde(default)]
-    pub dns: crate::discovery::DnsSettings,
+    pub dns: crate::discovery::DnsConfig,
     /// Timeouts (`header_timeout` is unused by clients).
     #[serde(default)]
-    pub transport: TransportSettings,
+    pub transport: TransportConfig,
     /// Largest response `call()` will buffer, in bytes. Default 64 MiB.
     #[serde(default = "default_max_response")]
     pub max_response_bytes: usize,
@@ -599,8 +600,8 @@ impl ClientConfig {
             tls,
             entries,
             discovery: Vec::new(),
-            dns: crate::discovery::DnsSettings::default(),
-            transport: TransportSettings::default(),
+            dns: crate::discovery::DnsConfig::default(),
+            transport: TransportConfig::default(),
             max_response_bytes: default_max_response(),
             routing: ClientRouting::default(),
             bind: None,

@@ -15,28 +15,23 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::config::{ClientConfig, NodeConfig, ServiceConfig};
-use crate::discovery::{Zone, ZoneServer};
-use crate::identity::{IssueOptions, MeshCa, Role, TlsPaths};
-use crate::service::{request_handler, Echo};
-use crate::table::Table;
-use crate::{CallError, Client, Node};
+use quicmesh::config::ServiceConfig;
+use quicmesh::discovery::{Zone, ZoneServer};
+use quicmesh::{
+    request_handler, CallError, Client, ClientConfig, Echo, IssueOptions, MeshCa, Node, NodeConfig, Role, Table,
+    TlsPaths,
+};
 
 /// Demo settings.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// Calls per (entry node, service) pair. Default 50.
     pub calls: usize,
-    /// Keep the mesh running after the report until Ctrl-C.
-    pub serve: bool,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions {
-            calls: 50,
-            serve: false,
-        }
+        DemoOptions { calls: 50 }
     }
 }
 
@@ -48,10 +43,10 @@ pub enum DemoError {
     Setup(String),
     /// A node failed to start.
     #[error(transparent)]
-    Node(#[from] crate::NodeError),
+    Node(#[from] quicmesh::NodeError),
     /// The client failed to connect.
     #[error(transparent)]
-    Client(#[from] crate::ClientError),
+    Client(#[from] quicmesh::ClientError),
     /// The mesh did not form in time.
     #[error("mesh did not form within {0:?}: {1}")]
     MeshTimeout(Duration, String),
@@ -193,8 +188,18 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Runs the demo and returns its report as text (also printed as it goes).
-pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
+/// A demo mesh that has run its calls and is still up.
+pub struct Demo {
+    /// What the demo did and measured, as text tables.
+    pub report: String,
+    nodes: Vec<Node>,
+    dns: ZoneServer,
+    /// Holds the certificates; removed on drop.
+    dir: tempfile::TempDir,
+}
+
+/// Starts the demo mesh, drives the calls and returns the running mesh with its report.
+pub async fn run(opts: DemoOptions) -> Result<Demo, DemoError> {
     let dir = tempfile::tempdir().map_err(setup)?;
     let ca = MeshCa::generate(TRUST_DOMAIN, 1).map_err(setup)?;
     ca.write(dir.path(), false).map_err(setup)?;
@@ -374,20 +379,32 @@ pub async fn run(opts: DemoOptions) -> Result<String, DemoError> {
     out.push_str(
         "\nthe mesh as alpha sees it (gossiped membership and load table; `quicmesh status` prints the same):\n",
     );
-    out.push_str(&crate::table::render_status(&nodes[0].status()));
-    println!("{out}");
+    out.push_str(&quicmesh::render_status(&nodes[0].status()));
+    Ok(Demo {
+        report: out,
+        nodes,
+        dns,
+        dir,
+    })
+}
 
-    if opts.serve {
+impl Demo {
+    /// Keeps the mesh up until Ctrl-C, after saying how to reach it.
+    pub async fn serve(&self) {
         println!(
             "serving until Ctrl-C. Metrics: curl http://{}/metrics (also /status, /readyz). Try:\n  quicmesh call echo --discovery srv:{SRV_NAME} --dns-server {} --ca {d}/ca.crt --cert {d}/client-demo.crt --cert-key {d}/client-demo.key <<< hello",
-            nodes[0].admin_addr().map(|a| a.to_string()).unwrap_or_default(),
-            dns.addr(),
-            d = dir.path().display()
+            self.nodes[0].admin_addr().map(|a| a.to_string()).unwrap_or_default(),
+            self.dns.addr(),
+            d = self.dir.path().display()
         );
         let _ = tokio::signal::ctrl_c().await;
     }
-    let t0 = Instant::now();
-    tokio::join!(nodes[0].shutdown(), nodes[1].shutdown(), nodes[2].shutdown());
-    tracing::debug!(took = ?t0.elapsed(), "nodes stopped");
-    Ok(out)
+
+    /// Stops the nodes.
+    pub async fn stop(self) {
+        let t0 = Instant::now();
+        let n = &self.nodes;
+        tokio::join!(n[0].shutdown(), n[1].shutdown(), n[2].shutdown());
+        tracing::debug!(took = ?t0.elapsed(), "nodes stopped");
+    }
 }

@@ -33,25 +33,27 @@
 mod backoff;
 mod client;
 pub mod config;
-pub mod demo;
 mod direct;
 pub mod discovery;
 pub mod gossip;
 mod identity;
+#[cfg(feature = "testkit")]
 pub mod impair;
+#[cfg(feature = "testkit")]
 pub mod lbsim;
 mod logbudget;
 mod node;
 pub mod protocol;
 pub mod routing;
 mod service;
+#[cfg(feature = "testkit")]
 pub mod sim;
 mod sysload;
 mod table;
 mod transport;
 
 pub use backoff::{Backoff, BackoffPolicy};
-pub use client::{CallError, CallOptions, Client, ClientError, Reply};
+pub use client::{CallError, CallOptions, Client, ClientError, Reply, StreamError};
 pub use config::{ClientConfig, ConfigError, NodeConfig};
 pub use identity::{
     issue_leaf, validate_name, CaFiles, CertError, Identity, IdentityError, IssueOptions, IssuedCert, LeafFiles,

@@ -1,14 +1,16 @@
 //! The `quicmesh` command line.
 #![allow(clippy::disallowed_methods)] // tests and the CLI may read the clock; see clippy.toml
 
+mod demo;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use demo::DemoOptions;
 use quicmesh::config::parse_duration;
-use quicmesh::demo::{self, DemoOptions};
 use quicmesh::{issue_leaf, CallOptions, Client, ClientConfig, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
@@ -307,11 +309,12 @@ async fn run(cmd: Command) -> Result<(), BoxError> {
         Command::Forward(a) => forward(a).await,
         Command::Status(a) => status(a).await,
         Command::Demo(a) => {
-            demo::run(DemoOptions {
-                calls: a.calls,
-                serve: a.serve,
-            })
-            .await?;
+            let demo = demo::run(DemoOptions { calls: a.calls }).await?;
+            println!("{}", demo.report);
+            if a.serve {
+                demo.serve().await;
+            }
+            demo.stop().await;
             Ok(())
         }
     }

@@ -216,6 +216,7 @@ pub const STATUS_SERVICE: &str = "quicmesh-status";
 
 /// Errors reading or writing frames.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The stream failed or ended early.
     #[error("stream error: {}", with_causes(.0))]

@@ -4,12 +4,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{IdleTimeout, TransportConfig, VarInt};
+use quinn::{IdleTimeout, VarInt};
 
-use crate::config::TransportSettings;
+use crate::config::TransportConfig;
 
 /// Errors creating an endpoint.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// The UDP socket could not be bound.
     #[error("cannot bind UDP {addr}: {source}")]
@@ -28,10 +29,13 @@ pub enum TransportError {
 ///
 /// `max_bidi_streams` is how many concurrent streams the *peer* may open to us: nodes allow
 /// their configured limit, clients allow none (nodes never open streams to clients).
-pub fn transport_config(t: &TransportSettings, max_bidi_streams: u32) -> Result<Arc<TransportConfig>, TransportError> {
+pub fn transport_config(
+    t: &TransportConfig,
+    max_bidi_streams: u32,
+) -> Result<Arc<quinn::TransportConfig>, TransportError> {
     let ms = u64::try_from(t.idle_timeout.as_millis()).map_err(|_| TransportError::IdleTimeout(t.idle_timeout))?;
     let idle = VarInt::from_u64(ms).map_err(|_| TransportError::IdleTimeout(t.idle_timeout))?;
-    let mut tc = TransportConfig::default();
+    let mut tc = quinn::TransportConfig::default();
     tc.keep_alive_interval(Some(t.keepalive))
         .max_idle_timeout(Some(IdleTimeout::from(idle)))
         .max_concurrent_bidi_streams(VarInt::from_u32(max_bidi_streams))

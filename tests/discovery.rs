@@ -10,18 +10,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{eventually, Pki};
-use quicmesh::discovery::{DnsSettings, Fault, LookupError, SrvName, SrvResolver, Zone, ZoneServer};
+use quicmesh::discovery::{DnsConfig, Fault, LookupError, SrvName, SrvResolver, Zone, ZoneServer};
 use quicmesh::gossip::Status;
 use quicmesh::{Client, ClientConfig, ClientError, Echo, Node, NodeConfig, Role};
 
 const SRV: &str = "_quicmesh._udp.mesh.test";
 
-fn settings(server: SocketAddr) -> DnsSettings {
-    DnsSettings {
+fn settings(server: SocketAddr) -> DnsConfig {
+    DnsConfig {
         servers: vec![server.to_string()],
         timeout: Duration::from_millis(300),
         min_refresh: Duration::from_millis(100),
-        ..DnsSettings::default()
+        ..DnsConfig::default()
     }
 }
 
@@ -173,14 +173,14 @@ async fn large_answers_fall_back_to_tcp() {
 
 const TTL: u32 = 1;
 
-fn node_dns(server: SocketAddr) -> DnsSettings {
-    DnsSettings {
+fn node_dns(server: SocketAddr) -> DnsConfig {
+    DnsConfig {
         servers: vec![server.to_string()],
         timeout: Duration::from_millis(300),
         min_refresh: Duration::from_millis(100),
         retry_initial: Duration::from_millis(50),
         retry_max: Duration::from_millis(400),
-        ..DnsSettings::default()
+        ..DnsConfig::default()
     }
 }
 

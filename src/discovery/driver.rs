@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use super::name::SrvName;
 use super::order::Endpoint;
 use super::resolve::{DiscoveryError, SrvResolver};
-use super::settings::DnsSettings;
+use super::settings::DnsConfig;
 use super::watch::{Step, Watch, WatchStatus};
 
 /// Discovery of nodes through a set of SRV names.
@@ -39,7 +39,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Discovery {
     /// Discovery of `names` through the name servers of `settings`; nothing is looked up yet.
-    pub fn new(names: &[SrvName], settings: &DnsSettings) -> Result<Arc<Self>, DiscoveryError> {
+    pub fn new(names: &[SrvName], settings: &DnsConfig) -> Result<Arc<Self>, DiscoveryError> {
         let resolver = SrvResolver::new(settings)?;
         let now = Instant::now();
         let watches = names.iter().map(|n| Watch::new(n.clone(), settings, now)).collect();

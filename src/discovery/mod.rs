@@ -25,6 +25,6 @@ pub use driver::Discovery;
 pub use name::{SrvName, SrvNameError};
 pub use order::{rfc2782_order, Endpoint};
 pub use resolve::{Answer, DiscoveryError, LookupError, SrvResolver};
-pub use settings::{DnsSettings, DnsTransport, NameServer};
+pub use settings::{DnsConfig, DnsTransport, NameServer};
 pub use watch::{Diff, Step, Watch, WatchStatus};
 pub use zone::{Fault, SrvEntry, Zone, ZoneServer};

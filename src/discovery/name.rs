@@ -10,6 +10,7 @@ pub struct SrvName(String);
 
 /// Why a discovery string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SrvNameError {
     /// The string does not start with `srv:`.
     #[error("{0:?}: only SRV discovery is supported; write srv:<name>, e.g. srv:_quicmesh._udp.mesh.example")]

@@ -13,10 +13,11 @@ use hickory_resolver::TokioResolver;
 
 use super::name::SrvName;
 use super::order::Endpoint;
-use super::settings::{DnsSettings, DnsTransport};
+use super::settings::{DnsConfig, DnsTransport};
 
 /// Errors setting discovery up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DiscoveryError {
     /// `dns.servers` is empty and the system's resolver configuration is unusable.
     #[error("cannot read the system's DNS configuration (/etc/resolv.conf): {0}; set dns.servers")]
@@ -31,6 +32,7 @@ pub enum DiscoveryError {
 
 /// Why one lookup gave nothing usable. Each says what the name server did.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LookupError {
     /// The name does not exist.
     #[error("NXDOMAIN: the name does not exist (is the zone published, and the name spelled right?)")]
@@ -79,7 +81,7 @@ impl std::fmt::Debug for SrvResolver {
 
 impl SrvResolver {
     /// A resolver for `settings`.
-    pub fn new(settings: &DnsSettings) -> Result<Self, DiscoveryError> {
+    pub fn new(settings: &DnsConfig) -> Result<Self, DiscoveryError> {
         settings.validate()?;
         let servers = settings.name_servers()?;
         let (config, mut opts) = if servers.is_empty() {

@@ -11,7 +11,7 @@ use crate::config::{duration_str, ConfigError};
 /// DNS settings for `discovery` (`[dns]` in node and client configuration).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DnsSettings {
+pub struct DnsConfig {
     /// Name servers to ask, each `ip`, `ip:port`, `[v6]:port`, optionally prefixed `udp:` or
     /// `tcp:` to use only that transport (else both: UDP, and TCP for truncated answers).
     /// Default: none, meaning the system's (`/etc/resolv.conf`).
@@ -33,9 +33,9 @@ pub struct DnsSettings {
     pub retry_max: Duration,
 }
 
-impl Default for DnsSettings {
+impl Default for DnsConfig {
     fn default() -> Self {
-        DnsSettings {
+        DnsConfig {
             servers: Vec::new(),
             timeout: Duration::from_secs(2),
             min_refresh: Duration::from_secs(1),
@@ -102,7 +102,7 @@ impl NameServer {
     }
 }
 
-impl DnsSettings {
+impl DnsConfig {
     /// The parsed `servers`.
     pub fn name_servers(&self) -> Result<Vec<NameServer>, ConfigError> {
         self.servers
@@ -171,16 +171,16 @@ mod tests {
 
     #[test]
     fn bounds_are_checked() {
-        let mut s = DnsSettings {
+        let mut s = DnsConfig {
             max_refresh: Duration::from_millis(500),
-            ..DnsSettings::default()
+            ..DnsConfig::default()
         };
         assert!(s.validate().unwrap_err().to_string().contains("dns.max_refresh"));
-        s = DnsSettings {
+        s = DnsConfig {
             servers: vec!["nope".into()],
-            ..DnsSettings::default()
+            ..DnsConfig::default()
         };
         assert!(s.validate().unwrap_err().to_string().contains("dns.servers[0]"));
-        assert!(DnsSettings::default().validate().is_ok());
+        assert!(DnsConfig::default().validate().is_ok());
     }
 }

@@ -14,7 +14,7 @@ use rand::Rng;
 
 use super::name::SrvName;
 use super::order::Endpoint;
-use super::settings::DnsSettings;
+use super::settings::DnsConfig;
 use crate::backoff::Backoff;
 
 /// What changed between two good answers.
@@ -83,7 +83,7 @@ pub struct Watch {
 
 impl Watch {
     /// A watch whose first lookup is due at `now`.
-    pub fn new(name: SrvName, settings: &DnsSettings, now: Instant) -> Self {
+    pub fn new(name: SrvName, settings: &DnsConfig, now: Instant) -> Self {
         Watch {
             name,
             min_refresh: settings.min_refresh,
@@ -196,12 +196,12 @@ mod tests {
     }
 
     fn watch(t0: Instant) -> Watch {
-        let settings = DnsSettings {
+        let settings = DnsConfig {
             min_refresh: Duration::from_secs(1),
             max_refresh: Duration::from_secs(60),
             retry_initial: Duration::from_millis(500),
             retry_max: Duration::from_secs(8),
-            ..DnsSettings::default()
+            ..DnsConfig::default()
         };
         Watch::new(SrvName::parse("srv:_quicmesh._udp.mesh.test").unwrap(), &settings, t0)
     }

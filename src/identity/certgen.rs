@@ -17,6 +17,7 @@ use super::spiffe::{validate_trust_domain, Identity, IdentityError, Role};
 
 /// Errors of certificate generation and of writing certificate files.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CertError {
     /// A name or trust domain was rejected.
     #[error(transparent)]

@@ -41,6 +41,7 @@ pub struct Identity {
 
 /// Why a string or certificate does not name a valid identity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum IdentityError {
     /// The name does not match `[a-z0-9-]{1,63}`.
     #[error("invalid name {0:?}: use 1 to 63 characters from a-z, 0-9 and '-'")]

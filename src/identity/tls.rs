@@ -22,6 +22,7 @@ use super::ALPN;
 
 /// Errors while loading certificates or building TLS configurations.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     /// A file could not be read.
     #[error("{path}: {source}")]
