@@ -13,7 +13,7 @@ use super::balance::{self, Choice};
 use super::control::{end_control, run_control};
 use super::metrics::bump;
 use super::route::{reject, route, Reject, Route};
-use super::services::Local;
+use super::services::{Local, ServiceSet};
 use super::state::State;
 use super::sync::lock;
 use crate::identity::{Identity, Role};
@@ -126,8 +126,13 @@ pub(crate) async fn handle_stream(
             let deadline = req
                 .deadline_ms
                 .map(|ms| Instant::now() + Duration::from_millis(u64::from(ms)));
+            // One version of the service set for the whole stream, read once.
+            let services = shared.services.current();
+            let hop_limit = shared.ctx.cfg.limits.hop_limit;
+            let routed = route(&shared.ctx.identity, &services, hop_limit, &caller, &req);
             let stream = Incoming {
                 shared: &shared,
+                services,
                 conn: &conn,
                 caller: &caller,
                 send,
@@ -135,9 +140,7 @@ pub(crate) async fn handle_stream(
                 deadline,
             };
             let _counted = shared.load.service_stream(&req.service);
-            let services = shared.services.current();
-            let hop_limit = shared.ctx.cfg.limits.hop_limit;
-            match route(&shared.ctx.identity, &services, hop_limit, &caller, &req) {
+            match routed {
                 Err(r) => stream.reject(r).await,
                 Ok((origin, Route::Here(local))) => stream.serve_local(&origin, &req, local).await,
                 Ok((origin, Route::Choose(local))) => stream.dispatch(&origin, req, local).await,
@@ -163,6 +166,8 @@ const RELAY_ATTEMPTS: usize = 2;
 /// An accepted service stream whose header has been read and checked.
 struct Incoming<'a> {
     shared: &'a Arc<State>,
+    /// The local services as they were when the stream arrived.
+    services: Arc<ServiceSet>,
     conn: &'a Connection,
     caller: &'a Identity,
     send: SendStream,
@@ -195,7 +200,7 @@ impl Incoming<'_> {
     async fn serve_local(mut self, origin: &Identity, req: &ServiceRequest, local: Local) {
         let shared = self.shared;
         let started = Instant::now();
-        if !shared.services.current().allows(&req.service, origin) {
+        if !self.services.allows(&req.service, origin) {
             let why = format!(
                 "{origin} may not call service {:?} on node {} (not in services.{}.allow)",
                 req.service, shared.ctx.name, req.service

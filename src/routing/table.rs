@@ -97,30 +97,29 @@ impl Table {
         now: Duration,
         rng: &mut R,
     ) -> Option<usize> {
-        let mut cands: Vec<(Candidate, usize)> = offers
+        let mut order: Vec<usize> = (0..offers.len())
+            .filter(|&i| !self.ejector.is_ejected(&offers[i].name, now))
+            .collect();
+        // Balancers keep positions (round-robin, the hash ring) over a stable order.
+        order.sort_by(|&a, &b| offers[a].name.cmp(&offers[b].name));
+        let cands: Vec<Candidate> = order
             .iter()
-            .enumerate()
-            .filter(|(_, o)| !self.ejector.is_ejected(&o.name, now))
-            .map(|(i, o)| {
-                let c = Candidate {
+            .map(|&i| {
+                let o = &offers[i];
+                Candidate {
                     name: o.name.clone(),
                     weight: o.weight,
                     gossiped_inflight: o.gossiped_inflight,
                     local_inflight: self.pending.get(&o.name).copied().unwrap_or(0),
                     latency: self.latency.get(&o.name).map_or(FRESH_LATENCY, PeakEwma::get),
-                };
-                (c, i)
+                }
             })
             .collect();
-        // Balancers keep positions (round-robin, the hash ring) over a stable order.
-        cands.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-        let only: Vec<Candidate> = cands.iter().map(|(c, _)| c.clone()).collect();
         let balancer = self
             .balancers
             .entry(service.to_owned())
             .or_insert_with(|| Balancer::new(policy.strategy, policy.epsilon));
-        let picked = balancer.pick(&only, key, rng)?;
-        let index = cands[picked].1;
+        let index = order[balancer.pick(&cands, key, rng)?];
         self.count(service, &offers[index].name, now);
         Some(index)
     }
