@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use demo::DemoOptions;
 use quicmesh::config::parse_duration;
-use quicmesh::{issue_leaf, CallOptions, Client, ClientConfig, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths};
+use quicmesh::{
+    issue_leaf, CaFiles, CallOptions, Client, ClientConfig, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
@@ -100,7 +102,7 @@ enum CertsCmd {
         /// Certificate files to revoke (PEM).
         #[arg(required = true)]
         certs: Vec<PathBuf>,
-        /// Directory holding ca.crt and ca.key.
+        /// The CA: a directory holding ca.crt and ca.key, or ca.crt itself (its key beside it).
         #[arg(long, default_value = "certs")]
         ca: PathBuf,
         /// File to write.
@@ -114,7 +116,7 @@ enum CertsCmd {
 
 #[derive(Args)]
 struct IssueArgs {
-    /// Directory holding ca.crt and ca.key.
+    /// The CA: a directory holding ca.crt and ca.key, or ca.crt itself (its key beside it).
     #[arg(long, default_value = "certs")]
     ca: PathBuf,
     /// Directory to write into.
@@ -155,7 +157,7 @@ struct NodeArgs {
     /// Name server for discovery, IP[:PORT] (`dns.servers`, repeatable; default: the system's).
     #[arg(long = "dns-server")]
     dns_servers: Vec<String>,
-    /// CA certificate (`tls.ca`).
+    /// CA certificate (`tls.ca`), or the directory holding ca.crt.
     #[arg(long)]
     ca: Option<PathBuf>,
     /// Node certificate (`tls.cert`).
@@ -208,7 +210,7 @@ struct ClientArgs {
     /// Name server for discovery, IP[:PORT] (repeatable; default: the system's).
     #[arg(long = "dns-server", env = "QUICMESH_DNS_SERVER", value_delimiter = ',')]
     dns_servers: Vec<String>,
-    /// CA certificate.
+    /// CA certificate, or the directory holding ca.crt.
     #[arg(long, env = "QUICMESH_CA")]
     ca: Option<PathBuf>,
     /// Client certificate.
@@ -278,6 +280,36 @@ fn init_logging(default: &str, json: bool) {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Writes to stdout. A reader that went away (`quicmesh status | head -1`) ends the program
+/// quietly, as for any Unix filter, instead of the panic `println!` gives.
+fn out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` through [`out`].
+macro_rules! say {
+    ($($arg:tt)*) => { out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` through [`out`].
+macro_rules! say_raw {
+    ($($arg:tt)*) => { out(format_args!($($arg)*)) };
+}
+
+/// Whether `e` is a write to a closed stdout (the reader exited), which is not a failure.
+fn is_broken_pipe(e: &BoxError) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_log = match cli.command {
@@ -294,6 +326,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -310,7 +343,7 @@ async fn run(cmd: Command) -> Result<(), BoxError> {
         Command::Status(a) => status(a).await,
         Command::Demo(a) => {
             let demo = demo::run(DemoOptions { calls: a.calls }).await?;
-            println!("{}", demo.report);
+            say!("{}", demo.report);
             if a.serve {
                 demo.serve().await;
             }
@@ -330,7 +363,7 @@ fn certs(cmd: CertsCmd) -> Result<(), BoxError> {
         } => {
             let ca = MeshCa::generate(&trust_domain, days)?;
             let files = ca.write(&out, force)?;
-            println!(
+            say!(
                 "CA for trust domain {trust_domain:?}: {} (distribute) and {} (keep secret, mode 0600)",
                 files.cert.display(),
                 files.key.display()
@@ -346,16 +379,16 @@ fn certs(cmd: CertsCmd) -> Result<(), BoxError> {
                 opts.ips = ips;
             }
             let files = issue_leaf(&common.ca, &common.out, &opts, common.force)?;
-            println!("node {name}: {} and {}", files.cert.display(), files.key.display());
+            say!("node {name}: {} and {}", files.cert.display(), files.key.display());
         }
         CertsCmd::Client { name, common } => {
             let mut opts = IssueOptions::new(Role::Client, &name);
             opts.days = common.days;
             let files = issue_leaf(&common.ca, &common.out, &opts, common.force)?;
-            println!("client {name}: {} and {}", files.cert.display(), files.key.display());
+            say!("client {name}: {} and {}", files.cert.display(), files.key.display());
         }
         CertsCmd::Revoke { certs, ca, out, days } => {
-            let ca = MeshCa::load(&quicmesh::CaFiles::in_dir(&ca))?;
+            let ca = MeshCa::load(&quicmesh::CaFiles::locate(&ca))?;
             let pems = certs
                 .iter()
                 .map(|p| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display())))
@@ -365,7 +398,7 @@ fn certs(cmd: CertsCmd) -> Result<(), BoxError> {
             let tmp = out.with_extension("pem.tmp");
             std::fs::write(&tmp, crl).map_err(|e| format!("{}: {e}", tmp.display()))?;
             std::fs::rename(&tmp, &out).map_err(|e| format!("{}: {e}", out.display()))?;
-            println!(
+            say!(
                 "{} revokes {} certificate(s); nodes with tls.crl pointing at it pick it up within tls.reload",
                 out.display(),
                 certs.len()
@@ -438,7 +471,7 @@ fn node_config(a: &NodeArgs) -> Result<NodeConfig, BoxError> {
         set(&mut table, &["dns", "servers"], toml::Value::Array(list));
     }
     if let Some(v) = &a.ca {
-        set(&mut table, &["tls", "ca"], path_value(v));
+        set(&mut table, &["tls", "ca"], path_value(&CaFiles::cert_at(v)));
     }
     if let Some(v) = &a.cert {
         set(&mut table, &["tls", "cert"], path_value(v));
@@ -477,7 +510,7 @@ fn node_config(a: &NodeArgs) -> Result<NodeConfig, BoxError> {
 async fn node(a: NodeArgs) -> Result<(), BoxError> {
     let cfg = node_config(&a)?;
     if a.print_config {
-        print!("{}", cfg.to_toml());
+        say_raw!("{}", cfg.to_toml());
         return Ok(());
     }
     let grace = cfg.drain.grace;
@@ -522,7 +555,7 @@ fn client_config(a: &ClientArgs) -> Result<ClientConfig, BoxError> {
                 })
             };
             let tls = TlsPaths::new(
-                need(&a.ca, "--ca")?,
+                CaFiles::cert_at(&need(&a.ca, "--ca")?),
                 need(&a.cert, "--cert")?,
                 need(&a.cert_key, "--cert-key")?,
             );
@@ -530,7 +563,7 @@ fn client_config(a: &ClientArgs) -> Result<ClientConfig, BoxError> {
         }
     };
     if let Some(v) = &a.ca {
-        cfg.tls.ca = v.clone();
+        cfg.tls.ca = CaFiles::cert_at(v);
     }
     if let Some(v) = &a.cert {
         cfg.tls.cert = v.clone();
@@ -636,17 +669,17 @@ async fn status(a: StatusArgs) -> Result<(), BoxError> {
             Ok(r) => r,
             Err(e) if every.is_some() => {
                 // Watching: a node restarting is worth seeing, not a reason to quit.
-                println!("{}: {e}", render_time());
+                say!("{}: {e}", render_time());
                 tokio::time::sleep(every.unwrap_or_default()).await;
                 continue;
             }
             Err(e) => break Err(e),
         };
         if every.is_some() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-            print!("\x1b[2J\x1b[H");
+            say_raw!("\x1b[2J\x1b[H");
         }
-        println!("node {} (quicmesh {})", report.node, report.version);
-        print!("{}", quicmesh::render_status(&report));
+        say!("node {} (quicmesh {})", report.node, report.version);
+        say_raw!("{}", quicmesh::render_status(&report));
         let Some(every) = every else { break Ok(()) };
         tokio::select! {
             () = tokio::time::sleep(every) => {}

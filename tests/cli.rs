@@ -394,3 +394,63 @@ fn demo_runs_and_every_call_succeeds() {
     }
     assert!(out.contains("UnknownService"), "{out}");
 }
+
+/// Runs the binary with its stdout already closed by the reader, as `quicmesh … | head -0`
+/// leaves it, and `input` on stdin.
+async fn run_with_closed_stdout(args: &[String], input: &[u8]) -> Output {
+    let mut child = tokio::process::Command::new(bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.stdin.take().unwrap().write_all(input).await.unwrap();
+    child.wait_with_output().await.unwrap()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn every_subcommand_exits_quietly_on_a_closed_stdout_and_ca_takes_a_file_or_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let ca_file = dir.path().join("ca.crt").to_str().unwrap().to_owned();
+    let quiet = |o: &Output, what: &str| {
+        assert!(o.status.success(), "{what}: {:?} {}", o.status, stderr(o));
+        assert!(stderr(o).is_empty(), "{what} said something on stderr: {}", stderr(o));
+    };
+    let o = run_with_closed_stdout(&args(&["certs", "init", "--trust-domain", "cli.test", "--out", d]), b"").await;
+    quiet(&o, "certs init");
+    // `certs --ca` takes the CA certificate itself as well as its directory.
+    let o = run_with_closed_stdout(&args(&["certs", "node", "n1", "--ca", &ca_file, "--out", d]), b"").await;
+    quiet(&o, "certs node --ca FILE");
+    let o = run_with_closed_stdout(&args(&["certs", "client", "cli", "--ca", d, "--out", d]), b"").await;
+    quiet(&o, "certs client --ca DIR");
+
+    let tls = TlsPaths::new(
+        dir.path().join("ca.crt"),
+        dir.path().join("node-n1.crt"),
+        dir.path().join("node-n1.key"),
+    );
+    let mut cfg = NodeConfig::new("n1", tls);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin.listen = "127.0.0.1:0".into();
+    let node = Node::builder(cfg).handler("echo", Echo).start().await.unwrap();
+    let entry = node.local_addr().to_string();
+    // `call --ca` takes the CA's directory as well as the certificate.
+    let mut call = args(&["call", "echo", "--entry", &entry, "--ca", d]);
+    for (flag, file) in [("--cert", "client-cli.crt"), ("--cert-key", "client-cli.key")] {
+        call.push(flag.into());
+        call.push(dir.path().join(file).to_str().unwrap().to_owned());
+    }
+    let o = run_with_closed_stdout(&call, &[b'x'; 100_000]).await;
+    quiet(&o, "call with a 100 kB reply");
+    let admin = node.admin_addr().unwrap().to_string();
+    let o = run_with_closed_stdout(&args(&["status", "--admin", &admin]), b"").await;
+    quiet(&o, "status --admin");
+    node.shutdown().await;
+}

@@ -69,6 +69,25 @@ impl CaFiles {
             key: dir.join("ca.key"),
         }
     }
+
+    /// The CA named by `path`: the CA certificate itself (an existing file, or a name ending
+    /// in `.crt` or `.pem`) with its key beside it (`certs/ca.crt` and `certs/ca.key`), or else
+    /// a directory holding `ca.crt` and `ca.key` (so a missing directory is reported as such).
+    pub fn locate(path: &Path) -> Self {
+        let cert_file = path.is_file() || path.extension().is_some_and(|e| e == "crt" || e == "pem");
+        if !cert_file {
+            return CaFiles::in_dir(path);
+        }
+        CaFiles {
+            cert: path.to_path_buf(),
+            key: path.with_extension("key"),
+        }
+    }
+
+    /// The CA certificate named by `path`: the file itself, or `ca.crt` inside a directory.
+    pub fn cert_at(path: &Path) -> PathBuf {
+        CaFiles::locate(path).cert
+    }
 }
 
 /// Where a leaf certificate's files live: `<role>-<name>.crt` and `.key`.
@@ -312,7 +331,7 @@ impl IssuedCert {
 
 /// Loads the CA in `ca_dir`, issues a leaf, and writes it into `out_dir`.
 pub fn issue_leaf(ca_dir: &Path, out_dir: &Path, opts: &IssueOptions, force: bool) -> Result<LeafFiles, CertError> {
-    let ca = MeshCa::load(&CaFiles::in_dir(ca_dir))?;
+    let ca = MeshCa::load(&CaFiles::locate(ca_dir))?;
     // Check before generating so that a refusal costs nothing and writes nothing.
     let files = LeafFiles::in_dir(out_dir, opts.role, &opts.name);
     refuse_existing(&[&files.cert, &files.key], force)?;
