@@ -79,7 +79,7 @@ pub enum CallError {
     #[error("response exceeds max_response_bytes ({0} bytes)")]
     ResponseTooLarge(usize),
     /// The call's timeout passed.
-    #[error("no reply within {0:?}")]
+    #[error("no reply within {0:?}: the call's deadline passed")]
     Timeout(Duration),
     /// The node answered with something that is not the quicmesh protocol.
     #[error("protocol error: {0}")]
@@ -510,7 +510,7 @@ impl Client {
                 let mut stream = self.open_inner(service, opts, Some(&body)).await?;
                 let out = stream.read_to_end(max).await.map_err(|e| match e.kind() {
                     std::io::ErrorKind::InvalidData => CallError::ResponseTooLarge(max),
-                    _ => CallError::Stream(StreamError::Read(e)),
+                    _ => reply_failure(e, opts.timeout),
                 })?;
                 return Ok(Reply {
                     served_by: stream.served_by().to_owned(),
@@ -535,7 +535,7 @@ impl Client {
                 Ok::<_, std::io::Error>(out)
             };
             let (w, r) = tokio::join!(write, read);
-            let out = r.map_err(|e| CallError::Stream(StreamError::Read(e)))?;
+            let out = r.map_err(|e| reply_failure(e, opts.timeout))?;
             if let Err(e) = w {
                 // The reply ended cleanly, so the service chose to stop reading early: the
                 // reply stands.
@@ -658,15 +658,30 @@ pub enum StreamError {
     Direct(String),
 }
 
-fn read_failure(e: &std::io::Error) -> String {
-    let reset = e
-        .get_ref()
+/// The code the node reset the reply with, if that is why reading failed.
+fn reset_code(e: &std::io::Error) -> Option<quinn::VarInt> {
+    e.get_ref()
         .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
         .and_then(|r| match r {
             quinn::ReadError::Reset(code) => Some(*code),
             _ => None,
-        });
-    match reset {
+        })
+}
+
+/// A failed read of the reply as a call error: a reset for a passed deadline is the call's
+/// timeout, whichever side noticed first.
+fn reply_failure(e: std::io::Error, timeout: Option<Duration>) -> CallError {
+    match (reset_code(&e), timeout) {
+        (Some(code), Some(t)) if code == codes::DEADLINE_EXCEEDED => CallError::Timeout(t),
+        _ => CallError::Stream(StreamError::Read(e)),
+    }
+}
+
+fn read_failure(e: &std::io::Error) -> String {
+    match reset_code(e) {
+        Some(code) if code == codes::DEADLINE_EXCEEDED => format!(
+            "the request's deadline passed while the node was serving it (code {code}); the request may have been partly processed"
+        ),
         Some(code) if code == codes::STREAM_ABORTED => format!(
             "the node aborted the stream mid-reply (code {code}): the serving node, its backend or the connection to it failed; the request may have been partly processed"
         ),

@@ -34,6 +34,9 @@ pub mod codes {
     pub const STREAM_ABORTED: VarInt = VarInt::from_u32(3);
     /// A protocol violation on the control stream.
     pub const PROTOCOL: VarInt = VarInt::from_u32(4);
+    /// The request's deadline passed while it was being served or relayed; the service may
+    /// have done part of the work.
+    pub const DEADLINE_EXCEEDED: VarInt = VarInt::from_u32(5);
 }
 
 /// The first frame of every stream.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, eventually_async};
+use common::{bin, eventually, eventually_async};
 use quicmesh::{Echo, Node, NodeConfig, TlsPaths};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -452,5 +452,36 @@ async fn every_subcommand_exits_quietly_on_a_closed_stdout_and_ca_takes_a_file_o
     let admin = node.admin_addr().unwrap().to_string();
     let o = run_with_closed_stdout(&args(&["status", "--admin", &admin]), b"").await;
     quiet(&o, "status --admin");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_call_whose_deadline_passes_on_the_serving_node_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let tls = TlsPaths::new(
+        dir.path().join("ca.crt"),
+        dir.path().join("node-n1.crt"),
+        dir.path().join("node-n1.key"),
+    );
+    let mut cfg = NodeConfig::new("n1", tls);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    let slow = quicmesh::request_handler(1024, |req: bytes::Bytes, _| async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(req)
+    });
+    let node = Node::builder(cfg).handler("slow", slow).start().await.unwrap();
+    let entry = node.local_addr().to_string();
+    let mut args = vec!["call".to_owned(), "slow".into(), "--timeout".into(), "200ms".into()];
+    args.extend(client_flags(dir.path(), &entry));
+    let out = run_with_stdin(&args, b"x").await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("deadline passed"), "{}", stderr(&out));
+    // The node's own deadline (200 ms from when the request arrived) passes just after the
+    // client's.
+    eventually(Duration::from_secs(10), "the node counts the passed deadline", || {
+        node.stats().deadlines_exceeded == 1
+    })
+    .await;
     node.shutdown().await;
 }

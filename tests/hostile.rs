@@ -152,3 +152,68 @@ async fn a_stream_that_never_sends_its_header_is_closed_at_the_header_timeout() 
         other => panic!("{other:?}"),
     }
 }
+
+fn header_with_deadline(service: &str, deadline_ms: u32) -> Vec<u8> {
+    encode_frame(&StreamHeader {
+        version: PROTOCOL_VERSION,
+        kind: StreamKind::Service(ServiceRequest {
+            service: service.into(),
+            key: None,
+            hops: 0,
+            deadline_ms: Some(deadline_ms),
+            origin: None,
+        }),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_deadline_that_passes_on_a_locally_served_stream_is_answered_as_such() {
+    let pki = Pki::new();
+    let slow = quicmesh::request_handler(1024, |req: bytes::Bytes, _| async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(req)
+    });
+    let node = Node::builder(pki.node_config("a"))
+        .handler("echo", quicmesh::Echo)
+        .handler("slow", slow)
+        .start()
+        .await
+        .unwrap();
+    let conn = raw_conn(&pki, Role::Client, "web", node.local_addr()).await;
+
+    // Already passed on arrival: refused before anything runs.
+    let r = send_raw(&conn, &header_with_deadline("echo", 0)).await;
+    assert_eq!(code(&r), Some(RejectCode::DeadlineExceeded), "{r:?}");
+    assert_eq!(node.stats().rejected.get(&RejectCode::DeadlineExceeded), Some(&1));
+
+    // Passes while the handler works: accepted, then reset with DEADLINE_EXCEEDED (not the
+    // generic abort code), and counted.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&header_with_deadline("slow", 50)).await.unwrap();
+    send.write_all(b"x").await.unwrap();
+    let _ = send.finish();
+    let r: Response = read_frame(&mut recv, 64 * 1024).await.unwrap();
+    assert!(matches!(r, Response::Accept { .. }), "{r:?}");
+    let end = within(LIMIT, "the reply ends", recv.read_to_end(1024)).await;
+    match end {
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(c))) => {
+            assert_eq!(c, quicmesh::protocol::codes::DEADLINE_EXCEEDED)
+        }
+        other => panic!("expected a reset with DEADLINE_EXCEEDED, got {other:?}"),
+    }
+    let admin_metric = node.stats();
+    assert_eq!(admin_metric.deadlines_exceeded, 1);
+
+    // A client with a timeout reports it as the call's timeout.
+    let client = pki.client("web", &node).await;
+    let opts = quicmesh::CallOptions {
+        timeout: Some(Duration::from_millis(100)),
+        ..Default::default()
+    };
+    let err = within(LIMIT, "call", client.request("slow", "x", &opts))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, quicmesh::CallError::Timeout(_)), "{err}");
+    node.shutdown().await;
+}

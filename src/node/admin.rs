@@ -132,7 +132,12 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
 fn metrics(shared: &State) -> String {
     let mut reg = Registry::with_prefix("quicmesh");
     let s = &shared.metrics.stats;
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 14] = [
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 15] = [
+        (
+            "streams_deadline_exceeded",
+            "Accepted streams stopped because their deadline passed while being served or relayed",
+            &s.deadlines_exceeded,
+        ),
         ("streams_accepted", "Service streams accepted", &s.accepted),
         (
             "streams_served_local",

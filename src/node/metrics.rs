@@ -40,6 +40,8 @@ pub(crate) struct Stats {
     pub tls_reloads: AtomicU64,
     /// Reloads that failed (the old certificates stayed in use).
     pub tls_reload_failures: AtomicU64,
+    /// Accepted streams stopped because their deadline passed while being served or relayed.
+    pub deadlines_exceeded: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -74,6 +76,12 @@ impl Metrics {
     /// [`LogBudget::take`]).
     pub fn reject(&self, code: RejectCode, now: Duration) -> Option<u64> {
         bump(&self.stats.rejected[code.index()]);
+        self.log_budget(now)
+    }
+
+    /// Whether a per-stream info line may be logged at `now`, and how many were held back
+    /// (see [`LogBudget::take`]); rejected and timed-out streams share the budget.
+    pub fn log_budget(&self, now: Duration) -> Option<u64> {
         lock(&self.reject_log).take(now)
     }
 

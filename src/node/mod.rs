@@ -107,6 +107,9 @@ pub struct NodeStats {
     pub tls_reloads: u64,
     /// Connections to peers re-established after one was lost.
     pub peer_reconnects: u64,
+    /// Accepted streams reset because their deadline passed while being served or relayed
+    /// (refusals of streams whose deadline had passed on arrival are in `rejected`).
+    pub deadlines_exceeded: u64,
 }
 
 impl Node {
@@ -264,6 +267,7 @@ impl Node {
             retries: s.retries.load(Ordering::Relaxed),
             tls_reloads: s.tls_reloads.load(Ordering::Relaxed),
             peer_reconnects: s.reconnects.load(Ordering::Relaxed),
+            deadlines_exceeded: s.deadlines_exceeded.load(Ordering::Relaxed),
         }
     }
 

@@ -152,6 +152,17 @@ pub(crate) async fn handle_stream(
     }
 }
 
+/// An accepted stream ran out of time and was reset with `DEADLINE_EXCEEDED`: counted, and
+/// logged at info within the rejected-stream log budget.
+fn deadline_passed(shared: &State, caller: &Identity, service: &str, how: &str) {
+    bump(&shared.metrics.stats.deadlines_exceeded);
+    let what = "the caller's deadline passed while the stream was being";
+    match shared.metrics.log_budget(shared.ctx.now()) {
+        Some(_) => info!(%caller, service, "{what} {how}; reset it with DEADLINE_EXCEEDED (code 5)"),
+        None => debug!(%caller, service, "{what} {how}; reset it with DEADLINE_EXCEEDED (code 5)"),
+    }
+}
+
 fn timeout_until(deadline: Option<Instant>, cap: Duration) -> Duration {
     match deadline {
         Some(d) => d.saturating_duration_since(Instant::now()).min(cap),
@@ -207,6 +218,13 @@ impl Incoming<'_> {
             );
             return self.reject(reject(RejectCode::Unauthorized, why)).await;
         }
+        if self.deadline.is_some_and(|d| d <= Instant::now()) {
+            let why = format!(
+                "the deadline passed before service {:?} was called on node {}",
+                req.service, shared.ctx.name
+            );
+            return self.reject(reject(RejectCode::DeadlineExceeded, why)).await;
+        }
         if !matches!(local, Local::Status) {
             bump(&shared.metrics.stats.served_local);
         }
@@ -250,6 +268,7 @@ impl Incoming<'_> {
                 }
                 match splice_tcp((self.conn, self.send, self.recv), tcp, self.deadline).await {
                     Ok(n) => shared.metrics.count_bytes(n.up, n.down),
+                    Err(e) if e.is_deadline() => deadline_passed(shared, self.caller, &req.service, "served"),
                     Err(e) => debug!(caller = %self.caller, error = %e, "backend splice ended early"),
                 }
             }
@@ -257,7 +276,8 @@ impl Incoming<'_> {
                 if !self.accept(&shared.ctx.name).await {
                     return self.fail("caller stopped reading");
                 }
-                let stream = ServiceStream::new(self.send, self.recv, shared.ctx.name.clone());
+                let stream =
+                    ServiceStream::new(self.send, self.recv, shared.ctx.name.clone()).with_deadline(self.deadline);
                 let ctx = RequestContext {
                     caller: origin.clone(),
                     service: req.service.clone(),
@@ -265,11 +285,16 @@ impl Incoming<'_> {
                     key: req.key.clone(),
                 };
                 let fut = h.serve(stream, ctx);
-                // Dropping the future drops its unfinished stream, which resets it.
+                // Dropping the future drops its unfinished stream, which resets it (with
+                // DEADLINE_EXCEEDED once the deadline has passed).
                 let result = match self.deadline {
-                    Some(d) => tokio::time::timeout_at(d, fut).await.unwrap_or_else(|_| {
-                        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "deadline exceeded"))
-                    }),
+                    Some(d) => match tokio::time::timeout_at(d, fut).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            deadline_passed(shared, self.caller, &req.service, "served");
+                            Ok(())
+                        }
+                    },
                     None => fut.await,
                 };
                 if let Err(e) = result {
@@ -346,6 +371,7 @@ impl Incoming<'_> {
                             shared.metrics.count_bytes(n.up, n.down);
                             balance::record_success(shared, &peer, end.saturating_duration_since(started));
                         }
+                        Err(e) if e.is_deadline() => deadline_passed(shared, self.caller, &req.service, "relayed"),
                         Err(e) => debug!(caller = %self.caller, via = %peer, error = %e, "relay ended early"),
                     }
                     return;

@@ -41,6 +41,13 @@ pub(crate) enum SpliceError {
     Deadline,
 }
 
+impl SpliceError {
+    /// Whether the splice stopped because the request's deadline passed.
+    pub(crate) fn is_deadline(&self) -> bool {
+        matches!(self, SpliceError::Deadline)
+    }
+}
+
 /// Largest read from or write to a TCP backend.
 const TCP_CHUNK: usize = 64 * 1024;
 /// Most QUIC frames moved per call between two streams.
@@ -154,6 +161,15 @@ where
     (true, true, Ok(spliced))
 }
 
+/// The code to reset unfinished directions with: the caller learns whether its deadline
+/// passed or the splice failed.
+fn reset_code(result: &Result<Spliced, SpliceError>) -> quinn::VarInt {
+    match result {
+        Err(SpliceError::Deadline) => codes::DEADLINE_EXCEEDED,
+        _ => codes::STREAM_ABORTED,
+    }
+}
+
 /// Splices a caller's stream to a stream on another node's connection (one relay hop).
 /// `first_byte` is set when the first byte of the reply arrives.
 pub(crate) async fn splice_quic(
@@ -171,13 +187,14 @@ pub(crate) async fn splice_quic(
         deadline,
     )
     .await;
+    let code = reset_code(&result);
     if !up_ok {
-        let _ = c_recv.stop(codes::STREAM_ABORTED);
-        let _ = s_send.reset(codes::STREAM_ABORTED);
+        let _ = c_recv.stop(code);
+        let _ = s_send.reset(code);
     }
     if !down_ok {
-        let _ = s_recv.stop(codes::STREAM_ABORTED);
-        let _ = c_send.reset(codes::STREAM_ABORTED);
+        let _ = s_recv.stop(code);
+        let _ = c_send.reset(code);
     }
     result
 }
@@ -198,11 +215,12 @@ pub(crate) async fn splice_tcp(
         deadline,
     )
     .await;
+    let code = reset_code(&result);
     if !up_ok {
-        let _ = c_recv.stop(codes::STREAM_ABORTED);
+        let _ = c_recv.stop(code);
     }
     if !down_ok {
-        let _ = c_send.reset(codes::STREAM_ABORTED);
+        let _ = c_send.reset(code);
     }
     // Dropping both TCP halves closes the backend connection either way.
     result

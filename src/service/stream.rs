@@ -21,6 +21,8 @@ pub struct ServiceStream {
     recv: RecvStream,
     served_by: String,
     finished: bool,
+    /// When the request's deadline passes, if it has one (serving side).
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl ServiceStream {
@@ -30,7 +32,15 @@ impl ServiceStream {
             recv,
             served_by,
             finished: false,
+            deadline: None,
         }
+    }
+
+    /// On the serving side: a stream dropped unfinished after `deadline` is reset with
+    /// [`codes::DEADLINE_EXCEEDED`], so the caller learns its deadline passed.
+    pub(crate) fn with_deadline(mut self, deadline: Option<tokio::time::Instant>) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// Records that our side was finished when the request was sent whole.
@@ -92,7 +102,13 @@ impl Drop for ServiceStream {
         // quinn finishes a dropped send stream implicitly, which would make a failed handler's
         // partial reply look complete. Reset instead, unless we finished on purpose.
         if !self.finished {
-            let _ = self.send.reset(codes::STREAM_ABORTED);
+            let passed = self.deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            let code = if passed {
+                codes::DEADLINE_EXCEEDED
+            } else {
+                codes::STREAM_ABORTED
+            };
+            let _ = self.send.reset(code);
         }
     }
 }
