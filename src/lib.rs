@@ -57,7 +57,7 @@ pub use client::{CallError, CallOptions, Client, ClientError, Reply, StreamError
 pub use config::{ClientConfig, ConfigError, NodeConfig};
 pub use identity::{
     issue_leaf, validate_name, CaFiles, CertError, Identity, IdentityError, IssueOptions, IssuedCert, LeafFiles,
-    MeshCa, Role, TlsError, TlsMaterial, TlsPaths, ALPN,
+    MeshCa, RevokeReason, Role, TlsError, TlsMaterial, TlsPaths, ALPN,
 };
 pub use node::{Node, NodeBuilder, NodeError, NodeStats, PeerInfo};
 pub use protocol::RejectCode;

@@ -111,7 +111,32 @@ enum CertsCmd {
         /// Days until the list must be renewed (its nextUpdate).
         #[arg(long, default_value_t = 30)]
         days: u32,
+        /// Why the certificates are revoked, recorded in the list.
+        #[arg(long, value_enum, default_value_t = Reason::KeyCompromise)]
+        reason: Reason,
     },
+}
+
+/// `certs revoke --reason`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Reason {
+    Unspecified,
+    KeyCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+}
+
+impl From<Reason> for quicmesh::RevokeReason {
+    fn from(r: Reason) -> Self {
+        match r {
+            Reason::Unspecified => quicmesh::RevokeReason::Unspecified,
+            Reason::KeyCompromise => quicmesh::RevokeReason::KeyCompromise,
+            Reason::AffiliationChanged => quicmesh::RevokeReason::AffiliationChanged,
+            Reason::Superseded => quicmesh::RevokeReason::Superseded,
+            Reason::CessationOfOperation => quicmesh::RevokeReason::CessationOfOperation,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -387,13 +412,19 @@ fn certs(cmd: CertsCmd) -> Result<(), BoxError> {
             let files = issue_leaf(&common.ca, &common.out, &opts, common.force)?;
             say!("client {name}: {} and {}", files.cert.display(), files.key.display());
         }
-        CertsCmd::Revoke { certs, ca, out, days } => {
+        CertsCmd::Revoke {
+            certs,
+            ca,
+            out,
+            days,
+            reason,
+        } => {
             let ca = MeshCa::load(&quicmesh::CaFiles::locate(&ca))?;
             let pems = certs
                 .iter()
                 .map(|p| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display())))
                 .collect::<Result<Vec<_>, _>>()?;
-            let crl = ca.revoke(&pems, days)?;
+            let crl = ca.revoke_for(&pems, days, reason.into())?;
             // Written beside and renamed, so a node reloading it never reads half a file.
             let tmp = out.with_extension("pem.tmp");
             std::fs::write(&tmp, crl).map_err(|e| format!("{}: {e}", tmp.display()))?;

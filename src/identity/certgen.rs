@@ -260,6 +260,10 @@ impl MeshCa {
         params.distinguished_name = dn;
         params.not_before = not_before;
         params.not_after = not_after;
+        // basicConstraints CA:FALSE and a subject key identifier (rcgen writes both for an
+        // explicit non-CA), plus the authority key identifier: what chain building needs to
+        // pick the right issuer while two CAs are trusted during a rotation.
+        params.is_ca = IsCa::ExplicitNoCa;
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = match opts.role {
@@ -283,8 +287,14 @@ impl MeshCa {
     }
 
     /// Makes a certificate revocation list (PEM) naming the given certificates (PEM), valid
-    /// for `days`. Nodes load it from `tls.crl` and refuse those certificates.
+    /// for `days`, with reason keyCompromise. Nodes load it from `tls.crl` and refuse those
+    /// certificates.
     pub fn revoke(&self, certs_pem: &[String], days: u32) -> Result<String, CertError> {
+        self.revoke_for(certs_pem, days, RevokeReason::KeyCompromise)
+    }
+
+    /// [`MeshCa::revoke`] with the reason recorded for every certificate named.
+    pub fn revoke_for(&self, certs_pem: &[String], days: u32, reason: RevokeReason) -> Result<String, CertError> {
         let (this_update, next_update) = validity(days)?;
         let mut revoked = Vec::new();
         for pem in certs_pem {
@@ -295,7 +305,7 @@ impl MeshCa {
                 revoked.push(rcgen::RevokedCertParams {
                     serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
                     revocation_time: this_update,
-                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    reason_code: Some(reason.into()),
                     invalidity_date: None,
                 });
             }
@@ -401,6 +411,34 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
     f.write_all(contents.as_bytes()).map_err(io)
 }
 
+/// Why certificates are revoked (RFC 5280 CRLReason), as recorded in the CRL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RevokeReason {
+    /// No reason given.
+    Unspecified,
+    /// The private key was (or may have been) stolen.
+    KeyCompromise,
+    /// The holder's name or role changed.
+    AffiliationChanged,
+    /// A new certificate replaces it.
+    Superseded,
+    /// The node or client was decommissioned.
+    CessationOfOperation,
+}
+
+impl From<RevokeReason> for rcgen::RevocationReason {
+    fn from(r: RevokeReason) -> Self {
+        match r {
+            RevokeReason::Unspecified => rcgen::RevocationReason::Unspecified,
+            RevokeReason::KeyCompromise => rcgen::RevocationReason::KeyCompromise,
+            RevokeReason::AffiliationChanged => rcgen::RevocationReason::AffiliationChanged,
+            RevokeReason::Superseded => rcgen::RevocationReason::Superseded,
+            RevokeReason::CessationOfOperation => rcgen::RevocationReason::CessationOfOperation,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,5 +469,37 @@ mod tests {
             issue_leaf(dir.path(), dir.path(), &bad, false),
             Err(CertError::Identity(IdentityError::InvalidName(_)))
         ));
+    }
+
+    #[test]
+    fn leaves_say_they_are_no_ca_and_carry_key_identifiers_and_crls_their_reason() {
+        use x509_parser::extensions::ParsedExtension;
+        let ca = MeshCa::generate("mesh.test", 30).unwrap();
+        let leaf = ca.issue(&IssueOptions::new(Role::Node, "n1")).unwrap();
+        let der = rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let bc = cert.basic_constraints().unwrap().expect("basicConstraints present");
+        assert!(bc.critical && !bc.value.ca, "{bc:?}");
+        let exts: Vec<_> = cert.extensions().iter().map(|e| e.parsed_extension()).collect();
+        assert!(exts
+            .iter()
+            .any(|e| matches!(e, ParsedExtension::SubjectKeyIdentifier(_))));
+        assert!(exts
+            .iter()
+            .any(|e| matches!(e, ParsedExtension::AuthorityKeyIdentifier(_))));
+
+        let crl_pem = ca
+            .revoke_for(std::slice::from_ref(&leaf.cert_pem), 30, RevokeReason::Superseded)
+            .unwrap();
+        let crl_der = rustls_pemfile::crls(&mut crl_pem.as_bytes()).next().unwrap().unwrap();
+        let (_, crl) = x509_parser::parse_x509_crl(&crl_der).unwrap();
+        let reasons: Vec<_> = crl
+            .iter_revoked_certificates()
+            .map(|r| r.reason_code().map(|c| c.1))
+            .collect();
+        assert_eq!(reasons, vec![Some(x509_parser::x509::ReasonCode::Superseded)]);
     }
 }

@@ -9,7 +9,7 @@ mod certgen;
 mod spiffe;
 mod tls;
 
-pub use certgen::{issue_leaf, CaFiles, CertError, IssueOptions, IssuedCert, LeafFiles, MeshCa};
+pub use certgen::{issue_leaf, CaFiles, CertError, IssueOptions, IssuedCert, LeafFiles, MeshCa, RevokeReason};
 pub use spiffe::{validate_name, Identity, IdentityError, Role};
 pub use tls::{peer_identity, TlsError, TlsMaterial, TlsPaths};
 
