@@ -389,15 +389,14 @@ pub async fn run(opts: DemoOptions) -> Result<Demo, DemoError> {
 }
 
 impl Demo {
-    /// Keeps the mesh up until Ctrl-C, after saying how to reach it.
-    pub async fn serve(&self) {
-        println!(
+    /// How to reach the running mesh, for `--serve`.
+    pub fn serve_hint(&self) -> String {
+        format!(
             "serving until Ctrl-C. Metrics: curl http://{}/metrics (also /status, /readyz). Try:\n  quicmesh call echo --discovery srv:{SRV_NAME} --dns-server {} --ca {d}/ca.crt --cert {d}/client-demo.crt --cert-key {d}/client-demo.key <<< hello",
             self.nodes[0].admin_addr().map(|a| a.to_string()).unwrap_or_default(),
             self.dns.addr(),
             d = self.dir.path().display()
-        );
-        let _ = tokio::signal::ctrl_c().await;
+        )
     }
 
     /// Stops the nodes.

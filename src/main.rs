@@ -370,7 +370,8 @@ async fn run(cmd: Command) -> Result<(), BoxError> {
             let demo = demo::run(DemoOptions { calls: a.calls }).await?;
             say!("{}", demo.report);
             if a.serve {
-                demo.serve().await;
+                say!("{}", demo.serve_hint());
+                let _ = tokio::signal::ctrl_c().await;
             }
             demo.stop().await;
             Ok(())
