@@ -35,6 +35,16 @@ pub enum ConfigError {
         /// The parser's message, with the key and position.
         message: String,
     },
+    /// A required key is absent.
+    #[error("no `{key}` given ({origin}): {hint}")]
+    Missing {
+        /// File name or "flags".
+        origin: String,
+        /// Dotted key path, e.g. `tls.cert`.
+        key: String,
+        /// Where to set it: the file's key and the command-line flag.
+        hint: String,
+    },
     /// A value is out of range or inconsistent with another.
     #[error("config key `{key}`: {reason}")]
     Invalid {
@@ -43,6 +53,41 @@ pub enum ConfigError {
         /// What is wrong and what is allowed.
         reason: String,
     },
+}
+
+/// The keys a node or client cannot run without, with the flag that sets each.
+const REQUIRED_TLS: [(&str, &str); 3] = [("ca", "--ca"), ("cert", "--cert"), ("key", "--cert-key")];
+
+/// Checks that `table` has the keys serde would only call "missing field", and says where
+/// each is set: serde knows neither the file's layout nor the flags.
+fn require(table: &toml::Table, origin: &str, name: bool) -> Result<(), ConfigError> {
+    let missing = |key: &str, hint: String| ConfigError::Missing {
+        origin: origin.to_owned(),
+        key: key.to_owned(),
+        hint,
+    };
+    if name && !table.contains_key("name") {
+        return Err(missing(
+            "name",
+            "set `name = \"n1\"` in the config file or pass --name n1 (it must match the node's certificate)".into(),
+        ));
+    }
+    let tls = table.get("tls").and_then(|t| t.as_table());
+    let holder = if name { "node-n1" } else { "client-cli" };
+    for (key, flag) in REQUIRED_TLS {
+        if !tls.is_some_and(|t| t.contains_key(key)) {
+            let example = match key {
+                "ca" => "certs/ca.crt".to_owned(),
+                "cert" => format!("certs/{holder}.crt"),
+                _ => format!("certs/{holder}.key"),
+            };
+            return Err(missing(
+                &format!("tls.{key}"),
+                format!("set `{key} = \"{example}\"` under [tls] in the config file or pass {flag} {example}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -478,6 +523,7 @@ impl NodeConfig {
 
     /// Builds from a TOML table (a file's, with command-line overrides merged in).
     pub fn from_table(table: toml::Table, origin: &str) -> Result<Self, ConfigError> {
+        require(&table, origin, true)?;
         let cfg: NodeConfig = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
             origin: origin.to_owned(),
             message: e.to_string(),
@@ -616,10 +662,14 @@ impl ClientConfig {
     /// Reads a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = read_file(path)?;
-        let cfg: ClientConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            origin: path.display().to_string(),
+        let origin = path.display().to_string();
+        let parse = |e: toml::de::Error| ConfigError::Parse {
+            origin: origin.clone(),
             message: e.to_string(),
-        })?;
+        };
+        let table: toml::Table = toml::from_str(&text).map_err(parse)?;
+        require(&table, &origin, false)?;
+        let cfg: ClientConfig = table.try_into().map_err(parse)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -2,6 +2,7 @@
 #![allow(clippy::disallowed_methods)] // tests and the CLI may read the clock; see clippy.toml
 
 mod demo;
+mod node_flags;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -10,10 +11,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use demo::DemoOptions;
+use node_flags::{node_config, NodeArgs};
 use quicmesh::config::parse_duration;
-use quicmesh::{
-    issue_leaf, CaFiles, CallOptions, Client, ClientConfig, IssueOptions, MeshCa, Node, NodeConfig, Role, TlsPaths,
-};
+use quicmesh::{issue_leaf, CaFiles, CallOptions, Client, ClientConfig, IssueOptions, MeshCa, Node, Role, TlsPaths};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
@@ -34,7 +34,7 @@ enum Command {
     #[command(subcommand)]
     Certs(CertsCmd),
     /// Run a node.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Call a service once: stdin is the request, stdout the reply.
     Call(CallArgs),
     /// Forward local TCP connections to a mesh service.
@@ -53,7 +53,9 @@ struct StatusArgs {
     #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
     watch: Option<f64>,
     /// Read the node's admin HTTP `/status` at HOST:PORT instead of asking through the mesh
-    /// (no client certificate needed; the admin port is usually loopback-only).
+    /// (no client certificate needed; the admin port is usually loopback-only). This is the
+    /// default, at 127.0.0.1:7480 (a node's default `admin.listen`), when no --entry,
+    /// --discovery or --client-config says where the mesh is.
     #[arg(long, value_name = "HOST:PORT")]
     admin: Option<String>,
 }
@@ -156,71 +158,6 @@ struct IssueArgs {
 }
 
 #[derive(Args)]
-struct NodeArgs {
-    /// TOML configuration file; flags override its keys.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Node name (`name`).
-    #[arg(long)]
-    name: Option<String>,
-    /// UDP listen address (`listen`).
-    #[arg(long)]
-    listen: Option<String>,
-    /// Admin HTTP address for /metrics, /status, /healthz, /readyz (`admin.listen`), or "off".
-    /// Default 127.0.0.1:7480.
-    #[arg(long)]
-    admin: Option<String>,
-    /// Address other nodes should dial to reach this one, host:port (`advertise`).
-    #[arg(long)]
-    advertise: Option<String>,
-    /// Static peer host:port (`peers`, repeatable; replaces the file's list).
-    #[arg(long = "peer")]
-    peers: Vec<String>,
-    /// SRV name to discover peers by, srv:NAME (`discovery`, repeatable; replaces the file's list).
-    #[arg(long = "discovery")]
-    discovery: Vec<String>,
-    /// Name server for discovery, IP[:PORT] (`dns.servers`, repeatable; default: the system's).
-    #[arg(long = "dns-server")]
-    dns_servers: Vec<String>,
-    /// CA certificate (`tls.ca`), or the directory holding ca.crt.
-    #[arg(long)]
-    ca: Option<PathBuf>,
-    /// Node certificate (`tls.cert`).
-    #[arg(long)]
-    cert: Option<PathBuf>,
-    /// Node private key (`tls.key`).
-    #[arg(long)]
-    cert_key: Option<PathBuf>,
-    /// Service served from a local TCP backend, NAME=HOST:PORT (`services`, repeatable).
-    #[arg(long = "service")]
-    services: Vec<String>,
-    /// Keepalive interval (`transport.keepalive`), e.g. 5s.
-    #[arg(long)]
-    keepalive: Option<String>,
-    /// Idle timeout (`transport.idle_timeout`), e.g. 30s.
-    #[arg(long)]
-    idle_timeout: Option<String>,
-    /// Header timeout (`transport.header_timeout`).
-    #[arg(long)]
-    header_timeout: Option<String>,
-    /// Handshake timeout (`transport.connect_timeout`).
-    #[arg(long)]
-    connect_timeout: Option<String>,
-    /// Concurrent service streams before Overloaded (`limits.max_inflight`).
-    #[arg(long)]
-    max_inflight: Option<i64>,
-    /// How long streams in flight may finish after SIGTERM (`drain.grace`), e.g. 30s.
-    #[arg(long)]
-    drain_grace: Option<String>,
-    /// Relay hop limit (`limits.hop_limit`).
-    #[arg(long)]
-    hop_limit: Option<i64>,
-    /// Print the effective configuration (defaults filled in) and exit.
-    #[arg(long)]
-    print_config: bool,
-}
-
-#[derive(Args)]
 struct ClientArgs {
     /// Client configuration file (TOML); the flags below override it.
     #[arg(long)]
@@ -244,8 +181,20 @@ struct ClientArgs {
     /// Client private key.
     #[arg(long, env = "QUICMESH_CERT_KEY")]
     cert_key: Option<PathBuf>,
-    /// Route from the client: fetch the load table from the entry node and connect straight
-    /// to the node that should serve (P2C), skipping the relay hop.
+}
+
+impl ClientArgs {
+    /// Whether anything says where the mesh is (else `status` reads the local node).
+    fn names_an_entry(&self) -> bool {
+        self.client_config.is_some() || !self.entries.is_empty() || !self.discovery.is_empty()
+    }
+}
+
+/// Route from the client: fetch the load table from the entry node and connect straight to
+/// the node that should serve (P2C), skipping the relay hop.
+#[derive(Args)]
+struct RouteArgs {
+    /// Route from the client (P2C over the entry node's load table), skipping the relay hop.
     #[arg(long)]
     direct: bool,
 }
@@ -265,6 +214,8 @@ struct CallArgs {
     verbose: bool,
     #[command(flatten)]
     client: ClientArgs,
+    #[command(flatten)]
+    route: RouteArgs,
 }
 
 #[derive(Args)]
@@ -275,6 +226,8 @@ struct ForwardArgs {
     service: String,
     #[command(flatten)]
     client: ClientArgs,
+    #[command(flatten)]
+    route: RouteArgs,
 }
 
 #[derive(Args)]
@@ -362,7 +315,7 @@ fn main() -> ExitCode {
 async fn run(cmd: Command) -> Result<(), BoxError> {
     match cmd {
         Command::Certs(c) => certs(c),
-        Command::Node(a) => node(a).await,
+        Command::Node(a) => node(*a).await,
         Command::Call(a) => call(a).await,
         Command::Forward(a) => forward(a).await,
         Command::Status(a) => status(a).await,
@@ -440,105 +393,6 @@ fn certs(cmd: CertsCmd) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn set(table: &mut toml::Table, path: &[&str], value: toml::Value) {
-    let (last, parents) = match path.split_last() {
-        Some(x) => x,
-        None => return,
-    };
-    let mut t = table;
-    for p in parents {
-        let entry = t
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        if !entry.is_table() {
-            *entry = toml::Value::Table(toml::Table::new());
-        }
-        t = match entry.as_table_mut() {
-            Some(t) => t,
-            None => return,
-        };
-    }
-    t.insert(last.to_string(), value);
-}
-
-fn path_value(p: &std::path::Path) -> toml::Value {
-    toml::Value::String(p.display().to_string())
-}
-
-fn node_config(a: &NodeArgs) -> Result<NodeConfig, BoxError> {
-    let (mut table, origin) = match &a.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
-            let t: toml::Table = toml::from_str(&text).map_err(|e| format!("config {}: {e}", p.display()))?;
-            (t, format!("{} with flags", p.display()))
-        }
-        None => (toml::Table::new(), "flags".to_owned()),
-    };
-    use toml::Value::{Integer, String as S};
-    if let Some(v) = &a.name {
-        set(&mut table, &["name"], S(v.clone()));
-    }
-    if let Some(v) = &a.listen {
-        set(&mut table, &["listen"], S(v.clone()));
-    }
-    if let Some(v) = &a.admin {
-        set(&mut table, &["admin", "listen"], S(v.clone()));
-    }
-    if let Some(v) = &a.advertise {
-        set(&mut table, &["advertise"], S(v.clone()));
-    }
-    if !a.peers.is_empty() {
-        set(
-            &mut table,
-            &["peers"],
-            toml::Value::Array(a.peers.iter().cloned().map(S).collect()),
-        );
-    }
-    if !a.discovery.is_empty() {
-        let list = a.discovery.iter().cloned().map(S).collect();
-        set(&mut table, &["discovery"], toml::Value::Array(list));
-    }
-    if !a.dns_servers.is_empty() {
-        let list = a.dns_servers.iter().cloned().map(S).collect();
-        set(&mut table, &["dns", "servers"], toml::Value::Array(list));
-    }
-    if let Some(v) = &a.ca {
-        set(&mut table, &["tls", "ca"], path_value(&CaFiles::cert_at(v)));
-    }
-    if let Some(v) = &a.cert {
-        set(&mut table, &["tls", "cert"], path_value(v));
-    }
-    if let Some(v) = &a.cert_key {
-        set(&mut table, &["tls", "key"], path_value(v));
-    }
-    for s in &a.services {
-        let (name, backend) = s
-            .split_once('=')
-            .ok_or_else(|| format!("--service {s:?}: expected NAME=HOST:PORT"))?;
-        set(&mut table, &["services", name, "backend"], S(backend.to_owned()));
-    }
-    for (key, v) in [
-        ("keepalive", &a.keepalive),
-        ("idle_timeout", &a.idle_timeout),
-        ("header_timeout", &a.header_timeout),
-        ("connect_timeout", &a.connect_timeout),
-    ] {
-        if let Some(v) = v {
-            set(&mut table, &["transport", key], S(v.clone()));
-        }
-    }
-    if let Some(v) = a.max_inflight {
-        set(&mut table, &["limits", "max_inflight"], Integer(v));
-    }
-    if let Some(v) = &a.drain_grace {
-        set(&mut table, &["drain", "grace"], S(v.clone()));
-    }
-    if let Some(v) = a.hop_limit {
-        set(&mut table, &["limits", "hop_limit"], Integer(v));
-    }
-    Ok(NodeConfig::from_table(table, &origin)?)
-}
-
 async fn node(a: NodeArgs) -> Result<(), BoxError> {
     let cfg = node_config(&a)?;
     if a.print_config {
@@ -577,7 +431,7 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn client_config(a: &ClientArgs) -> Result<ClientConfig, BoxError> {
+fn client_config(a: &ClientArgs, route: Option<&RouteArgs>) -> Result<ClientConfig, BoxError> {
     let mut cfg = match &a.client_config {
         Some(p) => ClientConfig::load(p)?,
         None => {
@@ -612,7 +466,7 @@ fn client_config(a: &ClientArgs) -> Result<ClientConfig, BoxError> {
     if !a.dns_servers.is_empty() {
         cfg.dns.servers = a.dns_servers.clone();
     }
-    if a.direct {
+    if route.is_some_and(|r| r.direct) {
         cfg.routing.direct = true;
     }
     cfg.validate()?;
@@ -620,7 +474,7 @@ fn client_config(a: &ClientArgs) -> Result<ClientConfig, BoxError> {
 }
 
 async fn call(a: CallArgs) -> Result<(), BoxError> {
-    let client = Client::connect(client_config(&a.client)?).await?;
+    let client = Client::connect(client_config(&a.client, Some(&a.route))?).await?;
     let mut body = Vec::new();
     tokio::io::stdin().read_to_end(&mut body).await?;
     let opts = CallOptions {
@@ -653,7 +507,7 @@ async fn call(a: CallArgs) -> Result<(), BoxError> {
 }
 
 async fn forward(a: ForwardArgs) -> Result<(), BoxError> {
-    let client = Client::connect(client_config(&a.client)?).await?;
+    let client = Client::connect(client_config(&a.client, Some(&a.route))?).await?;
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
@@ -687,14 +541,31 @@ async fn status(a: StatusArgs) -> Result<(), BoxError> {
         Some(secs) => Some(Duration::from_secs_f64(secs)),
         None => None,
     };
-    let client = match &a.admin {
+    // Where to ask: the admin listener named, else the mesh if an entry is named, else the
+    // local node's admin listener at its default address.
+    let local_default = a.admin.is_none() && !a.client.names_an_entry();
+    let admin = match (&a.admin, local_default) {
+        (Some(addr), _) => Some(addr.clone()),
+        (None, true) => Some(quicmesh::config::AdminConfig::default().listen),
+        (None, false) => None,
+    };
+    let client = match &admin {
         Some(_) => None,
-        None => Some(Client::connect(client_config(&a.client)?).await?),
+        None => Some(Client::connect(client_config(&a.client, None)?).await?),
     };
     let result = loop {
-        let fetched = match (&client, &a.admin) {
+        let fetched = match (&client, &admin) {
             (Some(c), _) => c.status().await.map_err(BoxError::from),
-            (None, Some(addr)) => http_status(addr).await,
+            (None, Some(addr)) => http_status(addr).await.map_err(|e| {
+                if local_default {
+                    format!(
+                        "{e}\nno node's admin listener answers at {addr} (the default admin.listen); run this on a host with a node, pass --admin HOST:PORT, or ask through the mesh with --entry HOST:PORT and --ca/--cert/--cert-key"
+                    )
+                    .into()
+                } else {
+                    e
+                }
+            }),
             (None, None) => Err("no client and no --admin".into()),
         };
         let report = match fetched {

@@ -201,6 +201,26 @@ pub struct StatusReport {
     /// Per service, the recent share of this node's streams sent to each node (this one
     /// included); counts halve every minute.
     pub routes: Vec<(String, Vec<(String, f64)>)>,
+    /// Peer addresses the answering node dials but cannot reach now, with the last error.
+    #[serde(default)]
+    pub unreachable: Vec<Unreachable>,
+}
+
+/// A peer address a node keeps failing to dial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreachable {
+    /// The address dialled, as configured or discovered (`host:port`).
+    pub target: String,
+    /// Failed dials in a row.
+    pub failures: u32,
+    /// Why the last failed: `resolve`, `timeout`, `refused`, `certificate`, `identity`, `other`.
+    pub reason: String,
+    /// The last error.
+    pub error: String,
+    /// What to check.
+    pub advice: String,
+    /// When the first of these failures happened, in seconds since the Unix epoch.
+    pub since_unix: u64,
 }
 
 /// One row of a [`StatusReport`].

@@ -103,6 +103,37 @@ pub fn render_status(report: &crate::protocol::StatusReport) -> String {
         out.push('\n');
         out.push_str(&r.render());
     }
+    let alone = report.members.iter().all(|m| m.member.name == report.node);
+    let connected = report
+        .members
+        .iter()
+        .any(|m| m.member.name != report.node && m.connected);
+    if !report.unreachable.is_empty() {
+        out.push('\n');
+        if !connected {
+            out.push_str("no peer reachable\n");
+        }
+        let mut r = Table::new(["unreachable", "failures", "reason", "last error"]);
+        for u in &report.unreachable {
+            r.row([
+                u.target.clone(),
+                u.failures.to_string(),
+                u.reason.clone(),
+                u.error.clone(),
+            ]);
+        }
+        out.push_str(&r.render());
+        let advice: std::collections::BTreeSet<(&str, &str)> = report
+            .unreachable
+            .iter()
+            .map(|u| (u.reason.as_str(), u.advice.as_str()))
+            .collect();
+        for (reason, advice) in advice {
+            out.push_str(&format!("{reason}: {advice}\n"));
+        }
+    } else if alone && !connected {
+        out.push_str("\nno peer known: this node was given no peers or discovery, or has not reached any yet\n");
+    }
     out
 }
 

@@ -458,3 +458,50 @@ async fn above_the_pending_handshake_threshold_new_callers_are_sent_a_retry_and_
     assert_eq!(s.handshake_failures, 0);
     node.shutdown().await;
 }
+
+/// A client that speaks another protocol (here HTTP/3) over QUIC to a node's port.
+async fn dial_with_alpn(to: SocketAddr, alpn: &[u8]) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let r = ep.connect(to, "quicmesh").unwrap().await;
+    ep.close(0u32.into(), b"");
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_in_another_protocol_is_refused_with_a_reason() {
+    logs();
+    let pki = Pki::new();
+    let node = Node::builder(pki.node_config("a"))
+        .handler("echo", Echo)
+        .start()
+        .await
+        .unwrap();
+    let err = dial_with_alpn(node.local_addr(), b"h3")
+        .await
+        .expect_err("a node accepted an HTTP/3 client");
+    println!("the h3 client sees: {err}");
+    eventually(Duration::from_secs(5), "wrong_alpn counted", || {
+        node.stats()
+            .handshake_failure_reasons
+            .get("wrong_alpn")
+            .is_some_and(|n| *n == 1)
+    })
+    .await;
+    assert_eq!(node.stats().handshake_failures, 1);
+    assert!(logged("handshake refused: the peer does not speak quicmesh/1 (ALPN)"));
+    assert!(logged("reason=wrong_alpn"));
+    // And it serves on.
+    let good = pki.client("web", &node).await;
+    assert_eq!(&good.call("echo", "ok").await.unwrap()[..], b"ok");
+    good.close().await;
+    node.shutdown().await;
+}

@@ -25,10 +25,13 @@ use super::ALPN;
 #[non_exhaustive]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{what}: {source}")]
     Io {
         /// The file in question.
         path: PathBuf,
+        /// The file with the config key and flag that name it, e.g.
+        /// `certs/node-n1.crt (tls.cert, --cert)`.
+        what: String,
         /// The underlying error.
         source: std::io::Error,
     },
@@ -41,25 +44,44 @@ pub enum TlsError {
         reason: String,
     },
     /// Our own certificate does not carry a usable identity.
-    #[error("own certificate: {0}")]
-    OwnIdentity(#[from] IdentityError),
+    #[error("{cert}: {source}")]
+    OwnIdentity {
+        /// The certificate file, with its key and flag.
+        cert: String,
+        /// What is wrong with its identity.
+        source: IdentityError,
+    },
     /// Our own certificate has a role other than the one we run as.
-    #[error("own certificate is {found} but this process runs as a {expected}; issue a {expected} certificate with `quicmesh certs {expected} NAME`")]
+    #[error("{cert}: the certificate is {found} but this process runs as a {expected}; issue a {expected} certificate with `quicmesh certs {expected} NAME`")]
     WrongRole {
+        /// The certificate file, with its key and flag.
+        cert: String,
         /// What the certificate says.
-        found: Identity,
+        found: Box<Identity>,
         /// What the process runs as.
         expected: Role,
     },
     /// Our own certificate is from another trust domain than the CA's.
-    #[error("own certificate {found} is not in the CA's trust domain {ca_domain:?}")]
+    #[error("{cert}: the certificate {found} is not in the trust domain {ca_domain:?} of the CA {ca}")]
     ForeignCa {
+        /// The certificate file, with its key and flag.
+        cert: String,
+        /// The CA file, with its key and flag.
+        ca: String,
         /// What the certificate says.
-        found: Identity,
+        found: Box<Identity>,
         /// The trust domain of the CA file.
         ca_domain: String,
     },
-    /// rustls rejected the configuration (e.g. key does not match certificate).
+    /// The private key does not belong to the certificate.
+    #[error("the private key {key} does not belong to the certificate {cert}; use the key issued with it (`quicmesh certs` writes NAME.crt and NAME.key as a pair)")]
+    KeyMismatch {
+        /// The key file, with its key and flag.
+        key: String,
+        /// The certificate file, with its key and flag.
+        cert: String,
+    },
+    /// rustls rejected the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     /// The client verifier could not be built.
@@ -125,11 +147,18 @@ impl fmt::Debug for TlsMaterial {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Io {
         path: path.to_owned(),
+        what: what.to_owned(),
         source,
     })
+}
+
+/// A file named with the config key and the command-line flag that set it, so an error about
+/// it says what to change where: `certs/node-n1.crt (tls.cert, --cert)`.
+fn labelled(path: &Path, key: &str, flag: &str) -> String {
+    format!("{} ({key}, {flag})", path.display())
 }
 
 fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -156,17 +185,18 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 impl TlsMaterial {
     /// Loads and checks the files for a holder that runs as `role`.
     pub fn load(paths: &TlsPaths, role: Role) -> Result<Self, TlsError> {
-        let ca = read(&paths.ca)?;
-        let cert = read(&paths.cert)?;
-        let key = read(&paths.key)?;
-        let material = Self::from_pem_named(
-            (&ca, &paths.ca.display().to_string()),
-            (&cert, &paths.cert.display().to_string()),
-            (&key, &paths.key.display().to_string()),
-            role,
-        )?;
+        let ca_name = labelled(&paths.ca, "tls.ca", "--ca");
+        let cert_name = labelled(&paths.cert, "tls.cert", "--cert");
+        let key_name = labelled(&paths.key, "tls.key", "--cert-key");
+        let ca = read(&paths.ca, &ca_name)?;
+        let cert = read(&paths.cert, &cert_name)?;
+        let key = read(&paths.key, &key_name)?;
+        let material = Self::from_pem_named((&ca, &ca_name), (&cert, &cert_name), (&key, &key_name), role)?;
         match &paths.crl {
-            Some(crl) => material.with_crl_named(&read(crl)?, &crl.display().to_string()),
+            Some(crl) => {
+                let name = labelled(crl, "tls.crl", "--set tls.crl=PATH");
+                material.with_crl_named(&read(crl, &name)?, &name)
+            }
             None => Ok(material),
         }
     }
@@ -238,6 +268,7 @@ impl TlsMaterial {
             })?;
         }
         let chain = certs_from_pem(cert.0, cert.1)?;
+        let key_name = key.1;
         let key = rustls_pemfile::private_key(&mut &key.0[..])
             .map_err(|e| TlsError::Pem {
                 what: key.1.to_owned(),
@@ -247,24 +278,33 @@ impl TlsMaterial {
                 what: key.1.to_owned(),
                 reason: "no PRIVATE KEY block found".into(),
             })?;
-        let identity = Identity::from_cert_der(&chain[0])?;
+        let identity = Identity::from_cert_der(&chain[0]).map_err(|source| TlsError::OwnIdentity {
+            cert: cert.1.to_owned(),
+            source,
+        })?;
         if identity.role != role {
             return Err(TlsError::WrongRole {
-                found: identity,
+                cert: cert.1.to_owned(),
+                found: Box::new(identity),
                 expected: role,
             });
         }
         let ca_domain = ca_certs.iter().find_map(|c| ca_spiffe_domain(c)).unwrap_or_default();
         if !ca_domain.is_empty() && ca_domain != identity.trust_domain {
             return Err(TlsError::ForeignCa {
-                found: identity,
+                cert: cert.1.to_owned(),
+                ca: ca.1.to_owned(),
+                found: Box::new(identity),
                 ca_domain,
             });
         }
         // Catch a key that does not belong to the certificate now, not at the first handshake.
         let signing = provider().key_provider.load_private_key(key.clone_key())?;
         let ck = rustls::sign::CertifiedKey::new(chain.clone(), signing);
-        ck.keys_match()?;
+        ck.keys_match().map_err(|_| TlsError::KeyMismatch {
+            key: key_name.to_owned(),
+            cert: cert.1.to_owned(),
+        })?;
         Ok(TlsMaterial {
             roots: Arc::new(roots),
             chain,

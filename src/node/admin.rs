@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tracing::debug;
 
 use super::failure::HandshakeFailure;
+use super::reach::DialFailure;
 use super::state::State;
 use super::sync::lock;
 use crate::protocol::RejectCode;
@@ -110,9 +111,19 @@ fn readiness(shared: &State) -> Result<(), String> {
     let connected = shared.peers.any_connected();
     let alone = shared.ctx.cfg.peers.is_empty() && shared.ctx.cfg.discovery.is_empty();
     if connected || alone {
-        Ok(())
-    } else {
-        Err("not connected to any peer yet".into())
+        return Ok(());
+    }
+    // Name the address that failed last, with its error: that is what there is to fix.
+    let troubles = shared.reach.troubles();
+    match troubles.iter().max_by_key(|(_, t)| t.since_unix) {
+        Some((target, t)) => Err(format!(
+            "no peer reachable; {} address(es) failing, e.g. {target}: {} ({} failed dials): {}",
+            troubles.len(),
+            t.error,
+            t.failures,
+            t.reason.advice()
+        )),
+        None => Err("no peer reachable yet (still dialling)".into()),
     }
 }
 
@@ -217,6 +228,19 @@ fn metrics(shared: &State) -> String {
         "handshake_failures_by_reason",
         "Incoming handshakes that failed, by reason",
         failures,
+    );
+    let dials = Family::<Labels, Counter>::default();
+    for reason in DialFailure::ALL {
+        dials
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc_by(shared.reach.count(reason));
+    }
+    reg.register("dial_failures", "Dials of peers that failed, by reason", dials);
+    gauge(
+        &mut reg,
+        "peers_unreachable",
+        "Peer addresses whose last dial failed",
+        i64::try_from(shared.reach.troubles().len()).unwrap_or(i64::MAX),
     );
     gauge(
         &mut reg,

@@ -8,6 +8,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::conn::run_connection;
 use super::coverage;
+use super::reach::DialFailure;
 use super::state::State;
 use super::sync::lock;
 use crate::backoff::Backoff;
@@ -60,7 +61,7 @@ pub(crate) async fn keep_connected(shared: Arc<State>, target: String, purpose: 
                     }
                 }
             }
-            match dial_once(&shared, &target, &mut backoff).await {
+            let failure = match dial_once(&shared, &target, &mut backoff).await {
                 Ok(DialOutcome::Ran { peer }) => {
                     if let (Purpose::Discovered, Some(addr)) = (&purpose, discovered_addr) {
                         shared.peers.found_at(addr, &peer);
@@ -69,6 +70,7 @@ pub(crate) async fn keep_connected(shared: Arc<State>, target: String, purpose: 
                     // The tie-break may have kept the peer's own dial instead of ours; while
                     // that one lives there is nothing to redial.
                     wait_until_disconnected(&shared, &peer).await;
+                    None
                 }
                 Ok(DialOutcome::Itself) => {
                     match (&purpose, discovered_addr) {
@@ -81,12 +83,15 @@ pub(crate) async fn keep_connected(shared: Arc<State>, target: String, purpose: 
                     }
                     return;
                 }
-                Err(e) => debug!(error = %e, attempt = backoff.attempts(), "dial failed"),
-            }
+                Err(e) => Some(e),
+            };
             let delay = {
                 let mut rng = lock(&shared.rng);
                 backoff.next_delay(&mut *rng)
             };
+            if let Some(e) = failure {
+                failed(&shared, &target, &e, delay);
+            }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => return,
@@ -95,6 +100,7 @@ pub(crate) async fn keep_connected(shared: Arc<State>, target: String, purpose: 
     }
     .instrument(span)
     .await;
+    shared.reach.forget(&target);
     match purpose {
         Purpose::Seed => {}
         Purpose::Member(name) => {
@@ -133,6 +139,34 @@ enum DialError {
     NotANode(crate::identity::Identity),
 }
 
+impl DialError {
+    fn reason(&self) -> DialFailure {
+        match self {
+            DialError::Resolve(_) | DialError::NoAddress => DialFailure::Resolve,
+            DialError::Connect(_) => DialFailure::Other,
+            DialError::Handshake(e) => DialFailure::of_handshake(e),
+            DialError::Timeout => DialFailure::Timeout,
+            DialError::Identity(_) | DialError::NotANode(_) => DialFailure::Identity,
+        }
+    }
+}
+
+/// Records a failed dial; warns at the first failure in a row and at each doubling, so a
+/// peer that stays down is loud at first and then costs a line per doubling of its downtime.
+fn failed(shared: &State, target: &str, e: &DialError, retry_in: std::time::Duration) {
+    let reason = e.reason();
+    match shared
+        .reach
+        .failed(target, reason, e.to_string(), crate::unix_time().as_secs())
+    {
+        Some(failures) => warn!(
+            %reason, error = %e, failures, ?retry_in,
+            "cannot reach peer: {}", reason.advice()
+        ),
+        None => debug!(%reason, error = %e, ?retry_in, "dial failed"),
+    }
+}
+
 async fn resolve(target: &str) -> Result<SocketAddr, DialError> {
     let mut addrs = tokio::net::lookup_host(target).await.map_err(DialError::Resolve)?;
     addrs.next().ok_or(DialError::NoAddress)
@@ -157,7 +191,10 @@ async fn dial_once(shared: &Arc<State>, target: &str, backoff: &mut Backoff) -> 
         return Ok(DialOutcome::Itself);
     }
     let peer = id.name.clone();
-    info!(%addr, %peer, "dialled");
+    match shared.reach.reached(target) {
+        Some(t) => info!(%addr, %peer, failures = t.failures, "dialled, after {} failed attempts", t.failures),
+        None => info!(%addr, %peer, "dialled"),
+    }
     let started = Instant::now();
     backoff.connected(started);
     run_connection(shared.clone(), conn, id, true).await;

@@ -19,21 +19,25 @@ pub enum HandshakeFailure {
     BadIdentity,
     /// The peer presented no certificate.
     NoCertificate,
+    /// The peer offered no protocol this node speaks (ALPN): not a quicmesh peer, or
+    /// another version of it.
+    WrongAlpn,
     /// The handshake did not finish within `transport.connect_timeout`.
     Timeout,
-    /// Any other TLS or QUIC failure (wrong ALPN, protocol violation, peer gave up).
+    /// Any other TLS or QUIC failure (protocol violation, peer gave up).
     Other,
 }
 
 impl HandshakeFailure {
     /// Every reason, for metrics.
-    pub const ALL: [HandshakeFailure; 8] = [
+    pub const ALL: [HandshakeFailure; 9] = [
         HandshakeFailure::CertExpired,
         HandshakeFailure::CertNotYetValid,
         HandshakeFailure::UnknownCa,
         HandshakeFailure::CertRevoked,
         HandshakeFailure::BadIdentity,
         HandshakeFailure::NoCertificate,
+        HandshakeFailure::WrongAlpn,
         HandshakeFailure::Timeout,
         HandshakeFailure::Other,
     ];
@@ -47,6 +51,7 @@ impl HandshakeFailure {
             HandshakeFailure::CertRevoked => "cert_revoked",
             HandshakeFailure::BadIdentity => "bad_identity",
             HandshakeFailure::NoCertificate => "no_certificate",
+            HandshakeFailure::WrongAlpn => "wrong_alpn",
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::Other => "other",
         }
@@ -61,6 +66,9 @@ impl HandshakeFailure {
             HandshakeFailure::CertRevoked => "the peer's certificate is revoked (tls.crl)",
             HandshakeFailure::BadIdentity => "the peer's certificate names no identity of this trust domain",
             HandshakeFailure::NoCertificate => "the peer presented no certificate",
+            HandshakeFailure::WrongAlpn => {
+                "the peer does not speak quicmesh/1 (ALPN): not a quicmesh client or node, or another version"
+            }
             HandshakeFailure::Timeout => "the handshake did not finish within transport.connect_timeout",
             HandshakeFailure::Other => "the handshake failed",
         }
@@ -74,6 +82,10 @@ impl HandshakeFailure {
     pub fn classify(e: &quinn::ConnectionError) -> Self {
         let text = match e {
             quinn::ConnectionError::TimedOut => return HandshakeFailure::Timeout,
+            // TLS alert 120, no_application_protocol, whatever the text says.
+            quinn::ConnectionError::TransportError(t) if t.code == quinn_proto::TransportErrorCode::crypto(120) => {
+                return HandshakeFailure::WrongAlpn
+            }
             quinn::ConnectionError::TransportError(t) => t.reason.to_ascii_lowercase(),
             quinn::ConnectionError::ConnectionClosed(c) => String::from_utf8_lossy(&c.reason).to_ascii_lowercase(),
             _ => return HandshakeFailure::Other,
@@ -91,6 +103,8 @@ impl HandshakeFailure {
         } else if has("unknown issuer") || has("unknownissuer") || has("badsignature") || has("bad signature") {
             // A certificate from another CA with the same name as ours fails on the signature.
             HandshakeFailure::UnknownCa
+        } else if has("no application protocol") || has("noapplicationprotocol") {
+            HandshakeFailure::WrongAlpn
         } else if has("no certificate") || has("nocertificatespresented") {
             HandshakeFailure::NoCertificate
         } else if has("invalid peer certificate") {
@@ -144,7 +158,8 @@ mod tests {
                 HandshakeFailure::BadIdentity,
             ),
             ("peer sent no certificates", HandshakeFailure::NoCertificate),
-            ("no application protocol", HandshakeFailure::Other),
+            ("no application protocol", HandshakeFailure::WrongAlpn),
+            ("peer doesn't support any known protocol", HandshakeFailure::Other),
         ] {
             assert_eq!(HandshakeFailure::classify(&tls_error(text)), want, "{text}");
         }

@@ -65,12 +65,10 @@ pub(crate) fn admit(shared: &Arc<State>, incoming: quinn::Incoming) {
 async fn handshake(shared: Arc<State>, incoming: quinn::Incoming) {
     let pending = Counted::new(&shared.metrics.pending_handshakes);
     let remote = incoming.remote_address();
+    // The first flight (the ClientHello) is processed here: an ALPN mismatch fails now.
     let connecting = match incoming.accept() {
         Ok(c) => c,
-        Err(e) => {
-            debug!(%remote, error = %e, "could not accept connection");
-            return;
-        }
+        Err(e) => return failed(&shared, remote, HandshakeFailure::classify(&e), &e.to_string()),
     };
     let conn = match tokio::time::timeout(shared.ctx.cfg.transport.connect_timeout, connecting).await {
         Ok(Ok(c)) => c,

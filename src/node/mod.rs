@@ -18,6 +18,7 @@ mod failure;
 mod load;
 mod metrics;
 mod peers;
+mod reach;
 mod route;
 mod services;
 mod state;
@@ -110,6 +111,8 @@ pub struct NodeStats {
     /// Accepted streams reset because their deadline passed while being served or relayed
     /// (refusals of streams whose deadline had passed on arrival are in `rejected`).
     pub deadlines_exceeded: u64,
+    /// Failed dials of peers by reason (`resolve`, `timeout`, `certificate`, ...), non-zero only.
+    pub dial_failures: BTreeMap<&'static str, u64>,
 }
 
 impl Node {
@@ -268,6 +271,11 @@ impl Node {
             tls_reloads: s.tls_reloads.load(Ordering::Relaxed),
             peer_reconnects: s.reconnects.load(Ordering::Relaxed),
             deadlines_exceeded: s.deadlines_exceeded.load(Ordering::Relaxed),
+            dial_failures: reach::DialFailure::ALL
+                .iter()
+                .map(|r| (r.as_str(), self.state.reach.count(*r)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
         }
     }
 

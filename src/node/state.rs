@@ -7,6 +7,7 @@
 //! | [`Context`] | name, identity, configuration, endpoint, clock, discovery, shutdown | start only |
 //! | [`TlsState`] | dialling configuration, certificate expiry | certificate reload |
 //! | [`PeerTable`] | connections, control writers, RTTs, stream use, dials | connections, dials |
+//! | [`Reach`] | dials failing now, dial failures by reason | dials |
 //! | [`LocalServices`] | the services served here and their allow-lists | start (and later, registration) |
 //! | [`LoadState`] | streams in flight, service time, undelivered replies | streams |
 //! | `routing` | latency estimates, pending, ejections, balancers, retry budget | streams |
@@ -26,11 +27,12 @@ use super::context::Context;
 use super::load::LoadState;
 use super::metrics::Metrics;
 use super::peers::PeerTable;
+use super::reach::Reach;
 use super::services::LocalServices;
 use super::sync::lock;
 use super::tls::TlsState;
 use crate::gossip::{Gossip, Load};
-use crate::protocol::{ControlMsg, MemberStatus, StatusReport};
+use crate::protocol::{ControlMsg, MemberStatus, StatusReport, Unreachable};
 use crate::routing::Table;
 
 /// Everything a node's tasks share.
@@ -38,6 +40,7 @@ pub(crate) struct State {
     pub ctx: Context,
     pub tls: TlsState,
     pub peers: PeerTable,
+    pub reach: Reach,
     pub services: LocalServices,
     pub load: LoadState,
     pub routing: Mutex<Table>,
@@ -57,6 +60,7 @@ impl State {
         State {
             tls,
             peers: PeerTable::new(),
+            reach: Reach::default(),
             services,
             load: LoadState::new(ctx.cfg.limits.max_inflight),
             routing: Mutex::new(ctx.cfg.routing.table()),
@@ -130,6 +134,19 @@ impl State {
                 })
                 .collect(),
             routes: lock(&self.routing).shares(),
+            unreachable: self
+                .reach
+                .troubles()
+                .into_iter()
+                .map(|(target, t)| Unreachable {
+                    target,
+                    failures: t.failures,
+                    reason: t.reason.to_string(),
+                    error: t.error,
+                    advice: t.reason.advice().to_owned(),
+                    since_unix: t.since_unix,
+                })
+                .collect(),
         }
     }
 
