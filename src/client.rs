@@ -269,17 +269,21 @@ impl Client {
         if let Some(c) = guard.as_ref().filter(|c| c.close_reason().is_none()) {
             return Ok(c.clone());
         }
-        let mut tried = Vec::new();
-        for entry in entry_candidates(&self.inner.cfg, self.inner.discovery.as_deref()).await {
-            match self.dial(&entry).await {
-                Ok(c) => {
-                    debug!(%entry, "connected to entry node");
-                    *guard = Some(c.clone());
-                    return Ok(c);
-                }
-                Err(why) => tried.push((entry, why)),
+        let candidates = entry_candidates(&self.inner.cfg, self.inner.discovery.as_deref()).await;
+        // Raced, not tried one by one: an entry that crashed but is still listed (in DNS, in
+        // `entries`) costs the stagger instead of the whole connect timeout.
+        let tried = match crate::race::race(candidates, crate::race::ENTRY_STAGGER, |entry: String| async move {
+            self.dial(&entry).await
+        })
+        .await
+        {
+            Ok((entry, c)) => {
+                debug!(%entry, "connected to entry node");
+                *guard = Some(c.clone());
+                return Ok(c);
             }
-        }
+            Err(tried) => tried,
+        };
         if tried.is_empty() {
             let why = self
                 .inner
@@ -559,10 +563,11 @@ impl Client {
 
     /// Closes the connection cleanly.
     pub async fn close(&self) {
-        if let Some(c) = self.inner.conn.lock().await.take() {
-            c.close(codes::SHUTDOWN, b"client closed");
+        let mut conns: Vec<quinn::Connection> = self.inner.conn.lock().await.take().into_iter().collect();
+        if let Some(direct) = &self.inner.direct {
+            conns.extend(std::mem::take(&mut crate::node::lock_std(direct).conns).into_values());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+        crate::transport::close_and_flush(&conns, codes::SHUTDOWN, b"client closed", Duration::from_secs(1)).await;
     }
 }
 

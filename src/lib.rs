@@ -44,6 +44,7 @@ pub mod lbsim;
 mod logbudget;
 mod node;
 pub mod protocol;
+mod race;
 pub mod routing;
 mod service;
 #[cfg(feature = "testkit")]

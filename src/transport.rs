@@ -148,3 +148,86 @@ mod tests {
         assert!(keep_new_connection("a", "b", true, Duration::from_secs(60), false, W));
     }
 }
+
+/// Closes `conns` and waits, at most `limit`, until each one's CONNECTION_CLOSE is on the
+/// wire, so peers learn of it at once instead of at their idle timeout.
+///
+/// [`quinn::Endpoint::wait_idle`] waits longer for nothing more: it also waits out every
+/// connection's draining period (three PTOs, about a second before the first RTT sample) and
+/// half-open handshakes to peers that are gone. A close is never acknowledged in QUIC, so
+/// "sent" is all there is to wait for.
+pub async fn close_and_flush(conns: &[quinn::Connection], code: VarInt, reason: &[u8], limit: Duration) {
+    // A connection the peer closed first has nothing to send. quinn counts no CONNECTION_CLOSE
+    // frames, but after a close that packet is the only one a connection sends.
+    let ours: Vec<(&quinn::Connection, u64)> = conns
+        .iter()
+        .filter(|c| c.close_reason().is_none())
+        .map(|c| (c, c.stats().udp_tx.datagrams))
+        .collect();
+    for (c, _) in &ours {
+        c.close(code, reason);
+    }
+    let sent = |(c, before): &(&quinn::Connection, u64)| c.stats().udp_tx.datagrams > *before;
+    let flushed = async {
+        // The connection drivers send as soon as they are polled: a few ticks at most.
+        while !ours.iter().all(sent) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let _ = tokio::time::timeout(limit, flushed).await;
+}
+
+/// Frees the UDP address of a closed `endpoint` whose connections are still draining, and
+/// waits (at most `limit`) until it can be bound again.
+///
+/// The endpoint is handed throwaway sockets: the first rebind keeps the old socket as the
+/// "previous" one (quinn still reads it during a migration), the second drops it, and each
+/// connection lets go of it when its driver takes the rebind. Whether that has happened is
+/// seen by binding the address, the only test there is.
+pub async fn release_socket(endpoint: &quinn::Endpoint, addr: SocketAddr, limit: Duration) {
+    let spare = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    for _ in 0..2 {
+        match std::net::UdpSocket::bind(spare) {
+            Ok(s) => {
+                if endpoint.rebind(s).is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+    let free = async {
+        while std::net::UdpSocket::bind(addr).is_err() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let _ = tokio::time::timeout(limit, free).await;
+}
+
+/// How long a connection may stay completely silent after we sent on it before the peer is
+/// taken for down: four of its probe timeouts (RTT plus the peer's 25 ms maximum ack delay;
+/// a live peer acknowledges within one, and a lost packet or two is repaired within the
+/// next), and never under 250 ms, so a scheduling hiccup on a busy host is not a crash.
+pub fn silence_bound(conn: &quinn::Connection) -> Duration {
+    silence_bound_for(conn.rtt())
+}
+
+fn silence_bound_for(rtt: Duration) -> Duration {
+    const MAX_ACK_DELAY: Duration = Duration::from_millis(25);
+    const FLOOR: Duration = Duration::from_millis(250);
+    ((rtt + MAX_ACK_DELAY) * 4).max(FLOOR)
+}
+
+#[cfg(test)]
+mod silence_tests {
+    use super::*;
+
+    #[test]
+    fn silence_bound_follows_the_rtt_above_a_floor() {
+        assert_eq!(
+            silence_bound_for(Duration::from_micros(100)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(silence_bound_for(Duration::from_millis(75)), Duration::from_millis(400));
+    }
+}

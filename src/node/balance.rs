@@ -98,6 +98,12 @@ pub(crate) fn record_success(state: &State, node: &str, latency: Duration) {
     lock(&state.routing).record_success(node, latency, now);
 }
 
+/// `node` is silent: out of the rotation at once, for `routing.eject_for`.
+pub(crate) fn eject(state: &State, node: &str) {
+    let now = state.ctx.now();
+    lock(&state.routing).eject(node, now);
+}
+
 /// A stream to `node` was refused or failed before any byte flowed.
 pub(crate) fn record_failure(state: &State, node: &str) {
     let now = state.ctx.now();

@@ -8,6 +8,7 @@ use quinn::Connection;
 use tracing::{debug, info, warn, Instrument};
 
 use super::control::open_control;
+use super::ended::Ended;
 use super::metrics::bump;
 use super::peers::Registered;
 use super::state::State;
@@ -20,8 +21,8 @@ use crate::protocol::codes;
 const MIGRATION_CHECK: Duration = Duration::from_millis(250);
 
 /// Runs an established connection until it closes: registers node peers, opens the control
-/// stream if we dialled, and serves the streams the peer opens.
-pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Identity, dialed_by_me: bool) {
+/// stream if we dialled, and serves the streams the peer opens. Returns how it ended.
+pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Identity, dialed_by_me: bool) -> Ended {
     let span = tracing::info_span!("conn", peer = %id, remote = %conn.remote_address());
     async move {
         let _counted = Counted::new(&shared.metrics.connections);
@@ -37,12 +38,12 @@ pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Ide
             if id.name == shared.ctx.name {
                 warn!("a peer address points back at this node; dropping the connection");
                 conn.close(codes::FORBIDDEN, b"connected to itself");
-                return;
+                return Ended::Retired;
             }
             match shared.peers.register(&shared.ctx.name, &id.name, &conn, dialed_by_me) {
                 Registered::Duplicate => {
                     debug!("duplicate connection closed (the other one is kept)");
-                    return;
+                    return Ended::Retired;
                 }
                 // We had a connection to this peer and lost it; whichever side dialled, it is back.
                 Registered::Reconnected => bump(&shared.metrics.stats.reconnects),
@@ -53,6 +54,7 @@ pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Ide
                 tokio::spawn(open_control(shared.clone(), conn.clone(), id.name.clone()).in_current_span());
             }
         } else {
+            shared.peers.add_client(&conn);
             debug!("client connected");
         }
         let id = Arc::new(id);
@@ -80,15 +82,30 @@ pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Ide
                 }
             }
         };
+        let ended = Ended::of(&reason, shared.ctx.is_shutting_down());
         if is_node {
-            if shared.peers.unregister(&id.name, &conn) {
-                // Direct evidence: suspect it now; gossip decides whether it is dead.
+            let current = shared.peers.unregister(&id.name, &conn);
+            // Direct evidence that the peer is gone: suspect it now (gossip decides whether it
+            // is dead; a peer that left is already Left), unless another connection to it is
+            // up. A duplicate the peer retired is no evidence: the peer is alive, and the
+            // connection it kept may just not have registered on this side yet.
+            let gone = matches!(ended, Ended::Lost | Ended::PeerLeft);
+            if gone && current && shared.peers.peer_conn(&id.name).is_none() {
+                if ended == Ended::Lost {
+                    bump(&shared.metrics.stats.peer_losses);
+                }
                 lock(&shared.gossip).disconnected(&id.name, shared.ctx.now());
             }
-            info!(%reason, "peer disconnected");
+            if ended.expected() {
+                debug!(%reason, ?ended, "peer connection ended");
+            } else {
+                info!(%reason, "peer disconnected");
+            }
         } else {
+            shared.peers.forget_client(&conn);
             debug!(%reason, "client disconnected");
         }
+        ended
     }
     .instrument(span)
     .await

@@ -151,6 +151,7 @@ pub(crate) async fn run_control(
                 let now = u64::try_from(shared.ctx.now().as_micros()).unwrap_or(u64::MAX);
                 let sample = Duration::from_micros(now.saturating_sub(nonce)).as_secs_f64();
                 shared.peers.observe_rtt(peer, sample);
+                shared.peers.pong(peer, nonce);
             }
         }
     };

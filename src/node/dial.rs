@@ -8,6 +8,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::conn::run_connection;
 use super::coverage;
+use super::ended::Ended;
 use super::reach::DialFailure;
 use super::state::State;
 use super::sync::lock;
@@ -62,11 +63,16 @@ pub(crate) async fn keep_connected(shared: Arc<State>, target: String, purpose: 
                 }
             }
             let failure = match dial_once(&shared, &target, &mut backoff).await {
-                Ok(DialOutcome::Ran { peer }) => {
+                Ok(DialOutcome::Ran { peer, ended }) => {
                     if let (Purpose::Discovered, Some(addr)) = (&purpose, discovered_addr) {
                         shared.peers.found_at(addr, &peer);
                     }
                     backoff.disconnected(Instant::now());
+                    if ended == Ended::PeerRetired {
+                        // The peer kept its own dial to us; give it time to register here
+                        // rather than dialling a third connection.
+                        wait_for_replacement(&shared, &peer).await;
+                    }
                     // The tie-break may have kept the peer's own dial instead of ours; while
                     // that one lives there is nothing to redial.
                     wait_until_disconnected(&shared, &peer).await;
@@ -116,7 +122,7 @@ pub(crate) async fn keep_connected(shared: Arc<State>, target: String, purpose: 
 
 enum DialOutcome {
     /// A connection ran and has ended.
-    Ran { peer: String },
+    Ran { peer: String, ended: Ended },
     /// The address is our own.
     Itself,
 }
@@ -155,6 +161,11 @@ impl DialError {
 /// peer that stays down is loud at first and then costs a line per doubling of its downtime.
 fn failed(shared: &State, target: &str, e: &DialError, retry_in: std::time::Duration) {
     let reason = e.reason();
+    if shared.ctx.is_shutting_down() {
+        // Our own endpoint closing under a dial in progress is no news.
+        debug!(%reason, error = %e, "dial ended by shutdown");
+        return;
+    }
     match shared
         .reach
         .failed(target, reason, e.to_string(), crate::unix_time().as_secs())
@@ -197,9 +208,22 @@ async fn dial_once(shared: &Arc<State>, target: &str, backoff: &mut Backoff) -> 
     }
     let started = Instant::now();
     backoff.connected(started);
-    run_connection(shared.clone(), conn, id, true).await;
-    debug!(up_for = ?started.elapsed(), "connection ended");
-    Ok(DialOutcome::Ran { peer })
+    let ended = run_connection(shared.clone(), conn, id, true).await;
+    debug!(up_for = ?started.elapsed(), ?ended, "connection ended");
+    Ok(DialOutcome::Ran { peer, ended })
+}
+
+/// Waits, at most `transport.connect_timeout`, until a live connection to `peer` registers.
+async fn wait_for_replacement(shared: &State, peer: &str) {
+    let mut changed = shared.peers.subscribe();
+    let registered = async {
+        while shared.peers.peer_conn(peer).is_none() {
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(shared.ctx.cfg.transport.connect_timeout, registered).await;
 }
 
 async fn wait_until_disconnected(shared: &State, peer: &str) {

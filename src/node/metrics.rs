@@ -40,6 +40,9 @@ pub(crate) struct Stats {
     pub tls_reloads: AtomicU64,
     /// Reloads that failed (the old certificates stayed in use).
     pub tls_reload_failures: AtomicU64,
+    /// Connections to peers lost (not retired as duplicates, not closed in order), each one
+    /// direct evidence that made gossip suspect the peer.
+    pub peer_losses: AtomicU64,
     /// Accepted streams stopped because their deadline passed while being served or relayed.
     pub deadlines_exceeded: AtomicU64,
 }

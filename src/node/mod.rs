@@ -13,6 +13,7 @@
 // State, split by owner (no file here imports a driver):
 mod conn_use;
 mod context;
+mod ended;
 mod error;
 mod failure;
 mod load;
@@ -108,12 +109,19 @@ pub struct NodeStats {
     pub tls_reloads: u64,
     /// Connections to peers re-established after one was lost.
     pub peer_reconnects: u64,
+    /// Connections to peers lost (not duplicates retired by either side, not closed in
+    /// order); each made gossip suspect the peer. Zero in a healthy mesh.
+    pub peer_losses: u64,
     /// Accepted streams reset because their deadline passed while being served or relayed
     /// (refusals of streams whose deadline had passed on arrival are in `rejected`).
     pub deadlines_exceeded: u64,
     /// Failed dials of peers by reason (`resolve`, `timeout`, `certificate`, ...), non-zero only.
     pub dial_failures: BTreeMap<&'static str, u64>,
 }
+
+/// How long shutdown waits for peers to acknowledge its Left record, and for its closes to be
+/// sent; both take a round trip or less when peers are up.
+const SHUTDOWN_ACK_LIMIT: Duration = Duration::from_millis(500);
 
 impl Node {
     /// Starts building a node from its configuration.
@@ -270,6 +278,7 @@ impl Node {
             retries: s.retries.load(Ordering::Relaxed),
             tls_reloads: s.tls_reloads.load(Ordering::Relaxed),
             peer_reconnects: s.reconnects.load(Ordering::Relaxed),
+            peer_losses: s.peer_losses.load(Ordering::Relaxed),
             deadlines_exceeded: s.deadlines_exceeded.load(Ordering::Relaxed),
             dial_failures: reach::DialFailure::ALL
                 .iter()
@@ -295,12 +304,21 @@ impl Node {
     /// Stops the node: closes every connection with an orderly close, waits briefly for the
     /// close to be delivered, and stops all tasks.
     pub async fn shutdown(&self) {
-        // Say goodbye first, so peers mark us Left rather than suspecting a crash.
-        self.state.announce(crate::gossip::Gossip::leave);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Say goodbye first, and wait until each peer has it, so peers mark us Left rather
+        // than suspecting a crash.
+        self.state
+            .announce_acked(crate::gossip::Gossip::leave, SHUTDOWN_ACK_LIMIT)
+            .await;
         self.state.ctx.stop();
+        // Close every connection and wait until each close is sent: no more. (The endpoint's
+        // wait_idle would also wait out every connection's draining period, 3 PTOs, which
+        // is about 3 s for a handshake still in progress with a peer that is down.)
+        let conns = self.state.peers.all_connections();
+        crate::transport::close_and_flush(&conns, codes::SHUTDOWN, b"node shutting down", SHUTDOWN_ACK_LIMIT).await;
         self.state.ctx.endpoint.close(codes::SHUTDOWN, b"node shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.state.ctx.endpoint.wait_idle()).await;
+        // Draining connections keep the endpoint, and so its socket, alive for those 3 PTOs;
+        // free the address now, for a restart on it.
+        crate::transport::release_socket(&self.state.ctx.endpoint, self.local_addr, SHUTDOWN_ACK_LIMIT).await;
         lock(&self.tasks).abort_all();
         info!(node = %self.state.ctx.name, "node stopped");
     }

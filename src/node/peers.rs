@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use quinn::Connection;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::conn_use::{self, ConnUseTable, InUse};
 use super::sync::lock;
@@ -87,6 +87,11 @@ pub(crate) struct PeerTable {
     dialing: Mutex<BTreeSet<String>>,
     /// Dials of discovered addresses, and who was found at each.
     discovered: Mutex<Discovered>,
+    /// Waiters for the pong to a given ping, by peer and nonce (shutdown waits for peers to
+    /// have taken its Left record).
+    pongs: Mutex<BTreeMap<(String, u64), oneshot::Sender<()>>>,
+    /// Client connections, by stable id, so shutdown can close each and see it sent.
+    clients: Mutex<BTreeMap<usize, Connection>>,
 }
 
 impl PeerTable {
@@ -99,6 +104,8 @@ impl PeerTable {
             conn_use: ConnUseTable::default(),
             dialing: Mutex::new(BTreeSet::new()),
             discovered: Mutex::new(Discovered::default()),
+            pongs: Mutex::new(BTreeMap::new()),
+            clients: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -198,6 +205,43 @@ impl PeerTable {
             Some(h) => h.tx.try_send(msg).is_ok(),
             None => false,
         }
+    }
+
+    /// Sends `peer` a ping with `nonce` on its control stream and returns a receiver that
+    /// fires when the pong comes back: the peer has then processed everything sent before
+    /// it on that ordered stream. `None` if no control stream is up or it is congested.
+    pub fn ping_acked(&self, peer: &str, nonce: u64) -> Option<oneshot::Receiver<()>> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pongs).insert((peer.to_owned(), nonce), tx);
+        if self.send_control(peer, ControlMsg::Ping { nonce }) {
+            Some(rx)
+        } else {
+            lock(&self.pongs).remove(&(peer.to_owned(), nonce));
+            None
+        }
+    }
+
+    /// A pong arrived from `peer`: wakes whoever waits for it.
+    pub fn pong(&self, peer: &str, nonce: u64) {
+        if let Some(tx) = lock(&self.pongs).remove(&(peer.to_owned(), nonce)) {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Remembers a client connection until [`PeerTable::forget_client`].
+    pub fn add_client(&self, conn: &Connection) {
+        lock(&self.clients).insert(conn.stable_id(), conn.clone());
+    }
+
+    pub fn forget_client(&self, conn: &Connection) {
+        lock(&self.clients).remove(&conn.stable_id());
+    }
+
+    /// Every open connection, peers' and clients'.
+    pub fn all_connections(&self) -> Vec<Connection> {
+        let mut all: Vec<Connection> = lock(&self.peers).values().filter_map(|p| p.live().cloned()).collect();
+        all.extend(lock(&self.clients).values().cloned());
+        all
     }
 
     /// Peers with a control stream up.

@@ -114,6 +114,22 @@ impl State {
         }
     }
 
+    /// Like [`State::announce`], then waits (at most `limit`) until every peer has the news:
+    /// a ping sent after it on the same ordered control stream is answered only once the
+    /// peer has processed it. For Left, so peers mark this node Left, not suspect, before its
+    /// connections close.
+    pub async fn announce_acked(&self, change: impl FnOnce(&mut Gossip), limit: std::time::Duration) {
+        self.announce(change);
+        let nonce = u64::try_from(self.ctx.now().as_micros()).unwrap_or(u64::MAX);
+        let acks: Vec<_> = self
+            .peers
+            .control_peers()
+            .iter()
+            .filter_map(|p| self.peers.ping_acked(p, nonce))
+            .collect();
+        let _ = tokio::time::timeout(limit, futures_util::future::join_all(acks)).await;
+    }
+
     /// The node's status report (also served as the built-in status service).
     pub fn status_report(&self) -> StatusReport {
         let rtt = self.peers.rtts();

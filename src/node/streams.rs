@@ -190,6 +190,9 @@ struct Incoming<'a> {
 enum Downstream {
     Rejected(RejectCode, String),
     Failed(String),
+    /// Not a packet from the peer since the header went out, for several probe timeouts: it
+    /// is down (crashed without closing), though its connection has not timed out yet.
+    Silent(String),
 }
 
 impl Incoming<'_> {
@@ -385,6 +388,13 @@ impl Incoming<'_> {
                     balance::record_failure(shared, &peer);
                     last = Some(reject(RejectCode::Unavailable, format!("relay to node {peer}: {e}")));
                 }
+                Err(Downstream::Silent(e)) => {
+                    // Ejected at once: every stream sent there would wait the same way until
+                    // gossip declares it dead or its connection times out.
+                    balance::eject(shared, &peer);
+                    info!(caller = %self.caller, service = %req.service, via = %peer, error = %e, "peer is silent; ejected, trying another node");
+                    last = Some(reject(RejectCode::Unavailable, format!("relay to node {peer}: {e}")));
+                }
             }
             tried.push(peer);
         }
@@ -409,30 +419,62 @@ impl Incoming<'_> {
     ) -> Result<(String, SendStream, RecvStream), Downstream> {
         let shared = self.shared;
         let wait = timeout_until(self.deadline, shared.ctx.cfg.transport.header_timeout);
-        let attempt = async {
-            let (mut s, mut r) = pconn.open_bi().await.map_err(|e| Downstream::Failed(e.to_string()))?;
-            let header = StreamHeader {
-                version: PROTOCOL_VERSION,
-                kind: StreamKind::Service(req),
-            };
-            write_frame(&mut s, &header)
-                .await
-                .map_err(|e| Downstream::Failed(e.to_string()))?;
-            let resp: Response = read_frame(&mut r, shared.ctx.cfg.limits.max_header_bytes)
-                .await
-                .map_err(|e| Downstream::Failed(e.to_string()))?;
-            match resp {
-                Response::Accept { node } => Ok((node, s, r)),
-                Response::Reject { code, reason } => Err(Downstream::Rejected(code, reason)),
-            }
+        let give_up = Instant::now() + wait;
+        let (mut s, mut r) = match tokio::time::timeout(wait, pconn.open_bi()).await {
+            Ok(Ok(sr)) => sr,
+            Ok(Err(e)) => return Err(Downstream::Failed(e.to_string())),
+            Err(_) => return Err(Downstream::Failed(format!("no stream credit within {wait:?}"))),
         };
-        match tokio::time::timeout(wait, attempt).await {
-            Ok(r) => r,
-            Err(_) if self.deadline.is_some_and(|d| d <= Instant::now()) => Err(Downstream::Rejected(
-                RejectCode::DeadlineExceeded,
-                "deadline passed while waiting for the serving node".into(),
-            )),
-            Err(_) => Err(Downstream::Failed(format!("no answer within {wait:?}"))),
+        let heard = pconn.stats().udp_rx.datagrams;
+        let answered = {
+            let exchange = async {
+                let header = StreamHeader {
+                    version: PROTOCOL_VERSION,
+                    kind: StreamKind::Service(req),
+                };
+                write_frame(&mut s, &header)
+                    .await
+                    .map_err(|e| Downstream::Failed(e.to_string()))?;
+                read_frame::<_, Response>(&mut r, shared.ctx.cfg.limits.max_header_bytes)
+                    .await
+                    .map_err(|e| Downstream::Failed(e.to_string()))
+            };
+            tokio::pin!(exchange);
+            // A live peer acknowledges the header's packet within a round trip (plus its ack
+            // delay), even when its answer must wait for a backend. Nothing at all for several of
+            // those means it is down: move on now rather than at the header timeout.
+            let probe = crate::transport::silence_bound(pconn).min(wait);
+            let answered = tokio::select! {
+                a = &mut exchange => Some(a),
+                () = tokio::time::sleep(probe) => None,
+            };
+            let answered = match answered {
+                Some(a) => Ok(a),
+                None if pconn.stats().udp_rx.datagrams == heard => Err(Downstream::Silent(format!(
+                    "not a packet from it within {probe:?} of the request (RTT {:?})",
+                    pconn.rtt()
+                ))),
+                None => match tokio::time::timeout_at(give_up, &mut exchange).await {
+                    Ok(a) => Ok(a),
+                    Err(_) if self.deadline.is_some_and(|d| d <= Instant::now()) => Err(Downstream::Rejected(
+                        RejectCode::DeadlineExceeded,
+                        "deadline passed while waiting for the serving node".into(),
+                    )),
+                    Err(_) => Err(Downstream::Failed(format!("no answer within {wait:?}"))),
+                },
+            };
+            answered
+        };
+        match answered.and_then(|a| a) {
+            Ok(Response::Accept { node }) => Ok((node, s, r)),
+            Ok(Response::Reject { code, reason }) => Err(Downstream::Rejected(code, reason)),
+            Err(e) => {
+                // Reset, not dropped: a dropped send stream is finished, and a peer that is
+                // only slow would serve the request with an empty body while it is retried.
+                let _ = s.reset(codes::STREAM_ABORTED);
+                let _ = r.stop(codes::STREAM_ABORTED);
+                Err(e)
+            }
         }
     }
 }

@@ -353,6 +353,11 @@ impl Ejector {
         }
     }
 
+    /// Ejects `node` until `now + backoff`, whatever its streak.
+    pub fn eject(&mut self, node: &str, now: std::time::Duration, backoff: std::time::Duration) {
+        self.failures.insert(node.to_owned(), (0, Some(now + backoff)));
+    }
+
     /// Records a success: the failure streak ends.
     pub fn success(&mut self, node: &str) {
         self.failures.remove(node);

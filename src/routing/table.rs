@@ -180,6 +180,13 @@ impl Table {
         e.observe(penalty, now);
     }
 
+    /// Ejects `node` at once for the ejection period (it does not answer at all), and
+    /// charges its latency as a failure.
+    pub fn eject(&mut self, node: &str, now: Duration) {
+        self.record_failure(node, now);
+        self.ejector.eject(node, now, self.ejection.eject_for);
+    }
+
     /// The latency estimate of `node`, seconds, if measured.
     pub fn latency(&self, node: &str) -> Option<f64> {
         self.latency.get(node).map(PeakEwma::get)
