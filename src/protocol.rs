@@ -37,6 +37,9 @@ pub mod codes {
     /// The request's deadline passed while it was being served or relayed; the service may
     /// have done part of the work.
     pub const DEADLINE_EXCEEDED: VarInt = VarInt::from_u32(5);
+    /// Connection: another live process holds this node's identity and is connected here;
+    /// this connection is refused (a misconfiguration or a stolen key).
+    pub const IDENTITY_CLASH: VarInt = VarInt::from_u32(6);
 }
 
 /// The first frame of every stream.
@@ -204,6 +207,25 @@ pub struct StatusReport {
     /// Peer addresses the answering node dials but cannot reach now, with the last error.
     #[serde(default)]
     pub unreachable: Vec<Unreachable>,
+    /// Node identities held by two live processes at once in the last ten minutes, as the
+    /// answering node saw them (it keeps one connection and refuses the other).
+    #[serde(default)]
+    pub identity_clashes: Vec<IdentityClash>,
+}
+
+/// Two live processes with one node identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityClash {
+    /// The node name both claim.
+    pub node: String,
+    /// The address of the connection kept.
+    pub kept: String,
+    /// The address of the last connection refused.
+    pub refused: String,
+    /// Connections refused so far.
+    pub count: u64,
+    /// When the last was refused, seconds since the Unix epoch.
+    pub last_unix: u64,
 }
 
 /// A peer address a node keeps failing to dial.
@@ -338,6 +360,41 @@ where
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
     Ok(body)
+}
+
+/// Which process of a node is speaking: a random id drawn at start. Two connections with one
+/// node identity and different boot ids come from two processes: a restart, or two holders
+/// of one certificate. Sent after the `Accept` of a control stream in the same frame (older
+/// nodes ignore the trailing bytes); nodes dialling carry it in the TLS server name
+/// (`n<16 hex digits>.quicmesh`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The process's boot id.
+    pub boot: u64,
+}
+
+impl Hello {
+    /// The TLS server name a node dials with, carrying its boot id.
+    pub fn server_name(boot: u64) -> String {
+        format!("n{boot:016x}.quicmesh")
+    }
+
+    /// The boot id in a server name made by [`Hello::server_name`].
+    pub fn from_server_name(name: &str) -> Option<u64> {
+        let hex = name.strip_prefix('n')?.strip_suffix(".quicmesh")?;
+        if hex.len() != 16 {
+            return None;
+        }
+        u64::from_str_radix(hex, 16).ok()
+    }
+}
+
+/// Decodes a frame body as `T`, followed by an optional trailing `U` (absent from older peers).
+pub fn decode_with_trailer<T: DeserializeOwned, U: DeserializeOwned>(
+    body: &[u8],
+) -> Result<(T, Option<U>), FrameError> {
+    let (t, rest) = postcard::take_from_bytes::<T>(body)?;
+    Ok((t, postcard::from_bytes::<U>(rest).ok()))
 }
 
 /// Reads one frame and decodes it as `T`.

@@ -131,7 +131,14 @@ pub fn render_status(report: &crate::protocol::StatusReport) -> String {
         for (reason, advice) in advice {
             out.push_str(&format!("{reason}: {advice}\n"));
         }
-    } else if alone && !connected {
+    }
+    for c in &report.identity_clashes {
+        out.push_str(&format!(
+            "\nIDENTITY CLASH: two live processes hold node {}'s certificate; kept {}, refused {} ({} times). Two nodes with one name and certificate, or a stolen key: revoke it (quicmesh certs revoke)\n",
+            c.node, c.kept, c.refused, c.count
+        ));
+    }
+    if report.unreachable.is_empty() && alone && !connected {
         out.push_str("\nno peer known: this node was given no peers or discovery, or has not reached any yet\n");
     }
     out

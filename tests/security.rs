@@ -505,3 +505,69 @@ async fn a_handshake_in_another_protocol_is_refused_with_a_reason() {
     good.close().await;
     node.shutdown().await;
 }
+
+/// Issue 20, item 10: a second live process with a node's certificate does not displace the
+/// real one. It is refused with IDENTITY_CLASH, counted and logged as an error on the node it
+/// dials and shown in `/status`, and the real node's connection stays up with no reconnect and
+/// no suspicion; the refused process says why and backs off. A restart is still let in at
+/// once: a new process whose predecessor stopped replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_holder_of_a_node_certificate_is_refused_not_let_flap() {
+    logs();
+    let pki = Pki::new();
+    let x = Node::builder(pki.node_config("x")).start().await.unwrap();
+    let holder = |listen: &str| {
+        let mut cfg = pki.node_config("twin");
+        cfg.listen = listen.parse().unwrap();
+        cfg.peers = vec![x.local_addr().to_string()];
+        cfg
+    };
+    let real = Node::builder(holder("127.0.0.1:0")).start().await.unwrap();
+    eventually(Duration::from_secs(10), "x connected to the real twin", || {
+        x.peers().iter().any(|p| p.name == "twin" && p.connected)
+    })
+    .await;
+    let real_addr = real.local_addr();
+    let impostor = Node::builder(holder("127.0.0.1:0")).start().await.unwrap();
+    // The impostor dials again after reconnect.max (500 ms here): refused each time.
+    eventually(Duration::from_secs(20), "two clashes refused", || {
+        x.stats().identity_clashes >= 2
+    })
+    .await;
+    let s = x.stats();
+    assert_eq!(s.peer_reconnects, 0, "the real twin was displaced: {s:?}");
+    assert_eq!(s.peer_losses, 0, "{s:?}");
+    let kept = x.peers().into_iter().find(|p| p.name == "twin").unwrap();
+    assert!(kept.connected && kept.remote == real_addr, "{kept:?}");
+    let status = x.status();
+    assert_eq!(
+        status
+            .identity_clashes
+            .first()
+            .map(|c| (c.node.as_str(), c.kept.clone())),
+        Some(("twin", real_addr.to_string())),
+        "{status:?}"
+    );
+    assert!(quicmesh::render_status(&status).contains("IDENTITY CLASH"));
+    assert!(logged(
+        "identity clash: two live processes hold node twin's certificate"
+    ));
+    assert!(logged(
+        "refused: another live process holds this node's identity (twin)"
+    ));
+    assert!(real.stats().peer_losses == 0 && real.peers().iter().all(|p| p.connected));
+    // A restart: the real process stops, a new one with the same certificate takes over.
+    impostor.shutdown().await;
+    real.shutdown().await;
+    let clashes = x.stats().identity_clashes;
+    let restarted = Node::builder(holder("127.0.0.1:0")).start().await.unwrap();
+    eventually(Duration::from_secs(10), "the restarted twin is let in", || {
+        x.peers()
+            .iter()
+            .any(|p| p.name == "twin" && p.connected && p.remote == restarted.local_addr())
+    })
+    .await;
+    assert_eq!(x.stats().identity_clashes, clashes);
+    restarted.shutdown().await;
+    x.shutdown().await;
+}

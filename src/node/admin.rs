@@ -143,7 +143,7 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
 fn metrics(shared: &State) -> String {
     let mut reg = Registry::with_prefix("quicmesh");
     let s = &shared.metrics.stats;
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 16] = [
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 17] = [
         (
             "streams_deadline_exceeded",
             "Accepted streams stopped because their deadline passed while being served or relayed",
@@ -175,6 +175,11 @@ fn metrics(shared: &State) -> String {
             "peer_reconnects",
             "Peers connected again after their connection was lost (either side dialled)",
             &s.reconnects,
+        ),
+        (
+            "identity_clashes",
+            "Connections refused because another live process holds the same node identity",
+            &s.identity_clashes,
         ),
         (
             "peer_losses",

@@ -7,6 +7,7 @@ use std::time::Duration;
 use quinn::Connection;
 use tracing::{debug, info, warn, Instrument};
 
+use super::clash;
 use super::control::open_control;
 use super::ended::Ended;
 use super::metrics::bump;
@@ -40,7 +41,19 @@ pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Ide
                 conn.close(codes::FORBIDDEN, b"connected to itself");
                 return Ended::Retired;
             }
-            match shared.peers.register(&shared.ctx.name, &id.name, &conn, dialed_by_me) {
+            // A dialler that says which process it is (its boot id) while another process of
+            // the same identity holds a live connection here: a restart, or a clash.
+            let boot = if dialed_by_me { None } else { clash::boot_of_dialler(&conn) };
+            if let (Some(new_boot), Some((old, Some(old_boot)))) = (boot, shared.peers.live_boot(&id.name)) {
+                if new_boot != old_boot {
+                    if clash::still_alive(&shared, &id.name, &old).await {
+                        clash::refuse(&shared, &id.name, &old, &conn);
+                        return Ended::Retired;
+                    }
+                    debug!(old = %old.remote_address(), "the peer restarted; its new connection replaces the silent old one");
+                }
+            }
+            match shared.peers.register(&shared.ctx.name, &id.name, &conn, dialed_by_me, boot) {
                 Registered::Duplicate => {
                     debug!("duplicate connection closed (the other one is kept)");
                     return Ended::Retired;
@@ -96,10 +109,14 @@ pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Ide
                 }
                 lock(&shared.gossip).disconnected(&id.name, shared.ctx.now());
             }
-            if ended.expected() {
-                debug!(%reason, ?ended, "peer connection ended");
-            } else {
-                info!(%reason, "peer disconnected");
+            match ended {
+                Ended::Clash => tracing::error!(
+                    %reason,
+                    "refused: another live process holds this node's identity ({}) and is connected to {}; two nodes with one name and certificate, or a stolen key",
+                    shared.ctx.name, id.name
+                ),
+                e if e.expected() => debug!(%reason, ?ended, "peer connection ended"),
+                _ => info!(%reason, "peer disconnected"),
             }
         } else {
             shared.peers.forget_client(&conn);

@@ -20,6 +20,8 @@ pub(crate) struct Context {
     pub identity: Identity,
     pub cfg: NodeConfig,
     pub endpoint: Endpoint,
+    /// This process's boot id (see [`crate::protocol::Hello`]).
+    pub boot: u64,
     /// Origin of the node's clock (gossip, routing, log budgets).
     epoch: Instant,
     /// DNS discovery, if configured.
@@ -29,12 +31,19 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    pub fn new(identity: Identity, cfg: NodeConfig, endpoint: Endpoint, discovery: Option<Arc<Discovery>>) -> Self {
+    pub fn new(
+        identity: Identity,
+        cfg: NodeConfig,
+        endpoint: Endpoint,
+        boot: u64,
+        discovery: Option<Arc<Discovery>>,
+    ) -> Self {
         Context {
             name: cfg.name.clone(),
             identity,
             cfg,
             endpoint,
+            boot,
             epoch: Instant::now(),
             discovery,
             shutdown: watch::channel(false).0,

@@ -13,8 +13,8 @@ use super::peers::ControlHandle;
 use super::state::State;
 use super::sync::lock;
 use crate::protocol::{
-    codes, encode_frame, read_frame, read_frame_bytes, write_frame, ControlMsg, FrameError, Response, StreamHeader,
-    MAX_CONTROL_MESSAGE,
+    codes, decode_with_trailer, encode_frame, read_frame_bytes, write_frame, ControlMsg, FrameError, Hello, Response,
+    StreamHeader, MAX_CONTROL_MESSAGE,
 };
 
 /// Errors on a control stream; any of them ends the stream (the connection stays).
@@ -35,14 +35,18 @@ pub(crate) async fn open_control(shared: Arc<State>, conn: Connection, peer: Str
     let result = async {
         let (mut send, mut recv) = conn.open_bi().await?;
         write_frame(&mut send, &StreamHeader::control()).await?;
-        let resp: Response = tokio::time::timeout(
+        let body = tokio::time::timeout(
             shared.ctx.cfg.transport.header_timeout,
-            read_frame(&mut recv, shared.ctx.cfg.limits.max_header_bytes),
+            read_frame_bytes(&mut recv, shared.ctx.cfg.limits.max_header_bytes),
         )
         .await
         .map_err(|_| ControlError::Timeout)??;
+        let (resp, hello) = decode_with_trailer::<Response, Hello>(&body)?;
         if let Response::Reject { code, reason } = resp {
             return Err(ControlError::Refused(format!("{code}: {reason}")));
+        }
+        if let Some(h) = hello {
+            shared.peers.set_boot(&peer, &conn, h.boot);
         }
         run_control(&shared, &conn, &peer, send, recv).await
     }

@@ -68,6 +68,14 @@ pub(crate) async fn keep_connected(shared: Arc<State>, target: String, purpose: 
                         shared.peers.found_at(addr, &peer);
                     }
                     backoff.disconnected(Instant::now());
+                    if ended == Ended::Clash {
+                        // Redialling soon would only be refused again (and flap the peer if it
+                        // were let in): wait the longest reconnect interval.
+                        tokio::select! {
+                            () = tokio::time::sleep(shared.ctx.cfg.reconnect.max) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                    }
                     if ended == Ended::PeerRetired {
                         // The peer kept its own dial to us; give it time to register here
                         // rather than dialling a third connection.
@@ -185,10 +193,11 @@ async fn resolve(target: &str) -> Result<SocketAddr, DialError> {
 
 async fn dial_once(shared: &Arc<State>, target: &str, backoff: &mut Backoff) -> Result<DialOutcome, DialError> {
     let addr = resolve(target).await?;
-    let connecting = shared
-        .ctx
-        .endpoint
-        .connect_with(shared.tls.client_config(), addr, SNI)?;
+    let connecting = shared.ctx.endpoint.connect_with(
+        shared.tls.client_config(),
+        addr,
+        &crate::protocol::Hello::server_name(shared.ctx.boot),
+    )?;
     let conn = tokio::time::timeout(shared.ctx.cfg.transport.connect_timeout, connecting)
         .await
         .map_err(|_| DialError::Timeout)??;

@@ -19,6 +19,8 @@ pub(crate) enum Ended {
     PeerRetired,
     /// The peer shut down in order (it told gossip it left before closing).
     PeerLeft,
+    /// The peer refused it: another live process holds this node's identity there.
+    Clash,
     /// Anything else: a timeout, a reset, an error. The peer may be gone.
     Lost,
 }
@@ -31,13 +33,14 @@ impl Ended {
             quinn::ConnectionError::LocallyClosed => Ended::Retired,
             quinn::ConnectionError::ApplicationClosed(c) if c.error_code == codes::DUPLICATE => Ended::PeerRetired,
             quinn::ConnectionError::ApplicationClosed(c) if c.error_code == codes::SHUTDOWN => Ended::PeerLeft,
+            quinn::ConnectionError::ApplicationClosed(c) if c.error_code == codes::IDENTITY_CLASH => Ended::Clash,
             _ => Ended::Lost,
         }
     }
 
     /// Whether this end is part of normal operation (logged at debug).
     pub fn expected(self) -> bool {
-        !matches!(self, Ended::Lost)
+        !matches!(self, Ended::Lost | Ended::Clash)
     }
 }
 
@@ -60,6 +63,8 @@ mod tests {
         assert_eq!(Ended::of(&app(codes::DUPLICATE), false), Ended::PeerRetired);
         assert_eq!(Ended::of(&app(codes::SHUTDOWN), false), Ended::PeerLeft);
         assert_eq!(Ended::of(&app(codes::PROTOCOL), false), Ended::Lost);
+        assert_eq!(Ended::of(&app(codes::IDENTITY_CLASH), false), Ended::Clash);
+        assert!(!Ended::Clash.expected());
         assert_eq!(Ended::of(&TimedOut, false), Ended::Lost);
         assert!(Ended::PeerRetired.expected() && !Ended::Lost.expected());
     }

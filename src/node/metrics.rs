@@ -43,6 +43,8 @@ pub(crate) struct Stats {
     /// Connections to peers lost (not retired as duplicates, not closed in order), each one
     /// direct evidence that made gossip suspect the peer.
     pub peer_losses: AtomicU64,
+    /// Connections refused because another live process holds the same node identity.
+    pub identity_clashes: AtomicU64,
     /// Accepted streams stopped because their deadline passed while being served or relayed.
     pub deadlines_exceeded: AtomicU64,
 }

@@ -27,6 +27,7 @@ mod sync;
 mod tls;
 // Decisions over several parts of the state:
 mod balance;
+mod clash;
 mod coverage;
 // Drivers (tasks and the streams they serve), above the state:
 mod admin;
@@ -112,6 +113,9 @@ pub struct NodeStats {
     /// Connections to peers lost (not duplicates retired by either side, not closed in
     /// order); each made gossip suspect the peer. Zero in a healthy mesh.
     pub peer_losses: u64,
+    /// Connections refused because another live process holds the same node identity (a
+    /// misconfiguration or a stolen key). Zero in a sound mesh.
+    pub identity_clashes: u64,
     /// Accepted streams reset because their deadline passed while being served or relayed
     /// (refusals of streams whose deadline had passed on arrival are in `rejected`).
     pub deadlines_exceeded: u64,
@@ -279,6 +283,7 @@ impl Node {
             tls_reloads: s.tls_reloads.load(Ordering::Relaxed),
             peer_reconnects: s.reconnects.load(Ordering::Relaxed),
             peer_losses: s.peer_losses.load(Ordering::Relaxed),
+            identity_clashes: s.identity_clashes.load(Ordering::Relaxed),
             deadlines_exceeded: s.deadlines_exceeded.load(Ordering::Relaxed),
             dial_failures: reach::DialFailure::ALL
                 .iter()

@@ -34,6 +34,8 @@ pub(crate) struct PeerState {
     pub since: Instant,
     /// The peer's address as we last saw it.
     pub remote: SocketAddr,
+    /// The boot id of the peer process on `conn`, once known (see [`crate::protocol::Hello`]).
+    pub boot: Option<u64>,
 }
 
 impl PeerState {
@@ -92,6 +94,21 @@ pub(crate) struct PeerTable {
     pongs: Mutex<BTreeMap<(String, u64), oneshot::Sender<()>>>,
     /// Client connections, by stable id, so shutdown can close each and see it sent.
     clients: Mutex<BTreeMap<usize, Connection>>,
+    /// Identities held by two live processes at once, by node name.
+    clashes: Mutex<BTreeMap<String, Clash>>,
+}
+
+/// Two live processes with one node identity, as this node saw them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Clash {
+    /// The address of the connection kept.
+    pub kept: SocketAddr,
+    /// The address of the last connection refused.
+    pub refused: SocketAddr,
+    /// Connections refused so far.
+    pub count: u64,
+    /// When the last was refused, seconds since the Unix epoch.
+    pub last_unix: u64,
 }
 
 impl PeerTable {
@@ -106,6 +123,7 @@ impl PeerTable {
             discovered: Mutex::new(Discovered::default()),
             pongs: Mutex::new(BTreeMap::new()),
             clients: Mutex::new(BTreeMap::new()),
+            clashes: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -121,7 +139,14 @@ impl PeerTable {
 
     /// Registers a new connection to node `peer` (this node is `me`). A connection that
     /// loses the duplicate tie-break is retired (closed once its streams end).
-    pub fn register(&self, me: &str, peer: &str, conn: &Connection, dialed_by_me: bool) -> Registered {
+    pub fn register(
+        &self,
+        me: &str,
+        peer: &str,
+        conn: &Connection,
+        dialed_by_me: bool,
+        boot: Option<u64>,
+    ) -> Registered {
         let now = Instant::now();
         let mut peers = lock(&self.peers);
         let live = peers
@@ -149,6 +174,7 @@ impl PeerTable {
                 dialed_by_me,
                 since: now,
                 remote: conn.remote_address(),
+                boot,
             },
         );
         drop(peers);
@@ -226,6 +252,48 @@ impl PeerTable {
         if let Some(tx) = lock(&self.pongs).remove(&(peer.to_owned(), nonce)) {
             let _ = tx.send(());
         }
+    }
+
+    /// The live connection to `peer` and the boot id of the process on it, if known.
+    pub fn live_boot(&self, peer: &str) -> Option<(Connection, Option<u64>)> {
+        lock(&self.peers)
+            .get(peer)
+            .and_then(|e| e.live().map(|c| (c.clone(), e.boot)))
+    }
+
+    /// Records the boot id learned on `conn` (a connection this node dialled, from the
+    /// peer's answer on the control stream).
+    pub fn set_boot(&self, peer: &str, conn: &Connection, boot: u64) {
+        if let Some(e) = lock(&self.peers).get_mut(peer) {
+            if e.conn.as_ref().map(Connection::stable_id) == Some(conn.stable_id()) {
+                e.boot = Some(boot);
+            }
+        }
+    }
+
+    /// Counts a refused connection of a clash over `peer`'s identity.
+    pub fn record_clash(&self, peer: &str, kept: SocketAddr, refused: SocketAddr, now_unix: u64) -> u64 {
+        let mut clashes = lock(&self.clashes);
+        let c = clashes.entry(peer.to_owned()).or_insert(Clash {
+            kept,
+            refused,
+            count: 0,
+            last_unix: now_unix,
+        });
+        c.kept = kept;
+        c.refused = refused;
+        c.count += 1;
+        c.last_unix = now_unix;
+        c.count
+    }
+
+    /// Clashes seen since `since_unix`.
+    pub fn clashes_since(&self, since_unix: u64) -> Vec<(String, Clash)> {
+        lock(&self.clashes)
+            .iter()
+            .filter(|(_, c)| c.last_unix >= since_unix)
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect()
     }
 
     /// Remembers a client connection until [`PeerTable::forget_client`].

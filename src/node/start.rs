@@ -191,7 +191,9 @@ fn build(r: Resolved) -> Result<(State, Option<TcpListener>, SocketAddr), NodeEr
         );
     }
     let tls_state = TlsState::new(client_config, tls.not_after());
-    let ctx = Context::new(tls.identity().clone(), config, endpoint, discovery);
+    // Drawn from the OS even when the rng is seeded: two processes must never share one.
+    let boot: u64 = rand::Rng::random(&mut StdRng::from_os_rng());
+    let ctx = Context::new(tls.identity().clone(), config, endpoint, boot, discovery);
     let state = State::new(ctx, tls_state, LocalServices::new(services), gossip, rng);
     Ok((state, admin, local_addr))
 }

@@ -32,7 +32,7 @@ use super::services::LocalServices;
 use super::sync::lock;
 use super::tls::TlsState;
 use crate::gossip::{Gossip, Load};
-use crate::protocol::{ControlMsg, MemberStatus, StatusReport, Unreachable};
+use crate::protocol::{ControlMsg, IdentityClash, MemberStatus, StatusReport, Unreachable};
 use crate::routing::Table;
 
 /// Everything a node's tasks share.
@@ -161,6 +161,18 @@ impl State {
                     error: t.error,
                     advice: t.reason.advice().to_owned(),
                     since_unix: t.since_unix,
+                })
+                .collect(),
+            identity_clashes: self
+                .peers
+                .clashes_since(crate::unix_time().as_secs().saturating_sub(600))
+                .into_iter()
+                .map(|(node, c)| IdentityClash {
+                    node,
+                    kept: c.kept.to_string(),
+                    refused: c.refused.to_string(),
+                    count: c.count,
+                    last_unix: c.last_unix,
                 })
                 .collect(),
         }

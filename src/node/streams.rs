@@ -24,7 +24,7 @@ use crate::protocol::{
 use crate::service::{splice_quic, splice_tcp, RequestContext, ServiceStream};
 
 /// Writes a response frame, bounded in time so a peer that never reads cannot pin the task.
-async fn respond(shared: &State, send: &mut SendStream, resp: &Response) -> bool {
+async fn respond(shared: &State, send: &mut SendStream, resp: &impl serde::Serialize) -> bool {
     matches!(
         tokio::time::timeout(shared.ctx.cfg.transport.header_timeout, write_frame(send, resp)).await,
         Ok(Ok(()))
@@ -92,9 +92,13 @@ pub(crate) async fn handle_stream(
                 let r = reject(RejectCode::Unauthorized, "only nodes may open a control stream");
                 return send_reject(&shared, send, recv, &caller, r).await;
             }
-            let accept = Response::Accept {
-                node: shared.ctx.name.clone(),
-            };
+            // The Accept carries which process this is (older peers ignore the trailer).
+            let accept = (
+                Response::Accept {
+                    node: shared.ctx.name.clone(),
+                },
+                crate::protocol::Hello { boot: shared.ctx.boot },
+            );
             if !respond(&shared, &mut send, &accept).await {
                 return;
             }
