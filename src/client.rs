@@ -446,7 +446,7 @@ impl Client {
                 .read_to_end(self.inner.cfg.max_response_bytes)
                 .await
                 .map_err(|e| before(CallError::Stream(StreamError::Read(e))))?;
-            let report: crate::protocol::StatusReport = postcard::from_bytes(&bytes).map_err(|e| {
+            let report = crate::protocol::StatusReport::from_postcard(&bytes).map_err(|e| {
                 before(CallError::Stream(StreamError::Direct(format!(
                     "unreadable status report: {e}"
                 ))))
@@ -494,7 +494,7 @@ impl Client {
     /// status service.
     pub async fn status(&self) -> Result<crate::protocol::StatusReport, CallError> {
         let bytes = self.call(crate::protocol::STATUS_SERVICE, Vec::new()).await?;
-        postcard::from_bytes(&bytes).map_err(|e| CallError::Protocol(e.into()))
+        crate::protocol::StatusReport::from_postcard(&bytes).map_err(|e| CallError::Protocol(e.into()))
     }
 
     /// Sends `body` to `service` and returns the whole reply.

@@ -83,7 +83,12 @@ fn require(table: &toml::Table, origin: &str, name: bool) -> Result<(), ConfigEr
             };
             return Err(missing(
                 &format!("tls.{key}"),
-                format!("set `{key} = \"{example}\"` under [tls] in the config file or pass {flag} {example}"),
+                if name {
+                    format!("set `{key} = \"{example}\"` under [tls] in the config file or pass {flag} {example}")
+                } else {
+                    // A client's file is read whole before its flags apply.
+                    format!("set `{key} = \"{example}\"` under [tls] in the client config file, or leave out --client-config and pass --ca, --cert and --cert-key")
+                },
             ));
         }
     }
@@ -588,8 +593,9 @@ impl NodeConfig {
 pub struct ClientConfig {
     /// Certificate files (a `client` certificate).
     pub tls: TlsPaths,
-    /// Entry nodes, `host:port`, tried in order until one answers (after any found through
-    /// `discovery`). Default none.
+    /// Entry nodes, `host:port` (after any found through `discovery`), raced in order: the next
+    /// is dialled when the one before fails or has not answered within 250 ms, and the first
+    /// to answer is used. Default none.
     #[serde(default)]
     pub entries: Vec<String>,
     /// SRV names to find entry nodes by, `"srv:_quicmesh._udp.mesh.example"`; tried in RFC 2782

@@ -162,7 +162,8 @@ struct ClientArgs {
     /// Client configuration file (TOML); the flags below override it.
     #[arg(long)]
     client_config: Option<PathBuf>,
-    /// Entry node host:port (repeatable; tried in order).
+    /// Entry node host:port (repeatable; raced in order: the next starts after 250 ms or when
+    /// one fails, and the first to answer is used).
     #[arg(long = "entry", env = "QUICMESH_ENTRY", value_delimiter = ',')]
     entries: Vec<String>,
     /// SRV name to find entry nodes by, srv:NAME (repeatable; tried before --entry, in RFC 2782

@@ -228,6 +228,36 @@ pub struct IdentityClash {
     pub last_unix: u64,
 }
 
+impl StatusReport {
+    /// Decodes a report in postcard, as the status service sends it. Postcard is not
+    /// self-describing, so a field added at the end is missing, not defaulted, in a report
+    /// from an older node: such a report is read without the newer fields.
+    pub fn from_postcard(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        #[derive(Deserialize)]
+        struct Before {
+            node: String,
+            version: String,
+            members: Vec<MemberStatus>,
+            routes: Vec<(String, Vec<(String, f64)>)>,
+        }
+        match postcard::from_bytes::<StatusReport>(bytes) {
+            Ok(r) => Ok(r),
+            Err(postcard::Error::DeserializeUnexpectedEnd) => {
+                let b: Before = postcard::from_bytes(bytes)?;
+                Ok(StatusReport {
+                    node: b.node,
+                    version: b.version,
+                    members: b.members,
+                    routes: b.routes,
+                    unreachable: Vec::new(),
+                    identity_clashes: Vec::new(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// A peer address a node keeps failing to dial.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unreachable {
@@ -476,5 +506,44 @@ mod tests {
             let buf = encode_frame(&h).unwrap();
             prop_assert_eq!(decode_header(&buf[4..]).unwrap(), h);
         }
+    }
+}
+
+#[cfg(test)]
+mod status_compat_tests {
+    use super::*;
+
+    #[test]
+    fn a_report_from_an_older_node_without_the_newer_fields_is_read() {
+        #[derive(Serialize)]
+        struct Before {
+            node: String,
+            version: String,
+            members: Vec<MemberStatus>,
+            routes: Vec<(String, Vec<(String, f64)>)>,
+        }
+        let old = postcard::to_allocvec(&Before {
+            node: "a".into(),
+            version: "0.0.9".into(),
+            members: Vec::new(),
+            routes: vec![("echo".into(), vec![("a".into(), 1.0)])],
+        })
+        .unwrap();
+        let r = StatusReport::from_postcard(&old).unwrap();
+        assert_eq!((r.node.as_str(), r.routes.len(), r.unreachable.len()), ("a", 1, 0));
+        let new = StatusReport {
+            unreachable: vec![Unreachable {
+                target: "b:1".into(),
+                failures: 2,
+                reason: "timeout".into(),
+                error: "e".into(),
+                advice: "a".into(),
+                since_unix: 9,
+            }],
+            ..r
+        };
+        let bytes = postcard::to_allocvec(&new).unwrap();
+        assert_eq!(StatusReport::from_postcard(&bytes).unwrap(), new);
+        assert!(StatusReport::from_postcard(&bytes[..3]).is_err());
     }
 }

@@ -167,7 +167,10 @@ pub async fn close_and_flush(conns: &[quinn::Connection], code: VarInt, reason: 
     for (c, _) in &ours {
         c.close(code, reason);
     }
-    let sent = |(c, before): &(&quinn::Connection, u64)| c.stats().udp_tx.datagrams > *before;
+    // Sent, or closed by the peer first after all (then our close had nothing to do).
+    let sent = |(c, before): &(&quinn::Connection, u64)| {
+        c.stats().udp_tx.datagrams > *before || !matches!(c.close_reason(), Some(quinn::ConnectionError::LocallyClosed))
+    };
     let flushed = async {
         // The connection drivers send as soon as they are polled: a few ticks at most.
         while !ours.iter().all(sent) {

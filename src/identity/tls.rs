@@ -194,7 +194,11 @@ impl TlsMaterial {
         let material = Self::from_pem_named((&ca, &ca_name), (&cert, &cert_name), (&key, &key_name), role)?;
         match &paths.crl {
             Some(crl) => {
-                let name = labelled(crl, "tls.crl", "--set tls.crl=PATH");
+                let flag = match role {
+                    Role::Node => "--set tls.crl=PATH",
+                    Role::Client => "in the client config",
+                };
+                let name = labelled(crl, "tls.crl", flag);
                 material.with_crl_named(&read(crl, &name)?, &name)
             }
             None => Ok(material),
@@ -301,9 +305,12 @@ impl TlsMaterial {
         // Catch a key that does not belong to the certificate now, not at the first handshake.
         let signing = provider().key_provider.load_private_key(key.clone_key())?;
         let ck = rustls::sign::CertifiedKey::new(chain.clone(), signing);
-        ck.keys_match().map_err(|_| TlsError::KeyMismatch {
-            key: key_name.to_owned(),
-            cert: cert.1.to_owned(),
+        ck.keys_match().map_err(|e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => TlsError::KeyMismatch {
+                key: key_name.to_owned(),
+                cert: cert.1.to_owned(),
+            },
+            other => TlsError::Rustls(other),
         })?;
         Ok(TlsMaterial {
             roots: Arc::new(roots),

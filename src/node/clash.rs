@@ -30,11 +30,17 @@ pub(crate) fn boot_of_dialler(conn: &Connection) -> Option<u64> {
 pub(crate) async fn still_alive(shared: &State, peer: &str, old: &Connection) -> bool {
     let nonce = u64::try_from(shared.ctx.now().as_micros()).unwrap_or(u64::MAX);
     let bound = crate::transport::silence_bound(old);
+    let before = old.stats().udp_rx.datagrams;
     match shared.peers.ping_acked(peer, nonce) {
-        Some(pong) => matches!(tokio::time::timeout(bound, pong).await, Ok(Ok(()))),
+        // The pong, or at least the QUIC acknowledgement of the ping's packet (which comes
+        // within a round trip even when the peer's application is slow or its queue full).
+        Some(pong) => {
+            let answered = matches!(tokio::time::timeout(bound, pong).await, Ok(Ok(())));
+            shared.peers.forget_pong(peer, nonce);
+            answered || (old.close_reason().is_none() && old.stats().udp_rx.datagrams > before)
+        }
         // No control stream yet: anything heard on the connection will do.
         None => {
-            let before = old.stats().udp_rx.datagrams;
             tokio::time::sleep(bound.max(Duration::from_millis(250))).await;
             old.close_reason().is_none() && old.stats().udp_rx.datagrams > before
         }

@@ -82,8 +82,13 @@ impl HandshakeFailure {
     pub fn classify(e: &quinn::ConnectionError) -> Self {
         let text = match e {
             quinn::ConnectionError::TimedOut => return HandshakeFailure::Timeout,
-            // TLS alert 120, no_application_protocol, whatever the text says.
+            // TLS alert 120, no_application_protocol, whatever the text says, sent or received.
             quinn::ConnectionError::TransportError(t) if t.code == quinn_proto::TransportErrorCode::crypto(120) => {
+                return HandshakeFailure::WrongAlpn
+            }
+            quinn::ConnectionError::ConnectionClosed(c)
+                if c.error_code == quinn_proto::TransportErrorCode::crypto(120) =>
+            {
                 return HandshakeFailure::WrongAlpn
             }
             quinn::ConnectionError::TransportError(t) => t.reason.to_ascii_lowercase(),

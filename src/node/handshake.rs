@@ -90,7 +90,12 @@ async fn handshake(shared: Arc<State>, incoming: quinn::Incoming) {
 
 fn failed(shared: &State, remote: std::net::SocketAddr, reason: HandshakeFailure, error: &str) {
     shared.metrics.handshake_failed(reason);
-    // Once per failed handshake, at info: each costs the peer a full round trip, so this is
-    // not per-packet spam, and an operator needs the address to find the misconfigured host.
-    info!(%remote, %reason, error, "handshake refused: {}", reason.advice());
+    // At info, with the address an operator needs to find the misconfigured host; within the
+    // rejected-stream log budget, since some failures (a wrong ALPN) cost the sender a
+    // single packet. What is held back is counted in the next line, and all in /metrics.
+    match shared.metrics.log_budget(shared.ctx.now()) {
+        Some(0) => info!(%remote, %reason, error, "handshake refused: {}", reason.advice()),
+        Some(held_back) => info!(%remote, %reason, error, held_back, "handshake refused: {}", reason.advice()),
+        None => {}
+    }
 }

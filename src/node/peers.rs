@@ -247,6 +247,11 @@ impl PeerTable {
         }
     }
 
+    /// Stops waiting for the pong to `nonce` from `peer` (it did not come in time).
+    pub fn forget_pong(&self, peer: &str, nonce: u64) {
+        lock(&self.pongs).remove(&(peer.to_owned(), nonce));
+    }
+
     /// A pong arrived from `peer`: wakes whoever waits for it.
     pub fn pong(&self, peer: &str, nonce: u64) {
         if let Some(tx) = lock(&self.pongs).remove(&(peer.to_owned(), nonce)) {

@@ -29,18 +29,21 @@ pub enum DialFailure {
     Certificate,
     /// The peer's certificate names no node of this trust domain.
     Identity,
+    /// The peer does not speak quicmesh/1 (ALPN).
+    Protocol,
     /// Anything else (a bad address, a protocol error).
     Other,
 }
 
 impl DialFailure {
     /// Every reason, for metrics.
-    pub const ALL: [DialFailure; 6] = [
+    pub const ALL: [DialFailure; 7] = [
         DialFailure::Resolve,
         DialFailure::Timeout,
         DialFailure::Refused,
         DialFailure::Certificate,
         DialFailure::Identity,
+        DialFailure::Protocol,
         DialFailure::Other,
     ];
 
@@ -52,6 +55,7 @@ impl DialFailure {
             DialFailure::Refused => "refused",
             DialFailure::Certificate => "certificate",
             DialFailure::Identity => "identity",
+            DialFailure::Protocol => "protocol",
             DialFailure::Other => "other",
         }
     }
@@ -68,6 +72,9 @@ impl DialFailure {
                 "a certificate was refused; do both nodes have certificates from the same mesh CA (tls.ca), valid and not revoked?"
             }
             DialFailure::Identity => "the peer's certificate is not a node's of this trust domain",
+            DialFailure::Protocol => {
+                "the peer does not speak quicmesh/1 (ALPN): not a quicmesh node at that address, or another version"
+            }
             DialFailure::Other => "the dial failed",
         }
     }
@@ -94,7 +101,8 @@ impl DialFailure {
                     | HandshakeFailure::NoCertificate => DialFailure::Certificate,
                     HandshakeFailure::BadIdentity => DialFailure::Identity,
                     HandshakeFailure::Timeout => DialFailure::Timeout,
-                    HandshakeFailure::WrongAlpn | HandshakeFailure::Other => DialFailure::Other,
+                    HandshakeFailure::WrongAlpn => DialFailure::Protocol,
+                    HandshakeFailure::Other => DialFailure::Other,
                 }
             }
             _ => DialFailure::Other,
@@ -214,6 +222,15 @@ mod tests {
         assert_eq!(
             DialFailure::of_handshake(&quinn::ConnectionError::TimedOut),
             DialFailure::Timeout
+        );
+        // The peer answered with TLS alert 120 (no_application_protocol).
+        assert_eq!(
+            DialFailure::of_handshake(&quinn::ConnectionError::ConnectionClosed(quinn_proto::ConnectionClose {
+                error_code: quinn_proto::TransportErrorCode::crypto(120),
+                frame_type: None,
+                reason: bytes::Bytes::from_static(b"peer doesn't support any known protocol"),
+            })),
+            DialFailure::Protocol
         );
         assert_eq!(
             DialFailure::of_handshake(&quinn::ConnectionError::ConnectionClosed(

@@ -102,12 +102,16 @@ impl State {
     }
 
     /// Changes this node's own gossip record with `change` and tells every connected peer at
-    /// once, rather than at the next gossip round (for Draining and Left).
+    /// once, rather than at the next gossip round (for Draining and Left). The record itself
+    /// goes out (as an unsolicited Ack), not a digest of it: a digest would take the peer's
+    /// request and our answer, a round trip a stopping node may not have.
     pub fn announce(&self, change: impl FnOnce(&mut Gossip)) {
         let news = {
             let mut g = lock(&self.gossip);
             change(&mut g);
-            g.syn()
+            crate::gossip::GossipMsg::Ack {
+                delta: vec![g.me().clone()],
+            }
         };
         for p in self.peers.control_peers() {
             self.peers.send_control(&p, ControlMsg::Gossip(news.clone()));
@@ -121,13 +125,12 @@ impl State {
     pub async fn announce_acked(&self, change: impl FnOnce(&mut Gossip), limit: std::time::Duration) {
         self.announce(change);
         let nonce = u64::try_from(self.ctx.now().as_micros()).unwrap_or(u64::MAX);
-        let acks: Vec<_> = self
-            .peers
-            .control_peers()
-            .iter()
-            .filter_map(|p| self.peers.ping_acked(p, nonce))
-            .collect();
+        let peers = self.peers.control_peers();
+        let acks: Vec<_> = peers.iter().filter_map(|p| self.peers.ping_acked(p, nonce)).collect();
         let _ = tokio::time::timeout(limit, futures_util::future::join_all(acks)).await;
+        for p in &peers {
+            self.peers.forget_pong(p, nonce);
+        }
     }
 
     /// The node's status report (also served as the built-in status service).

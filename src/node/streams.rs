@@ -447,14 +447,17 @@ impl Incoming<'_> {
             // A live peer acknowledges the header's packet within a round trip (plus its ack
             // delay), even when its answer must wait for a backend. Nothing at all for several of
             // those means it is down: move on now rather than at the header timeout.
-            let probe = crate::transport::silence_bound(pconn).min(wait);
+            // Silence is judged only over the whole bound: a deadline that ends first says
+            // nothing about the peer (it must not get a healthy node ejected).
+            let bound = crate::transport::silence_bound(pconn);
+            let probe = bound.min(give_up.saturating_duration_since(Instant::now()));
             let answered = tokio::select! {
                 a = &mut exchange => Some(a),
                 () = tokio::time::sleep(probe) => None,
             };
             let answered = match answered {
                 Some(a) => Ok(a),
-                None if pconn.stats().udp_rx.datagrams == heard => Err(Downstream::Silent(format!(
+                None if probe == bound && pconn.stats().udp_rx.datagrams == heard => Err(Downstream::Silent(format!(
                     "not a packet from it within {probe:?} of the request (RTT {:?})",
                     pconn.rtt()
                 ))),
