@@ -3,6 +3,7 @@
 
 mod demo;
 mod node_flags;
+mod services_cmd;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -43,6 +44,9 @@ enum Command {
     Status(StatusArgs),
     /// Run a local 3-node mesh with certificates and live traffic, and print what happened.
     Demo(DemoArgs),
+    /// Register, renew, deregister or list a node's services at run time (admin listener).
+    #[command(subcommand)]
+    Services(services_cmd::ServicesCmd),
 }
 
 #[derive(Args)]
@@ -320,6 +324,7 @@ async fn run(cmd: Command) -> Result<(), BoxError> {
         Command::Call(a) => call(a).await,
         Command::Forward(a) => forward(a).await,
         Command::Status(a) => status(a).await,
+        Command::Services(c) => services_cmd::run(c, |line| say!("{line}")).await,
         Command::Demo(a) => {
             let demo = demo::run(DemoOptions { calls: a.calls }).await?;
             say!("{}", demo.report);

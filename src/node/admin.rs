@@ -21,6 +21,7 @@ use tracing::debug;
 
 use super::failure::HandshakeFailure;
 use super::reach::DialFailure;
+use super::services_api;
 use super::state::State;
 use super::sync::lock;
 use crate::protocol::RejectCode;
@@ -50,7 +51,7 @@ pub(crate) async fn serve(shared: Arc<State>, listener: TcpListener) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &req)) }
+                async move { Ok::<_, Infallible>(dispatch(&shared, req).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -69,6 +70,41 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
     r
+}
+
+/// `/v1/services` (which reads a body and changes state) or one of the read-only pages.
+async fn dispatch(shared: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(rest) = req.uri().path().strip_prefix("/v1/services").map(str::to_owned) else {
+        return route(shared, &req);
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return route(shared, &req);
+    }
+    let method = req.method().clone();
+    let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+        req.into_body(),
+        services_api::MAX_BODY,
+    ))
+    .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let (code, v) = (
+                413,
+                serde_json::json!({ "error": format!("request body: {e} (at most {} bytes)", services_api::MAX_BODY) }),
+            );
+            return json(code, &v);
+        }
+    };
+    let (code, v) = services_api::handle(shared, &method, &rest, &body);
+    json(code, &v)
+}
+
+fn json(code: u16, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    respond(status, "application/json", body)
 }
 
 fn route(shared: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -97,7 +133,7 @@ fn route(shared: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /metrics, /status, /healthz, /readyz\n",
+            "not found; try /metrics, /status, /healthz, /readyz, /v1/services\n",
         ),
     }
 }

@@ -20,6 +20,7 @@ mod load;
 mod metrics;
 mod peers;
 mod reach;
+mod registry;
 mod route;
 mod services;
 mod state;
@@ -38,6 +39,7 @@ mod discover;
 mod handshake;
 mod membership;
 mod reload;
+mod services_api;
 mod streams;
 // Start-up: resolve options, build the state, spawn the drivers.
 mod start;

@@ -225,11 +225,13 @@ mod tests {
         );
         // The peer answered with TLS alert 120 (no_application_protocol).
         assert_eq!(
-            DialFailure::of_handshake(&quinn::ConnectionError::ConnectionClosed(quinn_proto::ConnectionClose {
-                error_code: quinn_proto::TransportErrorCode::crypto(120),
-                frame_type: None,
-                reason: bytes::Bytes::from_static(b"peer doesn't support any known protocol"),
-            })),
+            DialFailure::of_handshake(&quinn::ConnectionError::ConnectionClosed(
+                quinn_proto::ConnectionClose {
+                    error_code: quinn_proto::TransportErrorCode::crypto(120),
+                    frame_type: None,
+                    reason: bytes::Bytes::from_static(b"peer doesn't support any known protocol"),
+                }
+            )),
             DialFailure::Protocol
         );
         assert_eq!(

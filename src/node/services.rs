@@ -60,16 +60,30 @@ impl ServiceSet {
     }
 }
 
-/// The node's current service set.
+/// The node's current service set, and the set it started with (its configuration's and
+/// in-process services), which run-time registrations are laid over.
 pub(crate) struct LocalServices {
+    base: Arc<ServiceSet>,
     current: RwLock<Arc<ServiceSet>>,
 }
 
 impl LocalServices {
     pub fn new(set: ServiceSet) -> Self {
+        let set = Arc::new(set);
         LocalServices {
-            current: RwLock::new(Arc::new(set)),
+            base: set.clone(),
+            current: RwLock::new(set),
         }
+    }
+
+    /// The set the node started with.
+    pub fn base(&self) -> Arc<ServiceSet> {
+        self.base.clone()
+    }
+
+    /// Puts `set` in force for new streams; running streams keep the version they read.
+    pub fn replace(&self, set: ServiceSet) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
     }
 
     /// The set in force now; holding it keeps that version alive, not the lock.

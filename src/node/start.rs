@@ -17,7 +17,7 @@ use super::error::NodeError;
 use super::services::{LocalServices, ServiceSet};
 use super::state::State;
 use super::tls::{log_cert_expiry, quinn_configs, TlsState};
-use super::{admin, dial, discover, handshake, membership, reload, Node};
+use super::{admin, dial, discover, handshake, membership, reload, services_api, Node};
 use crate::config::NodeConfig;
 use crate::discovery::Discovery;
 use crate::gossip::{Gossip, Member};
@@ -212,6 +212,7 @@ fn spawn(state: Arc<State>, admin: Option<TcpListener>, local_addr: SocketAddr, 
         let dial = dial::keep_connected(state.clone(), peer.clone(), dial::Purpose::Seed);
         tasks.spawn(dial.instrument(span.clone()));
     }
+    tasks.spawn(services_api::expire_leases(state.clone()).instrument(span.clone()));
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(listener) = admin {
         tasks.spawn(admin::serve(state.clone(), listener).instrument(span.clone()));

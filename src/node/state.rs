@@ -8,7 +8,8 @@
 //! | [`TlsState`] | dialling configuration, certificate expiry | certificate reload |
 //! | [`PeerTable`] | connections, control writers, RTTs, stream use, dials | connections, dials |
 //! | [`Reach`] | dials failing now, dial failures by reason | dials |
-//! | [`LocalServices`] | the services served here and their allow-lists | start (and later, registration) |
+//! | [`LocalServices`] | the services served here and their allow-lists | start, registration |
+//! | [`Registry`] | services registered at run time and their leases | the admin API, lease expiry |
 //! | [`LoadState`] | streams in flight, service time, undelivered replies | streams |
 //! | `routing` | latency estimates, pending, ejections, balancers, retry budget | streams |
 //! | `gossip` | the membership state machine | control streams, gossip loop |
@@ -28,6 +29,7 @@ use super::load::LoadState;
 use super::metrics::Metrics;
 use super::peers::PeerTable;
 use super::reach::Reach;
+use super::registry::Registry;
 use super::services::LocalServices;
 use super::sync::lock;
 use super::tls::TlsState;
@@ -42,6 +44,10 @@ pub(crate) struct State {
     pub peers: PeerTable,
     pub reach: Reach,
     pub services: LocalServices,
+    /// Services registered at run time, with leases (`/v1/services`).
+    pub registry: Mutex<Registry>,
+    /// Wakes the lease-expiry task when the registry changes.
+    pub registry_changed: tokio::sync::Notify,
     pub load: LoadState,
     pub routing: Mutex<Table>,
     pub gossip: Mutex<Gossip>,
@@ -62,6 +68,8 @@ impl State {
             peers: PeerTable::new(),
             reach: Reach::default(),
             services,
+            registry: Mutex::new(Registry::default()),
+            registry_changed: tokio::sync::Notify::new(),
             load: LoadState::new(ctx.cfg.limits.max_inflight),
             routing: Mutex::new(ctx.cfg.routing.table()),
             gossip: Mutex::new(gossip),

@@ -1,0 +1,306 @@
+//! Services registered at run time with leases (issue 16, part 1), on real node processes
+//! through the CLI and the admin API.
+#![allow(clippy::disallowed_methods)] // tests and the CLI may read the clock; see clippy.toml
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{bin, eventually_async, http};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn certs(dir: &Path) {
+    let d = dir.to_str().unwrap();
+    assert!(run(&["certs", "init", "--trust-domain", "svc.test", "--out", d])
+        .status
+        .success());
+    for (kind, name) in [("node", "a"), ("node", "b"), ("client", "cli")] {
+        let o = run(&["certs", kind, name, "--ca", d, "--out", d]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+}
+
+fn node(dir: &Path, name: &str, port: u16, admin: &str, extra: &[String]) -> tokio::process::Child {
+    let p = |f: String| dir.join(f).to_str().unwrap().to_owned();
+    tokio::process::Command::new(bin())
+        .args([
+            "node",
+            "--name",
+            name,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin",
+            admin,
+        ])
+        .args(["--ca", &p("ca.crt".into())])
+        .args([
+            "--cert",
+            &p(format!("node-{name}.crt")),
+            "--cert-key",
+            &p(format!("node-{name}.key")),
+        ])
+        .args(extra)
+        .env("RUST_LOG", "quicmesh=info")
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// `quicmesh call SERVICE` through `entry`: Ok(reply, stderr) or Err(stderr).
+async fn call(dir: &Path, entry: u16, service: &str, body: &str) -> Result<(String, String), String> {
+    use tokio::io::AsyncWriteExt;
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    let mut child = tokio::process::Command::new(bin())
+        .args(["call", service, "-v", "--entry", &format!("127.0.0.1:{entry}")])
+        .args([
+            "--ca",
+            &p("ca.crt"),
+            "--cert",
+            &p("client-cli.crt"),
+            "--cert-key",
+            &p("client-cli.key"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(body.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    if out.status.success() {
+        Ok((text(&out.stdout), text(&out.stderr)))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+/// The JSON rows of `GET /v1/services`.
+async fn listed(admin: &str) -> Vec<serde_json::Value> {
+    let (code, body) = http(admin, "GET", "/v1/services").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A PUT with a JSON body to the admin listener: (status, body).
+async fn put(admin: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let req = format!(
+        "PUT {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.to_owned())
+}
+
+/// A service registered on b with a 2 s lease is called through a; when nobody renews it, it
+/// disappears from b and a answers UnknownService. `--heartbeat` keeps a lease alive and
+/// deregisters on SIGTERM. Bad registrations get a 4xx that names what is wrong, and change
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_service_is_served_until_its_lease_runs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path());
+    let backend = common::tcp_backend(|req| [b"echo: ".as_slice(), &req].concat()).await;
+    let (pa, pb) = (common::free_udp_port(), common::free_udp_port());
+    let admin_b = format!("127.0.0.1:{}", free_tcp_port());
+    let _b = node(
+        dir.path(),
+        "b",
+        pb,
+        &admin_b,
+        &["--service".into(), format!("static={backend}")],
+    );
+    let _a = node(
+        dir.path(),
+        "a",
+        pa,
+        "off",
+        &["--peer".into(), format!("127.0.0.1:{pb}")],
+    );
+    eventually_async(Duration::from_secs(20), "b's admin listener", || async {
+        tokio::net::TcpStream::connect(&admin_b).await.map(|_| ())
+    })
+    .await;
+
+    let o = run(&[
+        "services",
+        "register",
+        "echo",
+        "--backend",
+        &backend.to_string(),
+        "--ttl",
+        "2s",
+        "--admin",
+        &admin_b,
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("echo: added"), "{}", text(&o.stdout));
+    let (reply, err) = eventually_async(Duration::from_secs(20), "echo through a", || {
+        call(dir.path(), pa, "echo", "hi")
+    })
+    .await;
+    assert_eq!(reply, "echo: hi");
+    assert!(err.contains("served by b"), "{err}");
+    let o = run(&["services", "list", "--admin", &admin_b]);
+    let table = text(&o.stdout);
+    println!("{table}");
+    assert!(
+        table.contains("echo") && table.contains("api") && table.contains(" 2s "),
+        "{table}"
+    );
+    assert!(table.contains("static") && table.contains("config"), "{table}");
+
+    // Nobody renews: the lease runs out, b stops serving it, and a learns by gossip.
+    let err = eventually_async(Duration::from_secs(20), "echo gone at a", || async {
+        match call(dir.path(), pa, "echo", "hi").await {
+            Err(e) if e.contains("UnknownService") => Ok(e),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    println!("after the lease: {err}");
+    assert!(!listed(&admin_b).await.iter().any(|r| r["name"] == "echo"));
+    let log = std::fs::read_to_string(dir.path().join("b.log")).unwrap();
+    assert!(log.contains("service lease expired"), "{log}");
+    let o = run(&["services", "renew", "echo", "--admin", &admin_b]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("is not registered here"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // --heartbeat keeps renewing (the time left goes back up), and deregisters on SIGTERM.
+    let mut beat = tokio::process::Command::new(bin())
+        .args([
+            "services",
+            "register",
+            "beat",
+            "--backend",
+            &backend.to_string(),
+            "--ttl",
+            "600ms",
+        ])
+        .args(["--heartbeat", "--admin", &admin_b])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let left = |rows: &[serde_json::Value]| {
+        rows.iter()
+            .find(|r| r["name"] == "beat")
+            .and_then(|r| quicmesh::config::parse_duration(r["expires_in"].as_str()?).ok())
+            .map(|d| d.as_millis() as u64)
+    };
+    let low = std::cell::Cell::new(u64::MAX);
+    let low = &low;
+    let admin = admin_b.as_str();
+    eventually_async(Duration::from_secs(20), "a renewal seen", || async move {
+        let now = left(&listed(admin).await);
+        match now {
+            Some(ms) if ms > low.get() => Ok(()),
+            Some(ms) => {
+                low.set(low.get().min(ms));
+                Err(format!("{ms} ms left"))
+            }
+            None => Err("not registered yet".into()),
+        }
+    })
+    .await;
+    Command::new("kill")
+        .arg(beat.id().unwrap().to_string())
+        .status()
+        .unwrap();
+    assert!(beat.wait().await.unwrap().success());
+    assert_eq!(left(&listed(&admin_b).await), None, "deregistered on SIGTERM");
+
+    // Bad input: a 4xx naming the problem; nothing registered changes.
+    let before = listed(&admin_b).await;
+    let b = backend.to_string();
+    for (path, body, code, want) in [
+        (
+            "/v1/services/x",
+            format!(r#"{{"backend":"{b}","ttl":"0s"}}"#),
+            400,
+            "ttl",
+        ),
+        (
+            "/v1/services/x",
+            format!(r#"{{"backend":"{b}","ttl":"5"}}"#),
+            400,
+            "no unit",
+        ),
+        (
+            "/v1/services/x",
+            r#"{"backend":"nohost","ttl":"5s"}"#.into(),
+            400,
+            "backend",
+        ),
+        (
+            "/v1/services/Bad_Name",
+            format!(r#"{{"backend":"{b}","ttl":"5s"}}"#),
+            400,
+            "Bad_Name",
+        ),
+        (
+            "/v1/services/x",
+            format!(r#"{{"backend":"{b}","ttl":"5s","weight":1}}"#),
+            400,
+            "weight",
+        ),
+        ("/v1/services/x", "not json".into(), 400, "expected JSON"),
+        (
+            "/v1/services/x",
+            format!(r#"{{"backend":"{b}","ttl":"5s","allow":["spiffe://other.test/client/x"]}}"#),
+            400,
+            "outside this node's trust domain",
+        ),
+        (
+            "/v1/services/static",
+            format!(r#"{{"backend":"{b}","ttl":"5s"}}"#),
+            409,
+            "configuration",
+        ),
+        ("/v1/services/x/renew", String::new(), 404, "not registered"),
+        ("/v1/services/x/y/z", String::new(), 404, "no such resource"),
+    ] {
+        let (got, answer) = put(&admin_b, path, &body).await;
+        assert_eq!(got, code, "{path} {body}: {answer}");
+        assert!(answer.contains(want), "{path} {body}: {answer}");
+    }
+    let (got, answer) = http(&admin_b, "DELETE", "/v1/services/nothing").await;
+    assert_eq!(got, 404, "{answer}");
+    assert_eq!(listed(&admin_b).await, before);
+    // The node kept serving throughout.
+    let (reply, _) = call(dir.path(), pa, "static", "still").await.unwrap();
+    assert_eq!(reply, "echo: still");
+}
