@@ -60,7 +60,7 @@ pub use identity::{
     issue_leaf, validate_name, CaFiles, CertError, Identity, IdentityError, IssueOptions, IssuedCert, LeafFiles,
     MeshCa, RevokeReason, Role, TlsError, TlsMaterial, TlsPaths, ALPN,
 };
-pub use node::{Node, NodeBuilder, NodeError, NodeStats, PeerInfo};
+pub use node::{Node, NodeBuilder, NodeError, NodeStats, PeerInfo, ReloadError, Reloaded};
 pub use protocol::RejectCode;
 pub use service::{request_handler, BoxFuture, Echo, Handler, RequestContext, RequestFn, ServiceStream};
 pub use table::{render_status, Table};

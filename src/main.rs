@@ -400,14 +400,30 @@ fn certs(cmd: CertsCmd) -> Result<(), BoxError> {
 }
 
 async fn node(a: NodeArgs) -> Result<(), BoxError> {
+    if let Some(node_flags::NodeAction::Reload { admin }) = &a.action {
+        return reload(admin).await;
+    }
     let cfg = node_config(&a)?;
     if a.print_config {
         say_raw!("{}", cfg.to_toml());
         return Ok(());
     }
     let grace = cfg.drain.grace;
-    let node = Node::builder(cfg).start().await?;
-    wait_for_signal().await;
+    // A reload re-reads the file and merges the same flags over it, as at start.
+    let args = a.clone();
+    let node = Node::builder(cfg)
+        .reload_from(move || node_config(&args).map_err(|e| e.to_string()))
+        .start()
+        .await?;
+    loop {
+        tokio::select! {
+            () = wait_for_signal() => break,
+            () = wait_for_hangup() => {
+                // Logged by the node, with what changed or why it was refused.
+                let _ = node.reload();
+            }
+        }
+    }
     info!(?grace, "signal received; draining (a second signal stops at once)");
     tokio::select! {
         _ = node.drain(grace) => {}
@@ -416,6 +432,48 @@ async fn node(a: NodeArgs) -> Result<(), BoxError> {
             node.shutdown().await;
         }
     }
+    Ok(())
+}
+
+/// Waits for SIGHUP (never, where there is none).
+async fn wait_for_hangup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            hup.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
+/// `quicmesh node reload`: asks the local node to re-read its configuration.
+async fn reload(admin: &str) -> Result<(), BoxError> {
+    let (code, body) = services_cmd::admin_request(admin, "POST", "/v1/reload", None).await?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("admin {admin}/v1/reload: unreadable answer: {e}"))?;
+    if code != 200 {
+        let why = v["error"].as_str().unwrap_or(body.trim());
+        return Err(format!("reload refused (the running configuration stays): {why}").into());
+    }
+    let list = |k: &str| {
+        let names: Vec<&str> = v[k]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        if names.is_empty() {
+            "-".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    say!(
+        "reloaded: added {}; changed {}; removed {}",
+        list("added"),
+        list("changed"),
+        list("removed")
+    );
     Ok(())
 }
 

@@ -3,13 +3,16 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use quicmesh::{CaFiles, NodeConfig};
 
 use crate::BoxError;
 
-#[derive(Args)]
+#[derive(Args, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct NodeArgs {
+    #[command(subcommand)]
+    pub action: Option<NodeAction>,
     /// TOML configuration file; flags override its keys.
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -180,6 +183,23 @@ pub(crate) fn node_config(a: &NodeArgs) -> Result<NodeConfig, BoxError> {
         set(&mut table, &path, value);
     }
     Ok(NodeConfig::from_table(table, &origin)?)
+}
+
+/// `quicmesh node ACTION`: talks to a running node.
+#[derive(Subcommand, Clone)]
+pub(crate) enum NodeAction {
+    /// Make the node on this host re-read its config file (as SIGHUP does): services are
+    /// added, changed and removed; a change to any other key is refused, naming it.
+    Reload {
+        /// The node's admin listener (`admin.listen`).
+        #[arg(
+            long,
+            value_name = "HOST:PORT",
+            default_value = "127.0.0.1:7480",
+            env = "QUICMESH_ADMIN"
+        )]
+        admin: String,
+    },
 }
 
 /// Splits `--set KEY=VALUE`; VALUE is TOML if it parses as a value, else a plain string

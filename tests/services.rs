@@ -304,3 +304,97 @@ async fn a_registered_service_is_served_until_its_lease_runs_out() {
     let (reply, _) = call(dir.path(), pa, "static", "still").await.unwrap();
     assert_eq!(reply, "echo: still");
 }
+
+/// A node process re-reads its config file on SIGHUP and on `quicmesh node reload`: services
+/// added and removed take effect without a restart; a file that does not parse, or that
+/// changes a key fixed at start, is refused whole with the reason, and the node serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_changes_services_and_refuses_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path());
+    let one = common::tcp_backend(|req| [b"one: ".as_slice(), &req].concat()).await;
+    let two = common::tcp_backend(|req| [b"two: ".as_slice(), &req].concat()).await;
+    let port = common::free_udp_port();
+    let admin = format!("127.0.0.1:{}", free_tcp_port());
+    let d = dir.path().display();
+    let config = |listen: u16, services: &str| {
+        format!(
+            "name = \"b\"\nlisten = \"127.0.0.1:{listen}\"\n[tls]\nca = \"{d}/ca.crt\"\ncert = \"{d}/node-b.crt\"\nkey = \"{d}/node-b.key\"\n[admin]\nlisten = \"{admin}\"\n{services}"
+        )
+    };
+    let file = dir.path().join("b.toml");
+    std::fs::write(&file, config(port, &format!("[services.one]\nbackend = \"{one}\"\n"))).unwrap();
+    let mut b = tokio::process::Command::new(bin())
+        .args(["node", "--config", file.to_str().unwrap()])
+        .env("RUST_LOG", "quicmesh=info")
+        .stderr(std::fs::File::create(dir.path().join("b.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (reply, _) = eventually_async(Duration::from_secs(20), "one served", || {
+        call(dir.path(), port, "one", "x")
+    })
+    .await;
+    assert_eq!(reply, "one: x");
+
+    // SIGHUP with `one` removed and `two` added.
+    std::fs::write(&file, config(port, &format!("[services.two]\nbackend = \"{two}\"\n"))).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &b.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let (reply, _) = eventually_async(Duration::from_secs(20), "two served", || {
+        call(dir.path(), port, "two", "y")
+    })
+    .await;
+    assert_eq!(reply, "two: y");
+    let gone = call(dir.path(), port, "one", "x").await.unwrap_err();
+    assert!(gone.contains("UnknownService"), "{gone}");
+
+    // A key fixed at start: refused by name, through the CLI; `two` still served.
+    std::fs::write(
+        &file,
+        config(port + 1, &format!("[services.two]\nbackend = \"{two}\"\n")),
+    )
+    .unwrap();
+    let o = run(&["node", "reload", "--admin", &admin]);
+    assert!(!o.status.success());
+    let e = text(&o.stderr);
+    assert!(e.contains("cannot change while the node runs: listen"), "{e}");
+    // A file that does not parse: refused with the file and the position.
+    std::fs::write(&file, "name = \"b\"\n[services.three\n").unwrap();
+    let o = run(&["node", "reload", "--admin", &admin]);
+    assert!(!o.status.success());
+    let e = text(&o.stderr);
+    assert!(e.contains("b.toml") && e.contains("reload refused"), "{e}");
+    Command::new("kill")
+        .args(["-HUP", &b.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let log = eventually_async(Duration::from_secs(10), "the SIGHUP refusal logged", || async {
+        let log = std::fs::read_to_string(dir.path().join("b.log")).unwrap();
+        if log.matches("configuration reload refused").count() >= 3 {
+            Ok(log)
+        } else {
+            Err(log)
+        }
+    })
+    .await;
+    assert!(log.contains("configuration reloaded"), "{log}");
+    let (reply, _) = call(dir.path(), port, "two", "z").await.unwrap();
+    assert_eq!(reply, "two: z");
+    // Back to a good file: the CLI reports what changed.
+    std::fs::write(
+        &file,
+        config(
+            port,
+            &format!("[services.two]\nbackend = \"{two}\"\n[services.one]\nbackend = \"{one}\"\n"),
+        ),
+    )
+    .unwrap();
+    let o = run(&["node", "reload", "--admin", &admin]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "reloaded: added one; changed -; removed -\n");
+    Command::new("kill").arg(b.id().unwrap().to_string()).status().unwrap();
+    assert!(b.wait().await.unwrap().success());
+}

@@ -74,6 +74,18 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
 
 /// `/v1/services` (which reads a body and changes state) or one of the read-only pages.
 async fn dispatch(shared: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/v1/reload" {
+        if req.method() != Method::POST {
+            return json(405, &serde_json::json!({ "error": "use POST /v1/reload" }));
+        }
+        return match super::config_reload::reload_from_source(shared) {
+            Ok(r) => json(200, &serde_json::json!(r)),
+            Err(e @ super::config_reload::ReloadError::NoSource) => {
+                json(409, &serde_json::json!({ "error": e.to_string() }))
+            }
+            Err(e) => json(400, &serde_json::json!({ "error": e.to_string() })),
+        };
+    }
     let Some(rest) = req.uri().path().strip_prefix("/v1/services").map(str::to_owned) else {
         return route(shared, &req);
     };

@@ -22,6 +22,8 @@ pub(crate) struct Context {
     pub endpoint: Endpoint,
     /// This process's boot id (see [`crate::protocol::Hello`]).
     pub boot: u64,
+    /// How to re-read the configuration for a reload, if the node has a file to re-read.
+    pub config_source: Option<super::config_reload::ConfigSource>,
     /// Origin of the node's clock (gossip, routing, log budgets).
     epoch: Instant,
     /// DNS discovery, if configured.
@@ -37,6 +39,7 @@ impl Context {
         endpoint: Endpoint,
         boot: u64,
         discovery: Option<Arc<Discovery>>,
+        config_source: Option<super::config_reload::ConfigSource>,
     ) -> Self {
         Context {
             name: cfg.name.clone(),
@@ -44,6 +47,7 @@ impl Context {
             cfg,
             endpoint,
             boot,
+            config_source,
             epoch: Instant::now(),
             discovery,
             shutdown: watch::channel(false).0,

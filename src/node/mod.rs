@@ -11,6 +11,7 @@
 //! ```
 
 // State, split by owner (no file here imports a driver):
+mod config_reload;
 mod conn_use;
 mod context;
 mod ended;
@@ -53,6 +54,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tracing::{debug, info};
 
+pub use config_reload::{ReloadError, Reloaded};
 pub(crate) use dial::SNI;
 pub use error::NodeError;
 pub use start::NodeBuilder;
@@ -300,6 +302,14 @@ impl Node {
     /// must learn the new address (by gossip of `advertise`, or DNS).
     pub fn rebind(&self, socket: std::net::UdpSocket) -> std::io::Result<()> {
         self.state.ctx.endpoint.rebind(socket)
+    }
+
+    /// Re-reads the configuration through [`NodeBuilder::reload_from`] and applies it: the
+    /// services are added, changed and removed (streams in flight on a removed one finish);
+    /// a change to any other key, or a configuration that does not load, is refused whole
+    /// and the running configuration stays.
+    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
+        config_reload::reload_from_source(&self.state)
     }
 
     /// Waits until the peer table changes (a peer connects, disconnects, or says hello).

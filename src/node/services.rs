@@ -54,6 +54,30 @@ impl ServiceSet {
         Ok(ServiceSet { local, allow })
     }
 
+    /// This set with the configuration's TCP services replaced by those of `config`; the
+    /// in-process handlers and their allow-lists stay.
+    pub fn with_config_services(&self, config: &NodeConfig, me: &Identity) -> Result<Self, NodeError> {
+        let mut local: BTreeMap<String, Local> = self
+            .local
+            .iter()
+            .filter(|(_, l)| !matches!(l, Local::Tcp(_)))
+            .map(|(n, l)| (n.clone(), l.clone()))
+            .collect();
+        let mut allow: BTreeMap<String, Vec<Identity>> = self
+            .allow
+            .iter()
+            .filter(|(n, _)| local.contains_key(*n))
+            .map(|(n, a)| (n.clone(), a.clone()))
+            .collect();
+        for (name, svc) in &config.services {
+            if local.insert(name.clone(), Local::Tcp(svc.backend.clone())).is_some() {
+                return Err(NodeError::DuplicateService(name.clone()));
+            }
+        }
+        allow.extend(allow_lists(config, Vec::new(), &local, me)?);
+        Ok(ServiceSet { local, allow })
+    }
+
     /// Whether `caller` may call `service`.
     pub fn allows(&self, service: &str, caller: &Identity) -> bool {
         self.allow.get(service).is_none_or(|ids| ids.contains(caller))
@@ -63,7 +87,7 @@ impl ServiceSet {
 /// The node's current service set, and the set it started with (its configuration's and
 /// in-process services), which run-time registrations are laid over.
 pub(crate) struct LocalServices {
-    base: Arc<ServiceSet>,
+    base: RwLock<Arc<ServiceSet>>,
     current: RwLock<Arc<ServiceSet>>,
 }
 
@@ -71,14 +95,19 @@ impl LocalServices {
     pub fn new(set: ServiceSet) -> Self {
         let set = Arc::new(set);
         LocalServices {
-            base: set.clone(),
+            base: RwLock::new(set.clone()),
             current: RwLock::new(set),
         }
     }
 
-    /// The set the node started with.
+    /// The configuration's and in-process services (as last loaded), without registrations.
     pub fn base(&self) -> Arc<ServiceSet> {
-        self.base.clone()
+        self.base.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the base set (a configuration reload); the caller then rebuilds the current one.
+    pub fn replace_base(&self, set: ServiceSet) {
+        *self.base.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
     }
 
     /// Puts `set` in force for new streams; running streams keep the version they read.

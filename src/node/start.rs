@@ -32,6 +32,7 @@ pub struct NodeBuilder {
     allow: Vec<(String, Vec<String>)>,
     tls: Option<TlsMaterial>,
     rng_seed: Option<u64>,
+    config_source: Option<super::config_reload::ConfigSource>,
 }
 
 /// What [`NodeBuilder::start`] resolved before building anything that runs.
@@ -44,6 +45,7 @@ struct Resolved {
     discovery: Option<Arc<Discovery>>,
     admin: Option<TcpListener>,
     rng: StdRng,
+    config_source: Option<super::config_reload::ConfigSource>,
 }
 
 impl NodeBuilder {
@@ -54,7 +56,16 @@ impl NodeBuilder {
             allow: Vec::new(),
             tls: None,
             rng_seed: None,
+            config_source: None,
         }
+    }
+
+    /// How to re-read the configuration when asked to reload (SIGHUP in the CLI,
+    /// `POST /v1/reload`, [`Node::reload`]): the CLI re-reads the file and merges its flags.
+    /// Only `services` may change; see [`crate::ReloadError`].
+    pub fn reload_from(mut self, source: impl Fn() -> Result<NodeConfig, String> + Send + Sync + 'static) -> Self {
+        self.config_source = Some(Arc::new(source));
+        self
     }
 
     /// Serves `service` with an in-process handler.
@@ -106,6 +117,7 @@ impl NodeBuilder {
             allow,
             tls,
             rng_seed,
+            config_source,
         } = self;
         config.validate()?;
         let tls_from_files = tls.is_none();
@@ -147,6 +159,7 @@ impl NodeBuilder {
             discovery,
             admin,
             rng,
+            config_source,
         })
     }
 }
@@ -160,6 +173,7 @@ fn build(r: Resolved) -> Result<(State, Option<TcpListener>, SocketAddr), NodeEr
         discovery,
         admin,
         rng,
+        config_source,
         ..
     } = r;
     let (server_config, client_config) = quinn_configs(&config, &tls)?;
@@ -193,7 +207,7 @@ fn build(r: Resolved) -> Result<(State, Option<TcpListener>, SocketAddr), NodeEr
     let tls_state = TlsState::new(client_config, tls.not_after());
     // Drawn from the OS even when the rng is seeded: two processes must never share one.
     let boot: u64 = rand::Rng::random(&mut StdRng::from_os_rng());
-    let ctx = Context::new(tls.identity().clone(), config, endpoint, boot, discovery);
+    let ctx = Context::new(tls.identity().clone(), config, endpoint, boot, discovery, config_source);
     let state = State::new(ctx, tls_state, LocalServices::new(services), gossip, rng);
     Ok((state, admin, local_addr))
 }
