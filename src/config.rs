@@ -348,6 +348,9 @@ pub struct ServiceConfig {
     /// others get `Unauthorized`. Default empty: every identity of the trust domain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
+    /// An active health check of the backend (`docs/services.md`); default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<crate::health::CheckConfig>,
 }
 
 /// Parses an allow-list of SPIFFE identities, naming the key and entry at fault.
@@ -553,6 +556,10 @@ impl NodeConfig {
         self.dns.validate()?;
         for (name, svc) in &self.services {
             validate_name(name).map_err(|e| invalid(format!("services.{name}"), e.to_string()))?;
+            if let Some(c) = &svc.check {
+                let key = format!("services.{name}.check");
+                c.validate(&key).map_err(|e| invalid(key, e))?;
+            }
             if name == crate::protocol::STATUS_SERVICE {
                 return Err(invalid(
                     format!("services.{name}"),

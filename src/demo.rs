@@ -120,6 +120,7 @@ async fn start_nodes(dir: &Path, upper_backend: String, dns: &ZoneServer) -> Res
                     ServiceConfig {
                         backend: upper_backend.clone(),
                         allow: Vec::new(),
+                        check: None,
                     },
                 );
                 b = Node::builder(cfg);

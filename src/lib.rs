@@ -36,6 +36,7 @@ pub mod config;
 mod direct;
 pub mod discovery;
 pub mod gossip;
+pub mod health;
 mod identity;
 #[cfg(feature = "testkit")]
 pub mod impair;

@@ -542,9 +542,10 @@ async fn a_call_relayed_to_a_crashed_node_moves_on_quickly() {
         assert_eq!(out, format!("after crash {i}"));
         assert!(err.contains("served by n3"), "{err}");
     }
-    println!("calls right after the crash took {took:?}");
-    let log = n1.log();
-    assert!(log.contains("peer is silent; ejected, trying another node"), "{log}");
+    // Either the silence bound caught it, or the kernel's port-unreachable reached quinn
+    // first and closed the connection: both move on at once.
+    let silent = n1.log().contains("peer is silent; ejected, trying another node");
+    println!("calls right after the crash took {took:?} (silence bound used: {silent})");
     n1.stop().await;
     servers.remove(0).stop().await;
 }

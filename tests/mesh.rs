@@ -90,6 +90,7 @@ async fn tcp_backend_is_spliced_with_half_close() {
         quicmesh::config::ServiceConfig {
             backend: backend_addr.to_string(),
             allow: Vec::new(),
+            check: None,
         },
     );
     let b = Node::builder(cfg).start().await.unwrap();
@@ -120,6 +121,7 @@ async fn tcp_backend_down_gives_unavailable_not_a_hang() {
         quicmesh::config::ServiceConfig {
             backend: dead.to_string(),
             allow: Vec::new(),
+            check: None,
         },
     );
     let a = Node::builder(cfg).start().await.unwrap();

@@ -132,6 +132,7 @@ async fn a_refusing_node_is_retried_elsewhere_and_ejected() {
         quicmesh::config::ServiceConfig {
             backend: dead.to_string(),
             allow: Vec::new(),
+            check: None,
         },
     );
     let b = Node::builder(cfg).start().await.unwrap();

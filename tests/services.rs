@@ -398,3 +398,155 @@ async fn a_config_reload_changes_services_and_refuses_the_rest() {
     Command::new("kill").arg(b.id().unwrap().to_string()).status().unwrap();
     assert!(b.wait().await.unwrap().success());
 }
+
+/// A TCP backend that can be stopped (its port closed) and started again on the same port.
+struct Backend {
+    addr: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+    tag: &'static str,
+}
+
+impl Backend {
+    async fn start(tag: &'static str, addr: std::net::SocketAddr) -> Backend {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    if s.read_to_end(&mut buf).await.is_ok() {
+                        let _ = s.write_all(format!("{tag}: ").as_bytes()).await;
+                        let _ = s.write_all(&buf).await;
+                    }
+                });
+            }
+        });
+        Backend {
+            addr,
+            task: Some(task),
+            tag,
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// The health of `service` in `GET /v1/services` at `admin`.
+async fn health_of(admin: &str, service: &str) -> Option<String> {
+    listed(admin)
+        .await
+        .into_iter()
+        .find(|r| r["name"] == service)
+        .and_then(|r| r["health"].as_str().map(str::to_owned))
+}
+
+/// Two nodes serve `web` from their own backends; b's backend is health-checked. When it
+/// dies, b marks it critical after `fall` checks and stops offering `web`: from then on every
+/// call goes to a. When it comes back, b offers `web` again after `rise` checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_fails_its_checks_gets_no_calls_until_it_passes_again() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path());
+    let back_a = Backend::start("A", "127.0.0.1:0".parse().unwrap()).await;
+    let mut back_b = Backend::start("B", "127.0.0.1:0".parse().unwrap()).await;
+    let (pa, pb) = (common::free_udp_port(), common::free_udp_port());
+    let admin_b = format!("127.0.0.1:{}", free_tcp_port());
+    let check = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for kv in [
+            "services.web.check.kind=tcp",
+            "services.web.check.interval=100ms",
+            "services.web.check.timeout=100ms",
+            "services.web.check.fall=2",
+            "services.web.check.rise=2",
+        ] {
+            v.extend(["--set".to_owned(), kv.to_owned()]);
+        }
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let _b = node(
+        dir.path(),
+        "b",
+        pb,
+        &admin_b,
+        &check(&["--service", &format!("web={}", back_b.addr)]),
+    );
+    let _a = node(
+        dir.path(),
+        "a",
+        pa,
+        "off",
+        &[
+            "--peer".into(),
+            format!("127.0.0.1:{pb}"),
+            "--service".into(),
+            format!("web={}", back_a.addr),
+            "--set".into(),
+            "routing.strategy=round_robin".into(),
+        ],
+    );
+    // Both serve, through a (round-robin alternates them).
+    eventually_async(Duration::from_secs(30), "b serves web through a", || async {
+        let (reply, _) = call(dir.path(), pa, "web", "x").await?;
+        if reply == "B: x" {
+            Ok(())
+        } else {
+            Err(reply)
+        }
+    })
+    .await;
+    assert_eq!(health_of(&admin_b, "web").await.as_deref(), Some("passing"));
+
+    back_b.stop();
+    eventually_async(Duration::from_secs(20), "b's web critical", || async {
+        match health_of(&admin_b, "web").await.as_deref() {
+            Some("critical") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // a learns by gossip that b no longer offers web; after that, no call goes to b.
+    eventually_async(Duration::from_secs(20), "a routes around b", || async {
+        let (reply, err) = call(dir.path(), pa, "web", "y").await?;
+        if err.contains("served by a") {
+            Ok(())
+        } else {
+            Err(format!("{reply} {err}"))
+        }
+    })
+    .await;
+    for i in 0..10 {
+        let (reply, err) = call(dir.path(), pa, "web", &format!("z{i}")).await.unwrap();
+        assert_eq!(reply, format!("A: z{i}"), "{err}");
+    }
+    let (_, metrics) = http(&admin_b, "GET", "/metrics").await;
+    assert_eq!(
+        common::sample(&metrics, "quicmesh_service_healthy{service=\"web\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("b.log")).unwrap();
+    assert!(log.contains("backend failed 2 checks in a row: critical"), "{log}");
+
+    // Back on the same port: passing after `rise`, and b gets calls again.
+    let _back_b = Backend::start(back_b.tag, back_b.addr).await;
+    eventually_async(Duration::from_secs(30), "b serves web again", || async {
+        let (reply, _) = call(dir.path(), pa, "web", "w").await?;
+        if reply == "B: w" {
+            Ok(())
+        } else {
+            Err(reply)
+        }
+    })
+    .await;
+    assert_eq!(health_of(&admin_b, "web").await.as_deref(), Some("passing"));
+    let log = std::fs::read_to_string(dir.path().join("b.log")).unwrap();
+    assert!(log.contains("passed 2 checks in a row: passing"), "{log}");
+    drop(back_a);
+}

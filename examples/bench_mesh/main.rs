@@ -67,6 +67,7 @@ fn service(backend: std::net::SocketAddr) -> ServiceConfig {
     ServiceConfig {
         backend: backend.to_string(),
         allow: Vec::new(),
+        check: None,
     }
 }
 

@@ -86,6 +86,7 @@ pub async fn run(pki: &Pki, haproxy_bin: Option<&str>, d: Duration) -> Result<()
             ServiceConfig {
                 backend: addr.to_string(),
                 allow: Vec::new(),
+                check: None,
             },
         );
         workers.push(Node::builder(cfg).start().await?);

@@ -287,6 +287,34 @@ fn metrics(shared: &State) -> String {
         "Incoming handshakes that failed, by reason",
         failures,
     );
+    let healthy = Family::<Labels, Gauge>::default();
+    let transitions = Family::<Labels, Counter>::default();
+    let took = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for (service, _, health, n, last, _) in shared.health.rows() {
+        let l = vec![("service", service)];
+        healthy
+            .get_or_create(&l)
+            .set(i64::from(health == crate::health::Health::Passing));
+        transitions.get_or_create(&l).inc_by(n);
+        if let Some(d) = last {
+            took.get_or_create(&l).set(d.as_secs_f64());
+        }
+    }
+    reg.register(
+        "service_healthy",
+        "1 if the service's backend passes its health checks, 0 if critical",
+        healthy,
+    );
+    reg.register(
+        "health_check_transitions",
+        "Changes of a backend's health (passing/critical)",
+        transitions,
+    );
+    reg.register(
+        "health_check_seconds",
+        "How long the last health check of each service took",
+        took,
+    );
     let dials = Family::<Labels, Counter>::default();
     for reason in DialFailure::ALL {
         dials

@@ -29,6 +29,7 @@ mod sync;
 mod tls;
 // Decisions over several parts of the state:
 mod balance;
+mod checks;
 mod clash;
 mod coverage;
 // Drivers (tasks and the streams they serve), above the state:

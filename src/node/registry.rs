@@ -23,8 +23,23 @@ pub struct Registration {
     pub allow: Vec<String>,
     /// The lease length.
     pub ttl: Duration,
+    /// Its health check, if any.
+    pub check: Option<crate::health::CheckConfig>,
     /// When the lease runs out, on the node's clock.
     pub expires: Duration,
+}
+
+/// What a registration asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// `host:port` of the TCP backend.
+    pub backend: String,
+    /// Identities allowed to call it (SPIFFE URIs); empty: the whole trust domain.
+    pub allow: Vec<String>,
+    /// Its health check, if any.
+    pub check: Option<crate::health::CheckConfig>,
+    /// The lease length.
+    pub ttl: Duration,
 }
 
 /// Why a registry call was refused.
@@ -65,12 +80,16 @@ impl Registry {
     pub fn register(
         &mut self,
         name: &str,
-        backend: String,
-        allow: Vec<String>,
-        ttl: Duration,
+        req: Request,
         is_static: bool,
         now: Duration,
     ) -> Result<Change, RegistryError> {
+        let Request {
+            backend,
+            allow,
+            check,
+            ttl,
+        } = req;
         if ttl.is_zero() || ttl > MAX_TTL {
             return Err(RegistryError::Ttl(ttl));
         }
@@ -80,12 +99,20 @@ impl Registry {
         let new = Registration {
             backend,
             allow,
+            check,
             ttl,
             expires: now + ttl,
         };
         let change = match self.entries.get(name) {
             None => Change::Added,
-            Some(old) if old.backend == new.backend && old.allow == new.allow && old.ttl == new.ttl => Change::Renewed,
+            Some(old)
+                if old.backend == new.backend
+                    && old.allow == new.allow
+                    && old.check == new.check
+                    && old.ttl == new.ttl =>
+            {
+                Change::Renewed
+            }
             Some(_) => Change::Updated,
         };
         self.entries.insert(name.to_owned(), new);
@@ -140,17 +167,20 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
+    fn req(backend: &str, ttl: Duration) -> Request {
+        Request {
+            backend: backend.into(),
+            allow: Vec::new(),
+            check: None,
+            ttl,
+        }
+    }
+
     #[test]
     fn a_lease_not_renewed_expires_and_a_renewed_one_does_not() {
         let mut r = Registry::default();
-        assert_eq!(
-            r.register("a", "h:1".into(), vec![], 2 * S, false, S),
-            Ok(Change::Added)
-        );
-        assert_eq!(
-            r.register("b", "h:2".into(), vec![], 2 * S, false, S),
-            Ok(Change::Added)
-        );
+        assert_eq!(r.register("a", req("h:1", 2 * S), false, S), Ok(Change::Added));
+        assert_eq!(r.register("b", req("h:2", 2 * S), false, S), Ok(Change::Added));
         assert_eq!(r.next_expiry(), Some(3 * S));
         assert_eq!(r.renew("a", 2 * S), Ok(4 * S));
         assert!(r.expire(3 * S - Duration::from_millis(1)).is_empty());
@@ -163,17 +193,10 @@ mod tests {
     #[test]
     fn registering_again_updates_or_renews() {
         let mut r = Registry::default();
-        r.register("a", "h:1".into(), vec![], 2 * S, false, Duration::ZERO)
-            .unwrap();
-        assert_eq!(
-            r.register("a", "h:1".into(), vec![], 2 * S, false, S),
-            Ok(Change::Renewed)
-        );
+        r.register("a", req("h:1", 2 * S), false, Duration::ZERO).unwrap();
+        assert_eq!(r.register("a", req("h:1", 2 * S), false, S), Ok(Change::Renewed));
         assert_eq!(r.entries()["a"].expires, 3 * S);
-        assert_eq!(
-            r.register("a", "h:9".into(), vec![], 2 * S, false, S),
-            Ok(Change::Updated)
-        );
+        assert_eq!(r.register("a", req("h:9", 2 * S), false, S), Ok(Change::Updated));
         assert_eq!(r.entries()["a"].backend, "h:9");
         assert_eq!(r.deregister("a").map(|e| e.backend), Ok("h:9".into()));
         assert!(r.deregister("a").is_err());
@@ -183,12 +206,12 @@ mod tests {
     fn bad_ttls_and_static_names_are_refused() {
         let mut r = Registry::default();
         assert_eq!(
-            r.register("a", "h:1".into(), vec![], Duration::ZERO, false, S),
+            r.register("a", req("h:1", Duration::ZERO), false, S),
             Err(RegistryError::Ttl(Duration::ZERO))
         );
-        assert!(r.register("a", "h:1".into(), vec![], MAX_TTL + S, false, S).is_err());
+        assert!(r.register("a", req("h:1", MAX_TTL + S), false, S).is_err());
         assert_eq!(
-            r.register("web", "h:1".into(), vec![], S, true, S),
+            r.register("web", req("h:1", S), true, S),
             Err(RegistryError::Static("web".into()))
         );
         assert!(r.entries().is_empty());

@@ -29,6 +29,8 @@ pub(crate) struct ServiceSet {
     /// Who may call each service (`services.NAME.allow`); a service not listed is open to
     /// every identity of the trust domain.
     pub allow: BTreeMap<String, Vec<Identity>>,
+    /// The health check of each TCP service that has one.
+    pub checks: BTreeMap<String, crate::health::CheckConfig>,
 }
 
 impl ServiceSet {
@@ -51,7 +53,11 @@ impl ServiceSet {
             }
         }
         let allow = allow_lists(config, extra_allow, &local, me)?;
-        Ok(ServiceSet { local, allow })
+        Ok(ServiceSet {
+            local,
+            allow,
+            checks: config_checks(config),
+        })
     }
 
     /// This set with the configuration's TCP services replaced by those of `config`; the
@@ -75,7 +81,11 @@ impl ServiceSet {
             }
         }
         allow.extend(allow_lists(config, Vec::new(), &local, me)?);
-        Ok(ServiceSet { local, allow })
+        Ok(ServiceSet {
+            local,
+            allow,
+            checks: config_checks(config),
+        })
     }
 
     /// Whether `caller` may call `service`.
@@ -124,6 +134,14 @@ impl LocalServices {
     pub fn names(&self) -> Vec<String> {
         self.current().local.keys().cloned().collect()
     }
+}
+
+fn config_checks(config: &NodeConfig) -> BTreeMap<String, crate::health::CheckConfig> {
+    config
+        .services
+        .iter()
+        .filter_map(|(n, s)| s.check.clone().map(|c| (n.clone(), c)))
+        .collect()
 }
 
 /// Gathers the allow-lists of the configuration and the builder, checking each names a

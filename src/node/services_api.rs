@@ -32,6 +32,9 @@ struct RegisterRequest {
     /// Identities allowed to call it; default the whole trust domain.
     #[serde(default)]
     allow: Vec<String>,
+    /// An active health check, as `services.NAME.check` in the config.
+    #[serde(default)]
+    check: Option<crate::health::CheckConfig>,
 }
 
 /// One row of `GET /v1/services`.
@@ -50,6 +53,12 @@ pub(crate) struct ServiceRow {
     /// Time left on the lease, for `api` services.
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_in: Option<String>,
+    /// `passing` or `critical`, for services with a health check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<crate::health::Health>,
+    /// Why the last check failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_check_error: Option<String>,
 }
 
 /// An answer: HTTP status and a JSON body.
@@ -115,6 +124,8 @@ fn list(shared: &State) -> Vec<ServiceRow> {
                 .unwrap_or_default(),
             ttl: None,
             expires_in: None,
+            health: None,
+            last_check_error: None,
         })
         .collect();
     rows.extend(registry.entries().iter().map(|(name, r)| ServiceRow {
@@ -124,7 +135,15 @@ fn list(shared: &State) -> Vec<ServiceRow> {
         allow: r.allow.clone(),
         ttl: Some(millis(r.ttl)),
         expires_in: Some(millis(r.expires.saturating_sub(now))),
+        health: None,
+        last_check_error: None,
     }));
+    for (name, _, health, _, _, error) in shared.health.rows() {
+        if let Some(row) = rows.iter_mut().find(|r| r.name == name) {
+            row.health = Some(health);
+            row.last_check_error = error;
+        }
+    }
     rows
 }
 
@@ -175,14 +194,26 @@ fn register(shared: &State, name: &str, body: &[u8]) -> Answer {
         }
         Err(e) => return error(400, e),
     }
+    if let Some(c) = &req.check {
+        if let Err(e) = c.validate("check") {
+            return error(400, e);
+        }
+    }
     let is_static = shared.services.base().local.contains_key(name);
     let now = shared.ctx.now();
-    let change = lock(&shared.registry).register(name, req.backend.clone(), req.allow, ttl, is_static, now);
+    let backend = req.backend.clone();
+    let asked = super::registry::Request {
+        backend: req.backend,
+        allow: req.allow,
+        check: req.check,
+        ttl,
+    };
+    let change = lock(&shared.registry).register(name, asked, is_static, now);
     match change {
         Ok(change) => {
             if change != Change::Renewed {
                 apply(shared);
-                info!(service = %name, backend = %req.backend, ?ttl, ?change, "service registered");
+                info!(service = %name, %backend, ?ttl, ?change, "service registered");
             }
             let label = match change {
                 Change::Added => "added",
@@ -229,12 +260,30 @@ pub(crate) fn apply(shared: &State) {
     let mut set: ServiceSet = (*shared.services.base()).clone();
     for (name, r) in lock(&shared.registry).entries() {
         set.local.insert(name.clone(), Local::Tcp(r.backend.clone()));
+        match &r.check {
+            Some(c) => set.checks.insert(name.clone(), c.clone()),
+            None => set.checks.remove(name),
+        };
         // Checked when registered.
         if let Ok(ids) = parse_allow("allow", &r.allow) {
             if !ids.is_empty() {
                 set.allow.insert(name.clone(), ids);
             }
         }
+    }
+    // Checks follow the set; a service whose backend is critical is not offered (here or by
+    // gossip) until it passes again.
+    let wanted: super::checks::Wanted = set
+        .checks
+        .iter()
+        .filter_map(|(n, c)| match set.local.get(n) {
+            Some(Local::Tcp(b)) => Some((n.clone(), (b.clone(), c.clone()))),
+            _ => None,
+        })
+        .collect();
+    shared.health.want(wanted);
+    for name in shared.health.critical() {
+        set.local.remove(&name);
     }
     let names: Vec<String> = set.local.keys().cloned().collect();
     shared.services.replace(set);
