@@ -241,3 +241,92 @@ fn kubernetes_manifest_is_consistent_and_a_pods_command_line_parses() {
         "terminationGracePeriodSeconds {grace} must exceed drain.grace"
     );
 }
+
+/// Issue 16, part 5: the Prometheus alerting rules in deploy/prometheus pass `promtool check
+/// rules` (CI installs Debian's `prometheus` package for it), and every metric they name is
+/// one a running node exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_rules_pass_promtool_and_name_only_exported_metrics() {
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/quicmesh-alerts.yml");
+    match Command::new("promtool").args(["check", "rules", rules]).output() {
+        Ok(o) => assert!(
+            o.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            println!("promtool not run ({e}); install Debian's prometheus package (CI does)")
+        }
+        Err(e) => panic!("promtool: {e}; .ci/run installs it (Debian package prometheus)"),
+    }
+    // Every quicmesh_* name in an expression.
+    let docs = yaml_docs("prometheus/quicmesh-alerts.yml");
+    let mut named = std::collections::BTreeSet::new();
+    for group in docs[0]["groups"].as_vec().unwrap() {
+        for rule in group["rules"].as_vec().unwrap() {
+            let expr = rule["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(i) = rest.find("quicmesh_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                named.insert(tail[..end].to_owned());
+                rest = &tail[end..];
+            }
+        }
+    }
+    assert!(named.len() >= 8, "{named:?}");
+    // What a node exports, with a peer and a health-checked service so that every family has
+    // a sample (families without one are not printed).
+    let pki = common::Pki::new();
+    let backend = common::tcp_backend(|r| r).await;
+    let mut cfg = pki.node_config("a");
+    cfg.admin.listen = "127.0.0.1:0".into();
+    let check: quicmesh::health::CheckConfig =
+        toml::from_str("kind = \"tcp\"\ninterval = \"50ms\"\ntimeout = \"50ms\"\n").unwrap();
+    cfg.services.insert(
+        "web".into(),
+        quicmesh::config::ServiceConfig {
+            backend: backend.to_string(),
+            allow: Vec::new(),
+            check: Some(check),
+        },
+    );
+    let node = quicmesh::Node::builder(cfg).start().await.unwrap();
+    let mut peer_cfg = pki.node_config("b");
+    peer_cfg.peers = vec![node.local_addr().to_string()];
+    let peer = quicmesh::Node::builder(peer_cfg).start().await.unwrap();
+    let admin = node.admin_addr().unwrap();
+    let metrics = common::eventually_async(
+        std::time::Duration::from_secs(10),
+        "a peer and a checked service",
+        || async {
+            let (_, m) = common::http(admin, "GET", "/metrics").await;
+            if m.contains("quicmesh_peer_up{") && m.contains("quicmesh_service_healthy{") {
+                Ok(m)
+            } else {
+                Err("not yet".to_owned())
+            }
+        },
+    )
+    .await;
+    let mut exported = std::collections::BTreeSet::new();
+    for line in metrics.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let mut it = t.split_whitespace();
+            let (name, kind) = (it.next().unwrap_or_default(), it.next().unwrap_or_default());
+            exported.insert(name.to_owned());
+            if kind == "counter" {
+                exported.insert(format!("{name}_total"));
+            }
+        }
+    }
+    let missing: Vec<&String> = named.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the rules name metrics no node exports: {missing:?}"
+    );
+    node.shutdown().await;
+}

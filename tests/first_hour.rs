@@ -128,7 +128,13 @@ async fn a_node_that_reaches_no_peer_says_so_with_the_last_error() {
             Ok(_) => http(&admin, "GET", "/readyz").await,
             Err(e) => return Err(e.to_string()),
         };
-        if code == 503 && body.contains("no peer reachable") && body.contains("3 address(es) failing") {
+        // The foreign node may not be up at the first dial (a timeout then): wait for each
+        // address's own reason.
+        let (_, metrics) = http(&admin, "GET", "/metrics").await;
+        let all_reasons = ["resolve", "timeout", "certificate"].iter().all(|r| {
+            sample(&metrics, &format!("quicmesh_dial_failures_total{{reason=\"{r}\"}}")).is_some_and(|n| n >= 1.0)
+        });
+        if code == 503 && body.contains("no peer reachable") && body.contains("3 address(es) failing") && all_reasons {
             Ok(body)
         } else {
             Err(format!("{code} {body}"))

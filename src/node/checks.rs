@@ -136,7 +136,10 @@ pub(crate) async fn run(shared: Arc<State>) {
     let mut wanted = shared.health.wanted.subscribe();
     let mut shutdown = shared.ctx.on_shutdown();
     let (tx, mut rx) = mpsc::channel(64);
-    let mut tasks: BTreeMap<String, (String, CheckConfig, tokio::task::JoinHandle<()>)> = BTreeMap::new();
+    let mut tasks: Tasks = BTreeMap::new();
+    // What was wanted before this task subscribed counts too (a new receiver sees no change).
+    let first = wanted.borrow_and_update().clone();
+    sync(&shared, &first, &mut tasks, &tx);
     loop {
         tokio::select! {
             changed = wanted.changed() => {

@@ -353,7 +353,17 @@ impl Incoming<'_> {
             let _pending = balance::pending(shared, &peer);
             let _in_use = shared.peers.in_use(&pconn);
             let started = Instant::now();
-            match self.open_downstream(&pconn, down).await {
+            // Giving up on a silent peer early only helps if the stream can go elsewhere: on
+            // the last attempt, or with no other node (or local service) to try, it waits the
+            // header timeout as before (a lossy link to the only provider is slow, not dead).
+            let elsewhere = attempt + 1 < RELAY_ATTEMPTS
+                && (local.is_some()
+                    || shared
+                        .candidates(&req.service)
+                        .0
+                        .iter()
+                        .any(|(n, _, _)| *n != peer && !tried.contains(n)));
+            match self.open_downstream(&pconn, down, elsewhere).await {
                 Ok((node, ds, dr)) => {
                     if !self.accept(&node).await {
                         let (mut ds, mut dr) = (ds, dr);
@@ -420,6 +430,7 @@ impl Incoming<'_> {
         &self,
         pconn: &Connection,
         req: ServiceRequest,
+        probe_silence: bool,
     ) -> Result<(String, SendStream, RecvStream), Downstream> {
         let shared = self.shared;
         let wait = timeout_until(self.deadline, shared.ctx.cfg.transport.header_timeout);
@@ -450,17 +461,20 @@ impl Incoming<'_> {
             // Silence is judged only over the whole bound: a deadline that ends first says
             // nothing about the peer (it must not get a healthy node ejected).
             let bound = crate::transport::silence_bound(pconn);
-            let probe = bound.min(give_up.saturating_duration_since(Instant::now()));
+            let left = give_up.saturating_duration_since(Instant::now());
+            let probe = if probe_silence { bound.min(left) } else { left };
             let answered = tokio::select! {
                 a = &mut exchange => Some(a),
                 () = tokio::time::sleep(probe) => None,
             };
             let answered = match answered {
                 Some(a) => Ok(a),
-                None if probe == bound && pconn.stats().udp_rx.datagrams == heard => Err(Downstream::Silent(format!(
-                    "not a packet from it within {probe:?} of the request (RTT {:?})",
-                    pconn.rtt()
-                ))),
+                None if probe_silence && probe == bound && pconn.stats().udp_rx.datagrams == heard => {
+                    Err(Downstream::Silent(format!(
+                        "not a packet from it within {probe:?} of the request (RTT {:?})",
+                        pconn.rtt()
+                    )))
+                }
                 None => match tokio::time::timeout_at(give_up, &mut exchange).await {
                     Ok(a) => Ok(a),
                     Err(_) if self.deadline.is_some_and(|d| d <= Instant::now()) => Err(Downstream::Rejected(
