@@ -328,5 +328,6 @@ async fn alert_rules_pass_promtool_and_name_only_exported_metrics() {
         missing.is_empty(),
         "the rules name metrics no node exports: {missing:?}"
     );
+    peer.shutdown().await;
     node.shutdown().await;
 }
