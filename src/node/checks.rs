@@ -4,81 +4,17 @@
 //! is taken out of the local service set and out of the node's gossiped service list, so no
 //! node routes to it; it comes back after `rise` passes. One log line per transition.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::health_table::{Entry, Wanted};
 use super::state::State;
-use super::sync::lock;
 use crate::health::{http_passes, CheckConfig, CheckKind, Checker, Health};
-
-/// What should be checked: service → (backend, check).
-pub(crate) type Wanted = BTreeMap<String, (String, CheckConfig)>;
-
-/// The health of every checked service.
-pub(crate) struct HealthTable {
-    entries: Mutex<BTreeMap<String, Entry>>,
-    /// What should be checked, set by every rebuild of the service set.
-    wanted: watch::Sender<Wanted>,
-}
-
-/// One checked service.
-pub(crate) struct Entry {
-    pub backend: String,
-    pub check: CheckConfig,
-    pub checker: Checker,
-    /// How long the last check took, and why it failed if it did.
-    pub last: Option<(Duration, Option<String>)>,
-}
-
-impl HealthTable {
-    pub fn new() -> Self {
-        HealthTable {
-            entries: Mutex::new(BTreeMap::new()),
-            wanted: watch::channel(Wanted::new()).0,
-        }
-    }
-
-    /// Services whose backend is critical now.
-    pub fn critical(&self) -> BTreeSet<String> {
-        lock(&self.entries)
-            .iter()
-            .filter(|(_, e)| e.checker.health() == Health::Critical)
-            .map(|(n, _)| n.clone())
-            .collect()
-    }
-
-    /// (service, backend, health, transitions, last check took, last error) for each.
-    #[allow(clippy::type_complexity)]
-    pub fn rows(&self) -> Vec<(String, String, Health, u64, Option<Duration>, Option<String>)> {
-        lock(&self.entries)
-            .iter()
-            .map(|(n, e)| {
-                (
-                    n.clone(),
-                    e.backend.clone(),
-                    e.checker.health(),
-                    e.checker.transitions,
-                    e.last.as_ref().map(|l| l.0),
-                    e.last.as_ref().and_then(|l| l.1.clone()),
-                )
-            })
-            .collect()
-    }
-
-    /// Sets what should be checked (a change wakes the driver).
-    pub fn want(&self, wanted: Wanted) {
-        self.wanted.send_if_modified(|w| {
-            let changed = *w != wanted;
-            *w = wanted;
-            changed
-        });
-    }
-}
 
 /// One probe of `backend`: Ok, or why it failed.
 async fn probe(backend: &str, check: &CheckConfig) -> Result<(), String> {
@@ -133,7 +69,7 @@ async fn check_loop(
 /// Keeps the check tasks in line with what is wanted and applies their results, until
 /// shutdown.
 pub(crate) async fn run(shared: Arc<State>) {
-    let mut wanted = shared.health.wanted.subscribe();
+    let mut wanted = shared.health.subscribe();
     let mut shutdown = shared.ctx.on_shutdown();
     let (tx, mut rx) = mpsc::channel(64);
     let mut tasks: Tasks = BTreeMap::new();
@@ -176,7 +112,7 @@ fn sync(
         }
         keep
     });
-    let mut entries = lock(&shared.health.entries);
+    let mut entries = shared.health.entries();
     entries.retain(|name, e| want.get(name).is_some_and(|(b, c)| *b == e.backend && *c == e.check));
     for (name, (backend, check)) in want {
         if tasks.contains_key(name) {
@@ -199,7 +135,7 @@ fn sync(
 /// Feeds one result into its service's state machine; a transition rebuilds the service set.
 fn observe(shared: &State, service: &str, backend: &str, took: Duration, result: Result<(), String>) {
     let transition = {
-        let mut entries = lock(&shared.health.entries);
+        let mut entries = shared.health.entries();
         let Some(e) = entries.get_mut(service).filter(|e| e.backend == backend) else {
             return; // a result from a check since stopped
         };
@@ -212,11 +148,11 @@ fn observe(shared: &State, service: &str, backend: &str, took: Duration, result:
                 %service, %backend, error = result.err().unwrap_or_default(),
                 "backend failed {} checks in a row: critical, no longer offered", check.fall
             );
-            super::services_api::apply(shared);
+            super::rebuild::apply(shared);
         }
         Some((Health::Passing, check)) => {
             info!(%service, %backend, "backend passed {} checks in a row: passing, offered again", check.rise);
-            super::services_api::apply(shared);
+            super::rebuild::apply(shared);
         }
         None => {}
     }

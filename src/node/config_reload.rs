@@ -4,7 +4,6 @@
 //! A reload that fails leaves the running configuration as it was.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use tracing::{error, info};
 
@@ -13,9 +12,6 @@ use super::services::Local;
 use super::state::State;
 use super::sync::lock;
 use crate::config::{ConfigError, NodeConfig};
-
-/// Re-reads the configuration (the file and the flags over it, for the CLI).
-pub type ConfigSource = Arc<dyn Fn() -> Result<NodeConfig, String> + Send + Sync>;
 
 /// Why a reload was refused. The running configuration is unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +127,7 @@ pub(crate) fn reload(shared: &State, new: &NodeConfig) -> Result<Reloaded, Reloa
         }
     }
     shared.services.replace_base(base);
-    super::services_api::apply(shared);
+    super::rebuild::apply(shared);
     Ok(report)
 }
 

@@ -14,6 +14,9 @@ use crate::config::NodeConfig;
 use crate::discovery::Discovery;
 use crate::identity::Identity;
 
+/// Re-reads the configuration for a reload (the file and the flags over it, for the CLI).
+pub(crate) type ConfigSource = Arc<dyn Fn() -> Result<NodeConfig, String> + Send + Sync>;
+
 /// The immutable context of a node.
 pub(crate) struct Context {
     pub name: String,
@@ -23,7 +26,7 @@ pub(crate) struct Context {
     /// This process's boot id (see [`crate::protocol::Hello`]).
     pub boot: u64,
     /// How to re-read the configuration for a reload, if the node has a file to re-read.
-    pub config_source: Option<super::config_reload::ConfigSource>,
+    pub config_source: Option<ConfigSource>,
     /// Origin of the node's clock (gossip, routing, log budgets).
     epoch: Instant,
     /// DNS discovery, if configured.
@@ -39,7 +42,7 @@ impl Context {
         endpoint: Endpoint,
         boot: u64,
         discovery: Option<Arc<Discovery>>,
-        config_source: Option<super::config_reload::ConfigSource>,
+        config_source: Option<ConfigSource>,
     ) -> Self {
         Context {
             name: cfg.name.clone(),

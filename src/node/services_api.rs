@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::registry::{Change, Registration, RegistryError};
-use super::services::{Local, ServiceSet};
+use super::services::Local;
 use super::state::State;
 use super::sync::lock;
 use crate::config::{parse_allow, parse_duration, validate_host_port};
@@ -212,7 +212,7 @@ fn register(shared: &State, name: &str, body: &[u8]) -> Answer {
     match change {
         Ok(change) => {
             if change != Change::Renewed {
-                apply(shared);
+                super::rebuild::apply(shared);
                 info!(service = %name, %backend, ?ttl, ?change, "service registered");
             }
             let label = match change {
@@ -246,49 +246,12 @@ fn deregister(shared: &State, name: &str) -> Answer {
     let removed = lock(&shared.registry).deregister(name);
     match removed {
         Ok(Registration { backend, .. }) => {
-            apply(shared);
+            super::rebuild::apply(shared);
             info!(service = %name, %backend, "service deregistered");
             (200, serde_json::json!({ "service": name, "change": "removed" }))
         }
         Err(e) => error(404, e),
     }
-}
-
-/// Rebuilds the local service set from the base set and the registrations, and announces
-/// the new service list by gossip at once.
-pub(crate) fn apply(shared: &State) {
-    let mut set: ServiceSet = (*shared.services.base()).clone();
-    for (name, r) in lock(&shared.registry).entries() {
-        set.local.insert(name.clone(), Local::Tcp(r.backend.clone()));
-        match &r.check {
-            Some(c) => set.checks.insert(name.clone(), c.clone()),
-            None => set.checks.remove(name),
-        };
-        // Checked when registered.
-        if let Ok(ids) = parse_allow("allow", &r.allow) {
-            if !ids.is_empty() {
-                set.allow.insert(name.clone(), ids);
-            }
-        }
-    }
-    // Checks follow the set; a service whose backend is critical is not offered (here or by
-    // gossip) until it passes again.
-    let wanted: super::checks::Wanted = set
-        .checks
-        .iter()
-        .filter_map(|(n, c)| match set.local.get(n) {
-            Some(Local::Tcp(b)) => Some((n.clone(), (b.clone(), c.clone()))),
-            _ => None,
-        })
-        .collect();
-    shared.health.want(wanted);
-    for name in shared.health.critical() {
-        set.local.remove(&name);
-    }
-    let names: Vec<String> = set.local.keys().cloned().collect();
-    shared.services.replace(set);
-    shared.announce(|g| g.set_services(names));
-    shared.registry_changed.notify_one();
 }
 
 /// Expires leases until shutdown: sleeps until the next lease runs out or the registry changes.
@@ -307,7 +270,7 @@ pub(crate) async fn expire_leases(shared: Arc<State>) {
             for name in &gone {
                 info!(service = %name, "service lease expired (not renewed within its ttl); no longer served here");
             }
-            apply(shared.as_ref());
+            super::rebuild::apply(shared.as_ref());
         }
     }
 }

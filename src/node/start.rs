@@ -32,7 +32,7 @@ pub struct NodeBuilder {
     allow: Vec<(String, Vec<String>)>,
     tls: Option<TlsMaterial>,
     rng_seed: Option<u64>,
-    config_source: Option<super::config_reload::ConfigSource>,
+    config_source: Option<super::context::ConfigSource>,
 }
 
 /// What [`NodeBuilder::start`] resolved before building anything that runs.
@@ -45,7 +45,7 @@ struct Resolved {
     discovery: Option<Arc<Discovery>>,
     admin: Option<TcpListener>,
     rng: StdRng,
-    config_source: Option<super::config_reload::ConfigSource>,
+    config_source: Option<super::context::ConfigSource>,
 }
 
 impl NodeBuilder {
@@ -229,7 +229,7 @@ fn spawn(state: Arc<State>, admin: Option<TcpListener>, local_addr: SocketAddr, 
     tasks.spawn(services_api::expire_leases(state.clone()).instrument(span.clone()));
     tasks.spawn(checks::run(state.clone()).instrument(span.clone()));
     // Starts the configuration's health checks.
-    services_api::apply(&state);
+    super::rebuild::apply(&state);
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(listener) = admin {
         tasks.spawn(admin::serve(state.clone(), listener).instrument(span.clone()));

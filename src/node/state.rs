@@ -49,7 +49,7 @@ pub(crate) struct State {
     /// Wakes the lease-expiry task when the registry changes.
     pub registry_changed: tokio::sync::Notify,
     /// Health of the services with checks.
-    pub health: super::checks::HealthTable,
+    pub health: super::health_table::HealthTable,
     pub load: LoadState,
     pub routing: Mutex<Table>,
     pub gossip: Mutex<Gossip>,
@@ -72,7 +72,7 @@ impl State {
             services,
             registry: Mutex::new(Registry::default()),
             registry_changed: tokio::sync::Notify::new(),
-            health: super::checks::HealthTable::new(),
+            health: super::health_table::HealthTable::new(),
             load: LoadState::new(ctx.cfg.limits.max_inflight),
             routing: Mutex::new(ctx.cfg.routing.table()),
             gossip: Mutex::new(gossip),

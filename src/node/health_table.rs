@@ -1,0 +1,86 @@
+//! The health of the services with checks: a state part, written by the check driver
+//! (checks.rs) and read by every rebuild of the service set, `/v1/services` and
+//! `/metrics`. Owns its lock; takes nothing else of the node's state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::sync::lock;
+use crate::health::{CheckConfig, Checker, Health};
+
+/// What should be checked: service → (backend, check).
+pub(crate) type Wanted = BTreeMap<String, (String, CheckConfig)>;
+
+/// The health of every checked service.
+pub(crate) struct HealthTable {
+    entries: Mutex<BTreeMap<String, Entry>>,
+    /// What should be checked, set by every rebuild of the service set.
+    wanted: watch::Sender<Wanted>,
+}
+
+/// One checked service.
+pub(crate) struct Entry {
+    pub backend: String,
+    pub check: CheckConfig,
+    pub checker: Checker,
+    /// How long the last check took, and why it failed if it did.
+    pub last: Option<(Duration, Option<String>)>,
+}
+
+impl HealthTable {
+    pub fn new() -> Self {
+        HealthTable {
+            entries: Mutex::new(BTreeMap::new()),
+            wanted: watch::channel(Wanted::new()).0,
+        }
+    }
+
+    /// Services whose backend is critical now.
+    pub fn critical(&self) -> BTreeSet<String> {
+        lock(&self.entries)
+            .iter()
+            .filter(|(_, e)| e.checker.health() == Health::Critical)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// (service, backend, health, transitions, last check took, last error) for each.
+    #[allow(clippy::type_complexity)]
+    pub fn rows(&self) -> Vec<(String, String, Health, u64, Option<Duration>, Option<String>)> {
+        lock(&self.entries)
+            .iter()
+            .map(|(n, e)| {
+                (
+                    n.clone(),
+                    e.backend.clone(),
+                    e.checker.health(),
+                    e.checker.transitions,
+                    e.last.as_ref().map(|l| l.0),
+                    e.last.as_ref().and_then(|l| l.1.clone()),
+                )
+            })
+            .collect()
+    }
+
+    /// The entries, for the check driver.
+    pub fn entries(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        lock(&self.entries)
+    }
+
+    /// A receiver of what should be checked.
+    pub fn subscribe(&self) -> watch::Receiver<Wanted> {
+        self.wanted.subscribe()
+    }
+
+    /// Sets what should be checked (a change wakes the driver).
+    pub fn want(&self, wanted: Wanted) {
+        self.wanted.send_if_modified(|w| {
+            let changed = *w != wanted;
+            *w = wanted;
+            changed
+        });
+    }
+}

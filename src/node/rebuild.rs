@@ -1,0 +1,46 @@
+//! Rebuilding the local service set after anything it is made of changed: the base set
+//! (configuration and handlers, replaced by a reload), the run-time registrations, and the
+//! health of checked backends. Announces the node's new service list by gossip at once.
+
+use super::health_table::Wanted;
+use super::services::{Local, ServiceSet};
+use super::state::State;
+use super::sync::lock;
+use crate::config::parse_allow;
+
+/// Rebuilds the local service set from the base set and the registrations, and announces
+/// the new service list by gossip at once.
+pub(crate) fn apply(shared: &State) {
+    let mut set: ServiceSet = (*shared.services.base()).clone();
+    for (name, r) in lock(&shared.registry).entries() {
+        set.local.insert(name.clone(), Local::Tcp(r.backend.clone()));
+        match &r.check {
+            Some(c) => set.checks.insert(name.clone(), c.clone()),
+            None => set.checks.remove(name),
+        };
+        // Checked when registered.
+        if let Ok(ids) = parse_allow("allow", &r.allow) {
+            if !ids.is_empty() {
+                set.allow.insert(name.clone(), ids);
+            }
+        }
+    }
+    // Checks follow the set; a service whose backend is critical is not offered (here or by
+    // gossip) until it passes again.
+    let wanted: Wanted = set
+        .checks
+        .iter()
+        .filter_map(|(n, c)| match set.local.get(n) {
+            Some(Local::Tcp(b)) => Some((n.clone(), (b.clone(), c.clone()))),
+            _ => None,
+        })
+        .collect();
+    shared.health.want(wanted);
+    for name in shared.health.critical() {
+        set.local.remove(&name);
+    }
+    let names: Vec<String> = set.local.keys().cloned().collect();
+    shared.services.replace(set);
+    shared.announce(|g| g.set_services(names));
+    shared.registry_changed.notify_one();
+}
