@@ -113,12 +113,37 @@ fn reason(body: &str) -> String {
         .unwrap_or_else(|| body.trim().to_owned())
 }
 
-async fn call(admin: &str, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value, BoxError> {
-    let (code, text) = admin_request(admin, method, path, body).await?;
-    if code != 200 {
-        return Err(format!("{method} {path}: {code}: {}", reason(&text)).into());
+/// A failed admin call: the node refused the request (4xx: retrying will not help), or it
+/// could not be asked (not running, restarting).
+#[derive(Debug)]
+enum Failed {
+    Refused(String),
+    Unreachable(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Refused(m) | Failed::Unreachable(m) => f.write_str(m),
+        }
     }
-    serde_json::from_str(&text).map_err(|e| format!("admin {admin}{path}: unreadable JSON: {e}").into())
+}
+
+impl std::error::Error for Failed {}
+
+async fn call(admin: &str, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value, Failed> {
+    let (code, text) = admin_request(admin, method, path, body)
+        .await
+        .map_err(|e| Failed::Unreachable(e.to_string()))?;
+    if code != 200 {
+        let msg = format!("{method} {path}: {code}: {}", reason(&text));
+        return Err(if (400..500).contains(&code) {
+            Failed::Refused(msg)
+        } else {
+            Failed::Unreachable(msg)
+        });
+    }
+    serde_json::from_str(&text).map_err(|e| Failed::Unreachable(format!("admin {admin}{path}: unreadable JSON: {e}")))
 }
 
 /// Runs a `quicmesh services` command; `out` prints a line on stdout.
@@ -132,6 +157,9 @@ pub(crate) async fn run(cmd: ServicesCmd, out: impl Fn(String)) -> Result<(), Bo
             heartbeat,
             admin,
         } => {
+            if heartbeat && ttl < Duration::from_secs(1) {
+                return Err("--heartbeat needs --ttl of at least 1s (it renews every ttl/3)".into());
+            }
             let body = serde_json::json!({
                 "backend": backend,
                 "ttl": format!("{}ms", ttl.as_millis()),
@@ -145,18 +173,36 @@ pub(crate) async fn run(cmd: ServicesCmd, out: impl Fn(String)) -> Result<(), Bo
                 v["change"].as_str().unwrap_or("registered")
             ));
             if heartbeat {
-                let every = (ttl / 3).max(Duration::from_millis(100));
+                let every = ttl / 3;
                 let renew = format!("/v1/services/{name}/renew");
+                // One signal listener for the whole loop, so a signal during a request is
+                // not lost.
+                let stop = crate::wait_for_signal();
+                tokio::pin!(stop);
                 loop {
+                    let beat = async {
+                        tokio::time::sleep(every).await;
+                        match call(&admin.admin, "PUT", &renew, None).await {
+                            Ok(_) => Ok(()),
+                            Err(e) => {
+                                // The node restarted (registrations are in memory) or the
+                                // lease lapsed: register again; keep trying while the node
+                                // cannot be reached, give up only if it refuses.
+                                tracing::warn!(error = %e, "renewal failed; registering again");
+                                match call(&admin.admin, "PUT", &path, Some(&body)).await {
+                                    Err(e @ Failed::Refused(_)) => Err(e),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "cannot register; trying again at the next beat");
+                                        Ok(())
+                                    }
+                                    Ok(_) => Ok(()),
+                                }
+                            }
+                        }
+                    };
                     tokio::select! {
-                        () = tokio::time::sleep(every) => {}
-                        () = crate::wait_for_signal() => break,
-                    }
-                    if let Err(e) = call(&admin.admin, "PUT", &renew, None).await {
-                        // The node restarted (registrations are in memory) or the lease
-                        // lapsed: register again rather than give up.
-                        tracing::warn!(error = %e, "renewal failed; registering again");
-                        call(&admin.admin, "PUT", &path, Some(&body)).await?;
+                        r = beat => r?,
+                        () = &mut stop => break,
                     }
                 }
                 call(&admin.admin, "DELETE", &path, None).await?;
@@ -177,7 +223,16 @@ pub(crate) async fn run(cmd: ServicesCmd, out: impl Fn(String)) -> Result<(), Bo
         ServicesCmd::List { admin } => {
             let v = call(&admin.admin, "GET", "/v1/services", None).await?;
             let rows = v.as_array().cloned().unwrap_or_default();
-            let mut t = quicmesh::Table::new(["service", "source", "backend", "lease", "expires in", "allow"]);
+            let mut t = quicmesh::Table::new([
+                "service",
+                "source",
+                "backend",
+                "lease",
+                "expires in",
+                "health",
+                "allow",
+                "last check error",
+            ]);
             for r in rows {
                 let s = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
                 let allow: Vec<String> = r["allow"]
@@ -190,7 +245,9 @@ pub(crate) async fn run(cmd: ServicesCmd, out: impl Fn(String)) -> Result<(), Bo
                     s("backend"),
                     s("ttl"),
                     s("expires_in"),
+                    s("health"),
                     if allow.is_empty() { "-".into() } else { allow.join(",") },
+                    s("last_check_error"),
                 ]);
             }
             out(t.render().trim_end().to_owned());

@@ -209,7 +209,7 @@ async fn a_registered_service_is_served_until_its_lease_runs_out() {
             "--backend",
             &backend.to_string(),
             "--ttl",
-            "600ms",
+            "1500ms",
         ])
         .args(["--heartbeat", "--admin", &admin_b])
         .kill_on_drop(true)

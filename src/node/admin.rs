@@ -93,21 +93,17 @@ async fn dispatch(shared: &State, req: Request<Incoming>) -> Response<Full<Bytes
         return route(shared, &req);
     }
     let method = req.method().clone();
-    let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
-        req.into_body(),
-        services_api::MAX_BODY,
-    ))
-    .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let (code, v) = (
-                413,
-                serde_json::json!({ "error": format!("request body: {e} (at most {} bytes)", services_api::MAX_BODY) }),
-            );
-            return json(code, &v);
-        }
-    };
+    let body =
+        match http_body_util::BodyExt::collect(http_body_util::Limited::new(req.into_body(), services_api::MAX_BODY))
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                let v = serde_json::json!({ "error": format!("request body over {} bytes", services_api::MAX_BODY) });
+                return json(413, &v);
+            }
+            Err(e) => return json(400, &serde_json::json!({ "error": format!("request body: {e}") })),
+        };
     let (code, v) = services_api::handle(shared, &method, &rest, &body);
     json(code, &v)
 }

@@ -39,7 +39,7 @@ pub enum ReloadError {
 pub struct Reloaded {
     /// Services added.
     pub added: Vec<String>,
-    /// Services whose backend or allow-list changed.
+    /// Services whose backend, allow-list or health check changed.
     pub changed: Vec<String>,
     /// Services removed (their streams in flight finish).
     pub removed: Vec<String>,
@@ -77,12 +77,12 @@ pub(crate) fn reload(shared: &State, new: &NodeConfig) -> Result<Reloaded, Reloa
     if !fixed.is_empty() {
         return Err(ReloadError::Fixed(fixed));
     }
+    // The registry lock is held from this check until the new base is in force (then the
+    // base's lock, always in that order, as a registration does): a name cannot be both
+    // registered and configured.
+    let registry = lock(&shared.registry);
     let old = shared.services.base();
-    if let Some(name) = new
-        .services
-        .keys()
-        .find(|n| lock(&shared.registry).entries().contains_key(*n))
-    {
+    if let Some(name) = new.services.keys().find(|n| registry.entries().contains_key(*n)) {
         return Err(ReloadError::Services(format!(
             "services.{name}: a service of that name is registered at run time; deregister it first"
         )));
@@ -96,7 +96,8 @@ pub(crate) fn reload(shared: &State, new: &NodeConfig) -> Result<Reloaded, Reloa
             }
             other => ReloadError::Services(other.to_string()),
         })?;
-    let tcp = |set: &super::services::ServiceSet| -> Vec<(String, String, Vec<String>)> {
+    type Row = (String, String, Vec<String>, Option<crate::health::CheckConfig>);
+    let tcp = |set: &super::services::ServiceSet| -> Vec<Row> {
         set.local
             .iter()
             .filter_map(|(n, l)| match l {
@@ -106,7 +107,7 @@ pub(crate) fn reload(shared: &State, new: &NodeConfig) -> Result<Reloaded, Reloa
                         .get(n)
                         .map(|ids| ids.iter().map(|i| i.uri()).collect())
                         .unwrap_or_default();
-                    Some((n.clone(), b.clone(), allow))
+                    Some((n.clone(), b.clone(), allow, set.checks.get(n).cloned()))
                 }
                 _ => None,
             })
@@ -114,19 +115,20 @@ pub(crate) fn reload(shared: &State, new: &NodeConfig) -> Result<Reloaded, Reloa
     };
     let (before, after) = (tcp(&old), tcp(&base));
     let mut report = Reloaded::default();
-    for (n, b, a) in &after {
-        match before.iter().find(|(m, _, _)| m == n) {
+    for (n, b, a, c) in &after {
+        match before.iter().find(|(m, ..)| m == n) {
             None => report.added.push(n.clone()),
-            Some((_, ob, oa)) if ob != b || oa != a => report.changed.push(n.clone()),
+            Some((_, ob, oa, oc)) if ob != b || oa != a || oc != c => report.changed.push(n.clone()),
             Some(_) => {}
         }
     }
-    for (n, _, _) in &before {
-        if !after.iter().any(|(m, _, _)| m == n) {
+    for (n, ..) in &before {
+        if !after.iter().any(|(m, ..)| m == n) {
             report.removed.push(n.clone());
         }
     }
     shared.services.replace_base(base);
+    drop(registry);
     super::rebuild::apply(shared);
     Ok(report)
 }

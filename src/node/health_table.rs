@@ -38,11 +38,15 @@ impl HealthTable {
         }
     }
 
-    /// Services whose backend is critical now.
-    pub fn critical(&self) -> BTreeSet<String> {
+    /// Services of `wanted` whose backend is critical now. An entry for another backend or
+    /// check (about to be replaced by a fresh, passing one) does not count.
+    pub fn critical(&self, wanted: &Wanted) -> BTreeSet<String> {
         lock(&self.entries)
             .iter()
-            .filter(|(_, e)| e.checker.health() == Health::Critical)
+            .filter(|(n, e)| {
+                e.checker.health() == Health::Critical
+                    && wanted.get(*n).is_some_and(|(b, c)| *b == e.backend && *c == e.check)
+            })
             .map(|(n, _)| n.clone())
             .collect()
     }

@@ -11,6 +11,9 @@ use crate::config::parse_allow;
 /// Rebuilds the local service set from the base set and the registrations, and announces
 /// the new service list by gossip at once.
 pub(crate) fn apply(shared: &State) {
+    // One rebuild at a time, from reading the parts to announcing: two at once could put an
+    // older result in force after a newer one. (No await inside; callers hold no lock.)
+    let _one = lock(&shared.rebuilding);
     let mut set: ServiceSet = (*shared.services.base()).clone();
     for (name, r) in lock(&shared.registry).entries() {
         set.local.insert(name.clone(), Local::Tcp(r.backend.clone()));
@@ -35,10 +38,10 @@ pub(crate) fn apply(shared: &State) {
             _ => None,
         })
         .collect();
-    shared.health.want(wanted);
-    for name in shared.health.critical() {
+    for name in shared.health.critical(&wanted) {
         set.local.remove(&name);
     }
+    shared.health.want(wanted);
     let names: Vec<String> = set.local.keys().cloned().collect();
     shared.services.replace(set);
     shared.announce(|g| g.set_services(names));

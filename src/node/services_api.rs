@@ -199,6 +199,9 @@ fn register(shared: &State, name: &str, body: &[u8]) -> Answer {
             return error(400, e);
         }
     }
+    // Under the registry lock (then the base's, the order a reload takes them in), so a
+    // reload cannot configure the name between the check and the registration.
+    let mut registry = lock(&shared.registry);
     let is_static = shared.services.base().local.contains_key(name);
     let now = shared.ctx.now();
     let backend = req.backend.clone();
@@ -208,7 +211,8 @@ fn register(shared: &State, name: &str, body: &[u8]) -> Answer {
         check: req.check,
         ttl,
     };
-    let change = lock(&shared.registry).register(name, asked, is_static, now);
+    let change = registry.register(name, asked, is_static, now);
+    drop(registry);
     match change {
         Ok(change) => {
             if change != Change::Renewed {

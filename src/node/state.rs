@@ -50,6 +50,9 @@ pub(crate) struct State {
     pub registry_changed: tokio::sync::Notify,
     /// Health of the services with checks.
     pub health: super::health_table::HealthTable,
+    /// Held through a rebuild of the service set (and a reload's check-then-replace), so
+    /// rebuilds never interleave.
+    pub rebuilding: Mutex<()>,
     pub load: LoadState,
     pub routing: Mutex<Table>,
     pub gossip: Mutex<Gossip>,
@@ -73,6 +76,7 @@ impl State {
             registry: Mutex::new(Registry::default()),
             registry_changed: tokio::sync::Notify::new(),
             health: super::health_table::HealthTable::new(),
+            rebuilding: Mutex::new(()),
             load: LoadState::new(ctx.cfg.limits.max_inflight),
             routing: Mutex::new(ctx.cfg.routing.table()),
             gossip: Mutex::new(gossip),
