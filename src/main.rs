@@ -661,29 +661,11 @@ async fn status(a: StatusArgs) -> Result<(), BoxError> {
 
 /// GETs `/status` from a node's admin endpoint (plain HTTP/1.1, loopback or a trusted network).
 async fn http_status(addr: &str) -> Result<quicmesh::protocol::StatusReport, BoxError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let io = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let req = format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await?;
-        let mut out = Vec::new();
-        s.take(64 << 20).read_to_end(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    };
-    let out = tokio::time::timeout(Duration::from_secs(5), io)
-        .await
-        .map_err(|_| format!("admin {addr}: no answer within 5s"))?
-        .map_err(|e| format!("admin {addr}: {e}"))?;
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("admin {addr}: not an HTTP response"))?;
-    let head = String::from_utf8_lossy(&out[..split]);
-    let status_line = head.lines().next().unwrap_or_default();
-    if !status_line.contains(" 200 ") {
-        return Err(format!("admin {addr}/status answered {status_line:?}; is this a quicmesh admin address?").into());
+    let (code, body) = services_cmd::admin_request(addr, "GET", "/status", None).await?;
+    if code != 200 {
+        return Err(format!("admin {addr}/status answered {code}; is this a quicmesh admin address?").into());
     }
-    serde_json::from_slice(&out[split + 4..]).map_err(|e| format!("admin {addr}/status: unreadable JSON: {e}").into())
+    serde_json::from_str(&body).map_err(|e| format!("admin {addr}/status: unreadable JSON: {e}").into())
 }
 
 fn render_time() -> String {

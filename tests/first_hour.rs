@@ -412,26 +412,20 @@ async fn a_silent_first_entry_does_not_hold_up_a_fresh_call() {
     let mut took = Vec::new();
     for i in 0..5 {
         let t0 = std::time::Instant::now();
-        let out = common::within(Duration::from_secs(30), "a fresh call past a silent entry", async {
-            let mut child = tokio::process::Command::new(bin())
-                .args(["call", "echo", "-v", "--client-config", cfg.to_str().unwrap()])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap();
-            use tokio::io::AsyncWriteExt;
-            let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(format!("hello {i}").as_bytes()).await.unwrap();
-            drop(stdin);
-            child.wait_with_output().await.unwrap()
-        })
-        .await;
+        let args: Vec<String> = ["echo", "-v", "--client-config", cfg.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (out, err) = common::within(
+            Duration::from_secs(30),
+            "a fresh call past a silent entry",
+            common::cli_call(&args, &format!("hello {i}")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("call {i} failed: {e}"));
         took.push(t0.elapsed());
-        assert!(out.status.success(), "{}", stderr(&out));
-        assert_eq!(stdout(&out), format!("hello {i}"));
-        assert!(stderr(&out).contains("served by n1"), "{}", stderr(&out));
+        assert_eq!(out, format!("hello {i}"));
+        assert!(err.contains("served by n1"), "{err}");
     }
     took.sort();
     // Reported, not asserted (a noisy machine): the stagger plus a process start and a call.
@@ -440,29 +434,6 @@ async fn a_silent_first_entry_does_not_hold_up_a_fresh_call() {
         took[2], took[4]
     );
     node.shutdown().await;
-}
-
-/// Runs `quicmesh call SERVICE` with `body` on stdin; Ok(stdout, stderr) on success.
-async fn call(args: &[String], body: &str) -> Result<(String, String), String> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(bin())
-        .arg("call")
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(body.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
-    if out.status.success() {
-        Ok((stdout(&out), stderr(&out)))
-    } else {
-        Err(stderr(&out))
-    }
 }
 
 /// Issue 20, item 3: a call relayed to a node that just crashed (killed, no close sent, its
@@ -522,7 +493,7 @@ async fn a_call_relayed_to_a_crashed_node_moves_on_quickly() {
     let key = eventually_async(Duration::from_secs(30), "a key served by n2", || async {
         for k in 0..32 {
             let key = format!("k{k}");
-            let (_, err) = call(&call_args(&key), "x").await?;
+            let (_, err) = common::cli_call(&call_args(&key), "x").await?;
             if err.contains("served by n2") {
                 return Ok(key);
             }
@@ -540,7 +511,7 @@ async fn a_call_relayed_to_a_crashed_node_moves_on_quickly() {
         let (out, err) = common::within(
             Duration::from_secs(30),
             "a call past the crashed node",
-            call(&call_args(&key), &format!("after crash {i}")),
+            common::cli_call(&call_args(&key), &format!("after crash {i}")),
         )
         .await
         .unwrap_or_else(|e| panic!("call {i} failed: {e}"));

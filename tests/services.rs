@@ -66,33 +66,21 @@ fn node(dir: &Path, name: &str, port: u16, admin: &str, extra: &[String]) -> tok
 
 /// `quicmesh call SERVICE` through `entry`: Ok(reply, stderr) or Err(stderr).
 async fn call(dir: &Path, entry: u16, service: &str, body: &str) -> Result<(String, String), String> {
-    use tokio::io::AsyncWriteExt;
     let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
-    let mut child = tokio::process::Command::new(bin())
-        .args(["call", service, "-v", "--entry", &format!("127.0.0.1:{entry}")])
-        .args([
-            "--ca",
-            &p("ca.crt"),
-            "--cert",
-            &p("client-cli.crt"),
-            "--cert-key",
-            &p("client-cli.key"),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(body.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
-    if out.status.success() {
-        Ok((text(&out.stdout), text(&out.stderr)))
-    } else {
-        Err(text(&out.stderr))
-    }
+    let args: Vec<String> = [
+        service.to_owned(),
+        "-v".into(),
+        "--entry".into(),
+        format!("127.0.0.1:{entry}"),
+        "--ca".into(),
+        p("ca.crt"),
+        "--cert".into(),
+        p("client-cli.crt"),
+        "--cert-key".into(),
+        p("client-cli.key"),
+    ]
+    .into();
+    common::cli_call(&args, body).await
 }
 
 /// The JSON rows of `GET /v1/services`.

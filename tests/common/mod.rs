@@ -246,3 +246,28 @@ pub fn netns_usable() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Runs `quicmesh call ARGS...` with `body` on stdin: Ok((stdout, stderr)) if it exits 0,
+/// else Err(stderr).
+pub async fn cli_call(args: &[String], body: &str) -> Result<(String, String), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(bin())
+        .arg("call")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(body.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    if out.status.success() {
+        Ok((text(&out.stdout), text(&out.stderr)))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
