@@ -401,7 +401,7 @@ fn certs(cmd: CertsCmd) -> Result<(), BoxError> {
 
 async fn node(a: NodeArgs) -> Result<(), BoxError> {
     if let Some(node_flags::NodeAction::Reload { admin }) = &a.action {
-        return reload(admin).await;
+        return reload(&admin.admin).await;
     }
     let cfg = node_config(&a)?;
     if a.print_config {

@@ -191,14 +191,8 @@ pub(crate) enum NodeAction {
     /// Make the node on this host re-read its config file (as SIGHUP does): services are
     /// added, changed and removed; a change to any other key is refused, naming it.
     Reload {
-        /// The node's admin listener (`admin.listen`).
-        #[arg(
-            long,
-            value_name = "HOST:PORT",
-            default_value = "127.0.0.1:7480",
-            env = "QUICMESH_ADMIN"
-        )]
-        admin: String,
+        #[command(flatten)]
+        admin: crate::services_cmd::AdminArg,
     },
 }
 

@@ -54,7 +54,8 @@ pub(crate) enum ServicesCmd {
     },
 }
 
-#[derive(Args)]
+/// `--admin HOST:PORT`: where a running node's admin listener is.
+#[derive(Args, Clone)]
 pub(crate) struct AdminArg {
     /// The node's admin listener (`admin.listen`).
     #[arg(
@@ -63,7 +64,7 @@ pub(crate) struct AdminArg {
         default_value = "127.0.0.1:7480",
         env = "QUICMESH_ADMIN"
     )]
-    admin: String,
+    pub admin: String,
 }
 
 /// One HTTP/1.1 request to the admin listener: (status code, body).

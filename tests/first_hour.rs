@@ -34,14 +34,6 @@ fn certs(dir: &Path, nodes: &[&str]) {
     }
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `quicmesh node` process, killed when dropped; its stderr goes to a file.
 struct NodeProc {
     child: tokio::process::Child,
@@ -111,7 +103,7 @@ async fn a_node_that_reaches_no_peer_says_so_with_the_last_error() {
         common::free_udp_port(),
     );
     let foreign = NodeProc::start(&other, "n2", &node_args(&other, "n2", p2, "off"));
-    let admin = format!("127.0.0.1:{}", free_tcp_port());
+    let admin = format!("127.0.0.1:{}", common::free_tcp_port());
     let mut args = node_args(dir.path(), "n1", p1, &admin);
     for peer in [
         format!("127.0.0.1:{p2}"),

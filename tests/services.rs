@@ -18,14 +18,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn certs(dir: &Path) {
     let d = dir.to_str().unwrap();
     assert!(run(&["certs", "init", "--trust-domain", "svc.test", "--out", d])
@@ -96,18 +88,7 @@ async fn listed(admin: &str) -> Vec<serde_json::Value> {
 
 /// A PUT with a JSON body to the admin listener: (status, body).
 async fn put(admin: &str, path: &str, body: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let req = format!(
-        "PUT {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, body.to_owned())
+    common::http_with_body(admin, "PUT", path, body).await
 }
 
 /// A service registered on b with a 2 s lease is called through a; when nobody renews it, it
@@ -120,7 +101,7 @@ async fn a_registered_service_is_served_until_its_lease_runs_out() {
     certs(dir.path());
     let backend = common::tcp_backend(|req| [b"echo: ".as_slice(), &req].concat()).await;
     let (pa, pb) = (common::free_udp_port(), common::free_udp_port());
-    let admin_b = format!("127.0.0.1:{}", free_tcp_port());
+    let admin_b = format!("127.0.0.1:{}", common::free_tcp_port());
     let _b = node(
         dir.path(),
         "b",
@@ -303,7 +284,7 @@ async fn a_config_reload_changes_services_and_refuses_the_rest() {
     let one = common::tcp_backend(|req| [b"one: ".as_slice(), &req].concat()).await;
     let two = common::tcp_backend(|req| [b"two: ".as_slice(), &req].concat()).await;
     let port = common::free_udp_port();
-    let admin = format!("127.0.0.1:{}", free_tcp_port());
+    let admin = format!("127.0.0.1:{}", common::free_tcp_port());
     let d = dir.path().display();
     let config = |listen: u16, services: &str| {
         format!(
@@ -443,7 +424,7 @@ async fn a_backend_that_fails_its_checks_gets_no_calls_until_it_passes_again() {
     let back_a = Backend::start("A", "127.0.0.1:0".parse().unwrap()).await;
     let mut back_b = Backend::start("B", "127.0.0.1:0".parse().unwrap()).await;
     let (pa, pb) = (common::free_udp_port(), common::free_udp_port());
-    let admin_b = format!("127.0.0.1:{}", free_tcp_port());
+    let admin_b = format!("127.0.0.1:{}", common::free_tcp_port());
     let check = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = Vec::new();
         for kv in [

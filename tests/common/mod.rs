@@ -210,15 +210,37 @@ pub fn rss_of(pid: u32) -> u64 {
 
 /// One HTTP/1.1 request over a raw TCP socket (the admin endpoint): (status code, body).
 pub async fn http(addr: impl tokio::net::ToSocketAddrs, method: &str, path: &str) -> (u16, String) {
+    http_with_body(addr, method, path, "").await
+}
+
+/// [`http`] with a request body.
+pub async fn http_with_body(
+    addr: impl tokio::net::ToSocketAddrs,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).await.unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (code, body.to_owned())
+}
+
+/// A TCP port on loopback that was free a moment ago (for admin listeners of node processes).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The value of the Prometheus sample line starting with `series ` (name and labels, exactly).
