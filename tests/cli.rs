@@ -20,22 +20,15 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn make_certs(dir: &Path) {
-    let d = dir.to_str().unwrap();
-    assert!(run(&["certs", "init", "--trust-domain", "cli.test", "--out", d])
-        .status
-        .success());
-    for (kind, name) in [("node", "n1"), ("node", "n2"), ("client", "cli")] {
-        let o = run(&["certs", kind, name, "--ca", d, "--out", d]);
-        assert!(o.status.success(), "{}", stderr(&o));
-    }
-}
-
 #[test]
 fn certs_commands_make_files_refuse_overwrites_and_bad_names() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    make_certs(dir.path());
+    common::cli_certs(
+        dir.path(),
+        "cli.test",
+        &[("node", "n1"), ("node", "n2"), ("client", "cli")],
+    );
     for f in ["ca.key", "node-n1.key", "client-cli.key"] {
         let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{f}");
@@ -197,7 +190,11 @@ fn client_flags(dir: &Path, entry: &str) -> Vec<String> {
 #[tokio::test]
 async fn call_and_forward_through_an_in_process_node() {
     let dir = tempfile::tempdir().unwrap();
-    make_certs(dir.path());
+    common::cli_certs(
+        dir.path(),
+        "cli.test",
+        &[("node", "n1"), ("node", "n2"), ("client", "cli")],
+    );
     let tls = TlsPaths::new(
         dir.path().join("ca.crt"),
         dir.path().join("node-n1.crt"),
@@ -292,7 +289,11 @@ async fn call_and_forward_through_an_in_process_node() {
 #[tokio::test]
 async fn two_node_processes_from_config_files() {
     let dir = tempfile::tempdir().unwrap();
-    make_certs(dir.path());
+    common::cli_certs(
+        dir.path(),
+        "cli.test",
+        &[("node", "n1"), ("node", "n2"), ("client", "cli")],
+    );
     let d = dir.path().display();
     let backend_addr = common::tcp_backend(|req| format!("backend got {} bytes", req.len()).into_bytes()).await;
     let ports: Vec<u16> = (0..2).map(|_| common::free_udp_port()).collect();
@@ -458,7 +459,11 @@ async fn every_subcommand_exits_quietly_on_a_closed_stdout_and_ca_takes_a_file_o
 #[tokio::test]
 async fn a_call_whose_deadline_passes_on_the_serving_node_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    make_certs(dir.path());
+    common::cli_certs(
+        dir.path(),
+        "cli.test",
+        &[("node", "n1"), ("node", "n2"), ("client", "cli")],
+    );
     let tls = TlsPaths::new(
         dir.path().join("ca.crt"),
         dir.path().join("node-n1.crt"),

@@ -25,13 +25,8 @@ fn stdout(o: &Output) -> String {
 
 /// A CA in `dir` for trust domain `cli.test`, with node certificates for `nodes`.
 fn certs(dir: &Path, nodes: &[&str]) {
-    let d = dir.to_str().unwrap();
-    let o = run(&["certs", "init", "--trust-domain", "cli.test", "--out", d]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    for n in nodes {
-        let o = run(&["certs", "node", n, "--ca", d, "--out", d]);
-        assert!(o.status.success(), "{}", stderr(&o));
-    }
+    let holders: Vec<(&str, &str)> = nodes.iter().map(|n| ("node", *n)).collect();
+    common::cli_certs(dir, "cli.test", &holders);
 }
 
 /// A `quicmesh node` process, killed when dropped; its stderr goes to a file.

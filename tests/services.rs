@@ -18,17 +18,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn certs(dir: &Path) {
-    let d = dir.to_str().unwrap();
-    assert!(run(&["certs", "init", "--trust-domain", "svc.test", "--out", d])
-        .status
-        .success());
-    for (kind, name) in [("node", "a"), ("node", "b"), ("client", "cli")] {
-        let o = run(&["certs", kind, name, "--ca", d, "--out", d]);
-        assert!(o.status.success(), "{}", text(&o.stderr));
-    }
-}
-
 fn node(dir: &Path, name: &str, port: u16, admin: &str, extra: &[String]) -> tokio::process::Child {
     let p = |f: String| dir.join(f).to_str().unwrap().to_owned();
     tokio::process::Command::new(bin())
@@ -98,7 +87,11 @@ async fn put(admin: &str, path: &str, body: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_service_is_served_until_its_lease_runs_out() {
     let dir = tempfile::tempdir().unwrap();
-    certs(dir.path());
+    common::cli_certs(
+        dir.path(),
+        "svc.test",
+        &[("node", "a"), ("node", "b"), ("client", "cli")],
+    );
     let backend = common::tcp_backend(|req| [b"echo: ".as_slice(), &req].concat()).await;
     let (pa, pb) = (common::free_udp_port(), common::free_udp_port());
     let admin_b = format!("127.0.0.1:{}", common::free_tcp_port());
@@ -280,7 +273,11 @@ async fn a_registered_service_is_served_until_its_lease_runs_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_reload_changes_services_and_refuses_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    certs(dir.path());
+    common::cli_certs(
+        dir.path(),
+        "svc.test",
+        &[("node", "a"), ("node", "b"), ("client", "cli")],
+    );
     let one = common::tcp_backend(|req| [b"one: ".as_slice(), &req].concat()).await;
     let two = common::tcp_backend(|req| [b"two: ".as_slice(), &req].concat()).await;
     let port = common::free_udp_port();
@@ -420,7 +417,11 @@ async fn health_of(admin: &str, service: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_fails_its_checks_gets_no_calls_until_it_passes_again() {
     let dir = tempfile::tempdir().unwrap();
-    certs(dir.path());
+    common::cli_certs(
+        dir.path(),
+        "svc.test",
+        &[("node", "a"), ("node", "b"), ("client", "cli")],
+    );
     let back_a = Backend::start("A", "127.0.0.1:0".parse().unwrap()).await;
     let mut back_b = Backend::start("B", "127.0.0.1:0".parse().unwrap()).await;
     let (pa, pb) = (common::free_udp_port(), common::free_udp_port());

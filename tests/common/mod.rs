@@ -293,3 +293,16 @@ pub async fn cli_call(args: &[String], body: &str) -> Result<(String, String), S
         Err(text(&out.stderr))
     }
 }
+
+/// Makes a CA for `trust_domain` in `dir` with `quicmesh certs init`, then a certificate for
+/// each `(kind, name)` (`"node"` or `"client"`), through the binary as a user would.
+pub fn cli_certs(dir: &Path, trust_domain: &str, holders: &[(&str, &str)]) {
+    let d = dir.to_str().unwrap();
+    let run = |args: &[&str]| std::process::Command::new(bin()).args(args).output().unwrap();
+    let o = run(&["certs", "init", "--trust-domain", trust_domain, "--out", d]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (kind, name) in holders {
+        let o = run(&["certs", kind, name, "--ca", d, "--out", d]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
