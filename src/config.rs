@@ -351,6 +351,52 @@ pub struct ServiceConfig {
     /// An active health check of the backend (`docs/services.md`); default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<crate::health::CheckConfig>,
+    /// Idle TCP connections to the backend kept open, so that a new stream does not wait
+    /// for the connect (a warm pool; each is used by one stream only). Default 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub preconnect: u32,
+    /// How long a preconnected connection may stay idle before it is closed and replaced;
+    /// keep it below the backend's own idle timeout. Default `"20s"`.
+    #[serde(
+        default = "default_preconnect_idle",
+        with = "duration_str",
+        skip_serializing_if = "is_default_preconnect_idle"
+    )]
+    pub preconnect_idle: Duration,
+}
+
+impl ServiceConfig {
+    /// A service spliced to the TCP backend at `backend` (`host:port`), open to the whole
+    /// trust domain, unchecked, without a warm pool.
+    pub fn tcp(backend: impl Into<String>) -> Self {
+        ServiceConfig {
+            backend: backend.into(),
+            allow: Vec::new(),
+            check: None,
+            preconnect: 0,
+            preconnect_idle: crate::warm::DEFAULT_IDLE,
+        }
+    }
+
+    /// The warm pool this service asks for, if any.
+    pub fn pool(&self) -> Option<crate::warm::PoolConfig> {
+        (self.preconnect > 0).then_some(crate::warm::PoolConfig {
+            size: self.preconnect as usize,
+            idle: self.preconnect_idle,
+        })
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn default_preconnect_idle() -> Duration {
+    crate::warm::DEFAULT_IDLE
+}
+
+fn is_default_preconnect_idle(d: &Duration) -> bool {
+    *d == crate::warm::DEFAULT_IDLE
 }
 
 /// Parses an allow-list of SPIFFE identities, naming the key and entry at fault.
@@ -560,6 +606,8 @@ impl NodeConfig {
                 let key = format!("services.{name}.check");
                 c.validate(&key).map_err(|e| invalid(key, e))?;
             }
+            crate::warm::PoolConfig::validate(svc.preconnect, svc.preconnect_idle)
+                .map_err(|(key, why)| invalid(format!("services.{name}.{key}"), why))?;
             if name == crate::protocol::STATUS_SERVICE {
                 return Err(invalid(
                     format!("services.{name}"),

@@ -115,14 +115,8 @@ async fn start_nodes(dir: &Path, upper_backend: String, dns: &ZoneServer) -> Res
         match name {
             "alpha" => b = b.handler("echo", Echo),
             "bravo" => {
-                cfg.services.insert(
-                    "upper".into(),
-                    ServiceConfig {
-                        backend: upper_backend.clone(),
-                        allow: Vec::new(),
-                        check: None,
-                    },
-                );
+                cfg.services
+                    .insert("upper".into(), ServiceConfig::tcp(upper_backend.clone()));
                 b = Node::builder(cfg);
             }
             _ => {

@@ -53,6 +53,7 @@ pub mod sim;
 mod sysload;
 mod table;
 mod transport;
+pub mod warm;
 
 pub use backoff::{Backoff, BackoffPolicy};
 pub use client::{CallError, CallOptions, Client, ClientError, Reply, StreamError};

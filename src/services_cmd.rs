@@ -26,6 +26,13 @@ pub(crate) enum ServicesCmd {
         /// the whole trust domain).
         #[arg(long = "allow")]
         allow: Vec<String>,
+        /// Idle TCP connections to the backend kept open for new streams (a warm pool).
+        #[arg(long, default_value_t = 0)]
+        preconnect: u32,
+        /// How long a warm connection may idle before it is replaced, e.g. 20s (below the
+        /// backend's own idle timeout).
+        #[arg(long, value_parser = parse_duration)]
+        preconnect_idle: Option<Duration>,
         /// Keep renewing at a third of the TTL until interrupted, then deregister: wraps the
         /// lifetime of the process that serves it.
         #[arg(long)]
@@ -155,18 +162,24 @@ pub(crate) async fn run(cmd: ServicesCmd, out: impl Fn(String)) -> Result<(), Bo
             backend,
             ttl,
             allow,
+            preconnect,
+            preconnect_idle,
             heartbeat,
             admin,
         } => {
             if heartbeat && ttl < Duration::from_secs(1) {
                 return Err("--heartbeat needs --ttl of at least 1s (it renews every ttl/3)".into());
             }
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "backend": backend,
                 "ttl": format!("{}ms", ttl.as_millis()),
                 "allow": allow,
-            })
-            .to_string();
+                "preconnect": preconnect,
+            });
+            if let Some(idle) = preconnect_idle {
+                body["preconnect_idle"] = format!("{}ms", idle.as_millis()).into();
+            }
+            let body = body.to_string();
             let path = format!("/v1/services/{name}");
             let v = call(&admin.admin, "PUT", &path, Some(&body)).await?;
             out(format!(
@@ -231,6 +244,7 @@ pub(crate) async fn run(cmd: ServicesCmd, out: impl Fn(String)) -> Result<(), Bo
                 "lease",
                 "expires in",
                 "health",
+                "warm",
                 "allow",
                 "last check error",
             ]);
@@ -247,6 +261,10 @@ pub(crate) async fn run(cmd: ServicesCmd, out: impl Fn(String)) -> Result<(), Bo
                     s("ttl"),
                     s("expires_in"),
                     s("health"),
+                    match r["pool"].as_object() {
+                        Some(p) => format!("{}/{}", p["idle"], p["preconnect"]),
+                        None => "-".into(),
+                    },
                     if allow.is_empty() { "-".into() } else { allow.join(",") },
                     s("last_check_error"),
                 ]);

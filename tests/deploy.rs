@@ -289,9 +289,9 @@ async fn alert_rules_pass_promtool_and_name_only_exported_metrics() {
     cfg.services.insert(
         "web".into(),
         quicmesh::config::ServiceConfig {
-            backend: backend.to_string(),
-            allow: Vec::new(),
             check: Some(check),
+            preconnect: 1,
+            ..quicmesh::config::ServiceConfig::tcp(backend.to_string())
         },
     );
     let node = quicmesh::Node::builder(cfg).start().await.unwrap();

@@ -87,11 +87,7 @@ async fn tcp_backend_is_spliced_with_half_close() {
     cfg.peers = vec![a.local_addr().to_string()];
     cfg.services.insert(
         "upper".into(),
-        quicmesh::config::ServiceConfig {
-            backend: backend_addr.to_string(),
-            allow: Vec::new(),
-            check: None,
-        },
+        quicmesh::config::ServiceConfig::tcp(backend_addr.to_string()),
     );
     let b = Node::builder(cfg).start().await.unwrap();
     eventually(LIMIT, "a sees upper", || a.service_map().contains_key("upper")).await;
@@ -116,14 +112,8 @@ async fn tcp_backend_down_gives_unavailable_not_a_hang() {
     };
     let pki = Pki::new();
     let mut cfg = pki.node_config("a");
-    cfg.services.insert(
-        "db".into(),
-        quicmesh::config::ServiceConfig {
-            backend: dead.to_string(),
-            allow: Vec::new(),
-            check: None,
-        },
-    );
+    cfg.services
+        .insert("db".into(), quicmesh::config::ServiceConfig::tcp(dead.to_string()));
     let a = Node::builder(cfg).start().await.unwrap();
     let mut cfg = pki.node_config("b");
     cfg.peers = vec![a.local_addr().to_string()];

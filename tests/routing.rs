@@ -127,14 +127,8 @@ async fn a_refusing_node_is_retried_elsewhere_and_ejected() {
         .unwrap();
     let mut cfg = pki.node_config("b");
     cfg.peers = vec![entry.local_addr().to_string()];
-    cfg.services.insert(
-        "work".into(),
-        quicmesh::config::ServiceConfig {
-            backend: dead.to_string(),
-            allow: Vec::new(),
-            check: None,
-        },
-    );
+    cfg.services
+        .insert("work".into(), quicmesh::config::ServiceConfig::tcp(dead.to_string()));
     let b = Node::builder(cfg).start().await.unwrap();
     let c = node_with(
         &pki,

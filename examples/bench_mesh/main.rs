@@ -64,11 +64,7 @@ struct Args {
 }
 
 fn service(backend: std::net::SocketAddr) -> ServiceConfig {
-    ServiceConfig {
-        backend: backend.to_string(),
-        allow: Vec::new(),
-        check: None,
-    }
+    ServiceConfig::tcp(backend.to_string())
 }
 
 #[tokio::main]
@@ -88,7 +84,13 @@ async fn main() -> Result<(), Error> {
     for (name, addr) in [("sink", sink), ("echo", echo), ("stream-echo", stream_echo)] {
         bcfg.services.insert(name.into(), service(addr));
     }
-    let b = Node::builder(bcfg).start().await?;
+    let mut warm = service(stream_echo);
+    warm.preconnect = streams::WARM_POOL;
+    bcfg.services.insert(streams::WARM.into(), warm);
+    let b = Node::builder(bcfg)
+        .handler(streams::IN_PROCESS, quicmesh::Echo)
+        .start()
+        .await?;
     let mut acfg = NodeConfig::new("a", pki.tls(Role::Node, "a")?);
     acfg.listen = "127.0.0.1:0".parse()?;
     acfg.peers = vec![b.local_addr().to_string()];

@@ -81,14 +81,7 @@ pub async fn run(pki: &Pki, haproxy_bin: Option<&str>, d: Duration) -> Result<()
         let name = format!("w{i}");
         let mut cfg = NodeConfig::new(&name, pki.tls(Role::Node, &name)?);
         cfg.listen = "127.0.0.1:0".parse()?;
-        cfg.services.insert(
-            "work".into(),
-            ServiceConfig {
-                backend: addr.to_string(),
-                allow: Vec::new(),
-                check: None,
-            },
-        );
+        cfg.services.insert("work".into(), ServiceConfig::tcp(addr.to_string()));
         workers.push(Node::builder(cfg).start().await?);
     }
     let strategies = [Strategy::P2c, Strategy::LeastLoaded, Strategy::RoundRobin];

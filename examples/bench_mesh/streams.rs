@@ -13,6 +13,14 @@ use crate::util::{Error, Latency};
 
 const SIZE: usize = 64;
 
+/// The stream-echo service with a warm pool of [`WARM_POOL`] backend connections.
+pub const WARM: &str = "stream-echo-warm";
+/// Its `preconnect`.
+pub const WARM_POOL: u32 = 64;
+/// An in-process echo handler: a new stream without any backend connection, the floor a
+/// warm pool can approach.
+pub const IN_PROCESS: &str = "echo-in-process";
+
 fn check(got: usize) -> Result<(), Error> {
     if got != SIZE {
         return Err(format!("reply of {got} bytes to {SIZE}").into());
@@ -55,11 +63,11 @@ async fn quinn_reused(conn: &quinn::Connection, c: usize, d: Duration) -> Result
     Ok(l)
 }
 
-/// A new mesh stream (and so a new backend connection) per request.
-async fn mesh_new(client: &Client, c: usize, d: Duration) -> Result<Latency, Error> {
+/// A new mesh stream (and so a new backend connection, or a warm one) per request.
+async fn mesh_new(client: &Client, service: &str, c: usize, d: Duration) -> Result<Latency, Error> {
     let body = Bytes::from(vec![7u8; SIZE]);
     measure(c, d, || async {
-        check(client.call("stream-echo", body.clone()).await?.len())
+        check(client.call(service, body.clone()).await?.len())
     })
     .await
 }
@@ -91,11 +99,14 @@ async fn mesh_reused(client: &Client, c: usize, d: Duration) -> Result<Latency, 
 pub async fn run(conn: &quinn::Connection, client: &Client, d: Duration) -> Result<(), Error> {
     println!("### Stream scale: {SIZE} B echo over one connection, a new stream per request against one reused stream per worker, {d:?} per cell\n");
     println!("| stack | concurrency | streams | p50 µs | p99 µs | req/s (= new streams/s) | p50 × reused | p99 × reused |\n|---|---|---|---|---|---|---|---|");
+    let warm_label = format!("new per request, warm backend pool (preconnect = {WARM_POOL})");
     for c in [1usize, 16, 64] {
         let qr = quinn_reused(conn, c, d).await?;
         let qn = quinn_new(conn, c, d).await?;
         let mr = mesh_reused(client, c, d).await?;
-        let mn = mesh_new(client, c, d).await?;
+        let mn = mesh_new(client, "stream-echo", c, d).await?;
+        let mw = mesh_new(client, WARM, c, d).await?;
+        let mh = mesh_new(client, IN_PROCESS, c, d).await?;
         for (stack, kind, l, base) in [
             ("bare quinn", "reused", &qr, &qr),
             ("bare quinn", "new per request", &qn, &qr),
@@ -104,6 +115,13 @@ pub async fn run(conn: &quinn::Connection, client: &Client, d: Duration) -> Resu
                 "quicmesh, one node",
                 "new per request (and a backend connection)",
                 &mn,
+                &mr,
+            ),
+            ("quicmesh, one node", warm_label.as_str(), &mw, &mr),
+            (
+                "quicmesh, one node",
+                "new per request, in-process echo handler (no backend)",
+                &mh,
                 &mr,
             ),
         ] {

@@ -311,6 +311,7 @@ fn metrics(shared: &State) -> String {
         "How long the last health check of each service took",
         took,
     );
+    pool_metrics(&mut reg, shared);
     let dials = Family::<Labels, Counter>::default();
     for reason in DialFailure::ALL {
         dials
@@ -415,4 +416,50 @@ fn metrics(shared: &State) -> String {
         out = format!("# encoding failed: {e}\n");
     }
     out
+}
+
+/// The warm pools' gauges and counters, by service.
+fn pool_metrics(reg: &mut Registry, shared: &State) {
+    let idle = Family::<Labels, Gauge>::default();
+    let size = Family::<Labels, Gauge>::default();
+    let takes = Family::<Labels, Counter>::default();
+    let failures = Family::<Labels, Counter>::default();
+    let closed = Family::<Labels, Counter>::default();
+    for (service, _, cfg, n, stats) in shared.pools.rows() {
+        let l = vec![("service", service.clone())];
+        idle.get_or_create(&l).set(i64::try_from(n).unwrap_or(i64::MAX));
+        size.get_or_create(&l).set(i64::try_from(cfg.size).unwrap_or(i64::MAX));
+        failures.get_or_create(&l).inc_by(stats.failed);
+        for (result, v) in [("hit", stats.hits), ("miss", stats.misses)] {
+            takes
+                .get_or_create(&vec![("service", service.clone()), ("result", result.to_owned())])
+                .inc_by(v);
+        }
+        for (reason, v) in [("expired", stats.expired), ("dead", stats.dead)] {
+            closed
+                .get_or_create(&vec![("service", service.clone()), ("reason", reason.to_owned())])
+                .inc_by(v);
+        }
+    }
+    reg.register("pool_idle", "Warm backend connections open and idle, by service", idle);
+    reg.register(
+        "pool_size",
+        "Warm backend connections wanted (services.NAME.preconnect)",
+        size,
+    );
+    reg.register(
+        "pool_takes",
+        "New streams that took a warm connection (hit) or connected themselves (miss)",
+        takes,
+    );
+    reg.register(
+        "pool_connect_failures",
+        "Connects of warm pools to their backend that failed",
+        failures,
+    );
+    reg.register(
+        "pool_closed",
+        "Idle warm connections closed: idle too long (expired) or closed by the backend (dead)",
+        closed,
+    );
 }

@@ -39,7 +39,7 @@ pub enum ReloadError {
 pub struct Reloaded {
     /// Services added.
     pub added: Vec<String>,
-    /// Services whose backend, allow-list or health check changed.
+    /// Services whose backend, allow-list, health check or warm pool changed.
     pub changed: Vec<String>,
     /// Services removed (their streams in flight finish).
     pub removed: Vec<String>,
@@ -96,7 +96,16 @@ pub(crate) fn reload(shared: &State, new: &NodeConfig) -> Result<Reloaded, Reloa
             }
             other => ReloadError::Services(other.to_string()),
         })?;
-    type Row = (String, String, Vec<String>, Option<crate::health::CheckConfig>);
+    /// Name, then everything whose change makes it "changed".
+    type Row = (
+        String,
+        (
+            String,
+            Vec<String>,
+            Option<crate::health::CheckConfig>,
+            Option<crate::warm::PoolConfig>,
+        ),
+    );
     let tcp = |set: &super::services::ServiceSet| -> Vec<Row> {
         set.local
             .iter()
@@ -107,7 +116,8 @@ pub(crate) fn reload(shared: &State, new: &NodeConfig) -> Result<Reloaded, Reloa
                         .get(n)
                         .map(|ids| ids.iter().map(|i| i.uri()).collect())
                         .unwrap_or_default();
-                    Some((n.clone(), b.clone(), allow, set.checks.get(n).cloned()))
+                    let settings = (b.clone(), allow, set.checks.get(n).cloned(), set.pools.get(n).copied());
+                    Some((n.clone(), settings))
                 }
                 _ => None,
             })
@@ -115,10 +125,10 @@ pub(crate) fn reload(shared: &State, new: &NodeConfig) -> Result<Reloaded, Reloa
     };
     let (before, after) = (tcp(&old), tcp(&base));
     let mut report = Reloaded::default();
-    for (n, b, a, c) in &after {
-        match before.iter().find(|(m, ..)| m == n) {
+    for (n, now) in &after {
+        match before.iter().find(|(m, _)| m == n) {
             None => report.added.push(n.clone()),
-            Some((_, ob, oa, oc)) if ob != b || oa != a || oc != c => report.changed.push(n.clone()),
+            Some((_, was)) if was != now => report.changed.push(n.clone()),
             Some(_) => {}
         }
     }

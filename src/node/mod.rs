@@ -29,6 +29,7 @@ mod services;
 mod state;
 mod sync;
 mod tls;
+mod warm_pools;
 // Decisions over several parts of the state:
 mod balance;
 mod checks;
@@ -42,6 +43,7 @@ mod dial;
 mod discover;
 mod handshake;
 mod membership;
+mod preconnect;
 mod reload;
 mod services_api;
 mod streams;

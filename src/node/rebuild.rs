@@ -1,6 +1,7 @@
 //! Rebuilding the local service set after anything it is made of changed: the base set
 //! (configuration and handlers, replaced by a reload), the run-time registrations, and the
-//! health of checked backends. Announces the node's new service list by gossip at once.
+//! health of checked backends. Sets what is checked and kept warm, and announces the node's
+//! new service list by gossip at once.
 
 use super::health_table::Wanted;
 use super::services::{Local, ServiceSet};
@@ -20,6 +21,10 @@ pub(crate) fn apply(shared: &State) {
         match &r.check {
             Some(c) => set.checks.insert(name.clone(), c.clone()),
             None => set.checks.remove(name),
+        };
+        match r.pool {
+            Some(p) => set.pools.insert(name.clone(), p),
+            None => set.pools.remove(name),
         };
         // Checked when registered.
         if let Ok(ids) = parse_allow("allow", &r.allow) {
@@ -42,6 +47,16 @@ pub(crate) fn apply(shared: &State) {
         set.local.remove(&name);
     }
     shared.health.want(wanted);
+    // Pools follow what is offered: a critical backend's warm connections are closed too.
+    let pools: super::warm_pools::Wanted = set
+        .pools
+        .iter()
+        .filter_map(|(n, p)| match set.local.get(n) {
+            Some(Local::Tcp(b)) => Some((n.clone(), (b.clone(), *p))),
+            _ => None,
+        })
+        .collect();
+    shared.pools.want(pools);
     let names: Vec<String> = set.local.keys().cloned().collect();
     shared.services.replace(set);
     shared.announce(|g| g.set_services(names));

@@ -25,6 +25,8 @@ pub struct Registration {
     pub ttl: Duration,
     /// Its health check, if any.
     pub check: Option<crate::health::CheckConfig>,
+    /// Its warm pool, if any.
+    pub pool: Option<crate::warm::PoolConfig>,
     /// When the lease runs out, on the node's clock.
     pub expires: Duration,
 }
@@ -38,6 +40,8 @@ pub struct Request {
     pub allow: Vec<String>,
     /// Its health check, if any.
     pub check: Option<crate::health::CheckConfig>,
+    /// Its warm pool, if any.
+    pub pool: Option<crate::warm::PoolConfig>,
     /// The lease length.
     pub ttl: Duration,
 }
@@ -62,7 +66,7 @@ pub enum RegistryError {
 pub enum Change {
     /// A new service.
     Added,
-    /// An existing registration got a new backend, allow-list or TTL.
+    /// An existing registration got a new backend, allow-list, check, pool or TTL.
     Updated,
     /// Only the lease was extended.
     Renewed,
@@ -88,6 +92,7 @@ impl Registry {
             backend,
             allow,
             check,
+            pool,
             ttl,
         } = req;
         if ttl.is_zero() || ttl > MAX_TTL {
@@ -100,6 +105,7 @@ impl Registry {
             backend,
             allow,
             check,
+            pool,
             ttl,
             expires: now + ttl,
         };
@@ -109,6 +115,7 @@ impl Registry {
                 if old.backend == new.backend
                     && old.allow == new.allow
                     && old.check == new.check
+                    && old.pool == new.pool
                     && old.ttl == new.ttl =>
             {
                 Change::Renewed
@@ -172,6 +179,7 @@ mod tests {
             backend: backend.into(),
             allow: Vec::new(),
             check: None,
+            pool: None,
             ttl,
         }
     }

@@ -31,6 +31,8 @@ pub(crate) struct ServiceSet {
     pub allow: BTreeMap<String, Vec<Identity>>,
     /// The health check of each TCP service that has one.
     pub checks: BTreeMap<String, crate::health::CheckConfig>,
+    /// The warm pool of each TCP service that asks for one (`preconnect`).
+    pub pools: BTreeMap<String, crate::warm::PoolConfig>,
 }
 
 impl ServiceSet {
@@ -57,6 +59,7 @@ impl ServiceSet {
             local,
             allow,
             checks: config_checks(config),
+            pools: config_pools(config),
         })
     }
 
@@ -85,6 +88,7 @@ impl ServiceSet {
             local,
             allow,
             checks: config_checks(config),
+            pools: config_pools(config),
         })
     }
 
@@ -134,6 +138,14 @@ impl LocalServices {
     pub fn names(&self) -> Vec<String> {
         self.current().local.keys().cloned().collect()
     }
+}
+
+fn config_pools(config: &NodeConfig) -> BTreeMap<String, crate::warm::PoolConfig> {
+    config
+        .services
+        .iter()
+        .filter_map(|(n, s)| s.pool().map(|p| (n.clone(), p)))
+        .collect()
 }
 
 fn config_checks(config: &NodeConfig) -> BTreeMap<String, crate::health::CheckConfig> {

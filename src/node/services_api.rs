@@ -35,6 +35,12 @@ struct RegisterRequest {
     /// An active health check, as `services.NAME.check` in the config.
     #[serde(default)]
     check: Option<crate::health::CheckConfig>,
+    /// Idle backend connections kept open (a warm pool), as `services.NAME.preconnect`.
+    #[serde(default)]
+    preconnect: u32,
+    /// How long a warm connection may idle, e.g. `"20s"`.
+    #[serde(default)]
+    preconnect_idle: Option<String>,
 }
 
 /// One row of `GET /v1/services`.
@@ -59,6 +65,24 @@ pub(crate) struct ServiceRow {
     /// Why the last check failed, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     last_check_error: Option<String>,
+    /// The warm pool, for services with `preconnect`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<PoolRow>,
+}
+
+/// A service's warm pool in `GET /v1/services`.
+#[derive(Debug, Serialize)]
+pub(crate) struct PoolRow {
+    /// Connections wanted.
+    preconnect: usize,
+    /// Open and idle now.
+    idle: usize,
+    /// Streams that took a warm connection.
+    hits: u64,
+    /// Streams that found the pool empty.
+    misses: u64,
+    /// Failed connects of the pool.
+    connect_failures: u64,
 }
 
 /// An answer: HTTP status and a JSON body.
@@ -126,6 +150,7 @@ fn list(shared: &State) -> Vec<ServiceRow> {
             expires_in: None,
             health: None,
             last_check_error: None,
+            pool: None,
         })
         .collect();
     rows.extend(registry.entries().iter().map(|(name, r)| ServiceRow {
@@ -137,11 +162,23 @@ fn list(shared: &State) -> Vec<ServiceRow> {
         expires_in: Some(millis(r.expires.saturating_sub(now))),
         health: None,
         last_check_error: None,
+        pool: None,
     }));
     for (name, _, health, _, _, error) in shared.health.rows() {
         if let Some(row) = rows.iter_mut().find(|r| r.name == name) {
             row.health = Some(health);
             row.last_check_error = error;
+        }
+    }
+    for (name, _, cfg, idle, stats) in shared.pools.rows() {
+        if let Some(row) = rows.iter_mut().find(|r| r.name == name) {
+            row.pool = Some(PoolRow {
+                preconnect: cfg.size,
+                idle,
+                hits: stats.hits,
+                misses: stats.misses,
+                connect_failures: stats.failed,
+            });
         }
     }
     rows
@@ -157,13 +194,18 @@ fn register(shared: &State, name: &str, body: &[u8]) -> Answer {
             format!("service name {name:?} is reserved for the built-in status service"),
         );
     }
-    let req: RegisterRequest = match serde_json::from_slice(body) {
+    // The path says which key is at fault (`preconnect: invalid value...`), not only where.
+    let req: RegisterRequest = match serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body)) {
         Ok(r) => r,
         Err(e) => {
+            let at = match e.path().to_string() {
+                p if p == "." => "body".to_owned(),
+                p => p,
+            };
             return error(
                 400,
-                format!("body: {e}; expected JSON {{\"backend\": \"host:port\", \"ttl\": \"10s\", \"allow\": [\"spiffe://...\"]}}"),
-            )
+                format!("{at}: {}; expected JSON {{\"backend\": \"host:port\", \"ttl\": \"10s\", \"allow\": [\"spiffe://...\"]}}", e.inner()),
+            );
         }
     };
     if let Err(e) = validate_host_port("backend", &req.backend) {
@@ -199,6 +241,18 @@ fn register(shared: &State, name: &str, body: &[u8]) -> Answer {
             return error(400, e);
         }
     }
+    let idle = match req.preconnect_idle.as_deref().map(parse_duration) {
+        None => crate::warm::DEFAULT_IDLE,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => return error(400, format!("preconnect_idle: {e}")),
+    };
+    if let Err((key, why)) = crate::warm::PoolConfig::validate(req.preconnect, idle) {
+        return error(400, format!("{key}: {why}"));
+    }
+    let pool = (req.preconnect > 0).then_some(crate::warm::PoolConfig {
+        size: req.preconnect as usize,
+        idle,
+    });
     // Under the registry lock (then the base's, the order a reload takes them in), so a
     // reload cannot configure the name between the check and the registration.
     let mut registry = lock(&shared.registry);
@@ -209,6 +263,7 @@ fn register(shared: &State, name: &str, body: &[u8]) -> Answer {
         backend: req.backend,
         allow: req.allow,
         check: req.check,
+        pool,
         ttl,
     };
     let change = registry.register(name, asked, is_static, now);

@@ -17,7 +17,7 @@ use super::error::NodeError;
 use super::services::{LocalServices, ServiceSet};
 use super::state::State;
 use super::tls::{log_cert_expiry, quinn_configs, TlsState};
-use super::{admin, checks, dial, discover, handshake, membership, reload, services_api, Node};
+use super::{admin, checks, dial, discover, handshake, membership, preconnect, reload, services_api, Node};
 use crate::config::NodeConfig;
 use crate::discovery::Discovery;
 use crate::gossip::{Gossip, Member};
@@ -228,6 +228,7 @@ fn spawn(state: Arc<State>, admin: Option<TcpListener>, local_addr: SocketAddr, 
     }
     tasks.spawn(services_api::expire_leases(state.clone()).instrument(span.clone()));
     tasks.spawn(checks::run(state.clone()).instrument(span.clone()));
+    tasks.spawn(preconnect::run(state.clone()).instrument(span.clone()));
     // Starts the configuration's health checks.
     super::rebuild::apply(&state);
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());

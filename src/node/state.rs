@@ -10,6 +10,8 @@
 //! | [`Reach`] | dials failing now, dial failures by reason | dials |
 //! | [`LocalServices`] | the services served here and their allow-lists | start, registration |
 //! | [`Registry`] | services registered at run time and their leases | the admin API, lease expiry |
+//! | `health` | the health of checked backends | the check driver |
+//! | `pools` | warm backend connections | the preconnect driver, streams |
 //! | [`LoadState`] | streams in flight, service time, undelivered replies | streams |
 //! | `routing` | latency estimates, pending, ejections, balancers, retry budget | streams |
 //! | `gossip` | the membership state machine | control streams, gossip loop |
@@ -50,6 +52,8 @@ pub(crate) struct State {
     pub registry_changed: tokio::sync::Notify,
     /// Health of the services with checks.
     pub health: super::health_table::HealthTable,
+    /// The warm backend pools (`services.NAME.preconnect`).
+    pub pools: super::warm_pools::WarmPools,
     /// Held through a rebuild of the service set (and a reload's check-then-replace), so
     /// rebuilds never interleave.
     pub rebuilding: Mutex<()>,
@@ -76,6 +80,7 @@ impl State {
             registry: Mutex::new(Registry::default()),
             registry_changed: tokio::sync::Notify::new(),
             health: super::health_table::HealthTable::new(),
+            pools: super::warm_pools::WarmPools::new(),
             rebuilding: Mutex::new(()),
             load: LoadState::new(ctx.cfg.limits.max_inflight),
             routing: Mutex::new(ctx.cfg.routing.table()),

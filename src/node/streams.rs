@@ -253,7 +253,14 @@ impl Incoming<'_> {
             }
             Local::Tcp(backend) => {
                 let wait = timeout_until(self.deadline, shared.ctx.cfg.transport.connect_timeout);
-                let tcp = match tokio::time::timeout(wait, TcpStream::connect(&backend)).await {
+                let warm = shared.pools.take(&req.service, &backend);
+                let connect = async {
+                    match warm {
+                        Some(t) => Ok(t),
+                        None => TcpStream::connect(&backend).await,
+                    }
+                };
+                let tcp = match tokio::time::timeout(wait, connect).await {
                     Ok(Ok(t)) => t,
                     Ok(Err(e)) => {
                         let reason = format!(
