@@ -137,8 +137,11 @@ impl<C> WarmPool<C> {
     /// [`WarmPool::failed`]): what the pool lacks, none while backing off after a failure,
     /// and one at a time until a connect has succeeded again.
     pub fn to_open(&mut self, now: Instant) -> usize {
-        if self.retry_at.is_some_and(|t| now < t) {
-            return 0;
+        match self.retry_at {
+            Some(t) if now < t => return 0,
+            // Past: forgotten, so it is no deadline to wake for while the probe runs.
+            Some(_) => self.retry_at = None,
+            None => {}
         }
         let lacking = self.cfg.size.saturating_sub(self.idle.len() + self.opening);
         let n = if self.backoff.attempts() > 0 {
@@ -164,10 +167,14 @@ impl<C> WarmPool<C> {
         None
     }
 
-    /// A connect failed: the next waits a jittered, growing delay. Returns that delay.
+    /// A connect failed: the next waits a jittered, growing delay, returned. The connects of
+    /// one round that fail together count as one step of the backoff, not one each.
     pub fn failed<R: Rng + ?Sized>(&mut self, now: Instant, rng: &mut R) -> Duration {
         self.opening = self.opening.saturating_sub(1);
         self.stats.failed += 1;
+        if let Some(t) = self.retry_at {
+            return t.saturating_duration_since(now);
+        }
         let wait = self.backoff.next_delay(rng);
         self.retry_at = Some(now + wait);
         wait
@@ -304,17 +311,23 @@ mod tests {
         let t0 = Instant::now();
         let mut p: WarmPool<u32> = WarmPool::new(cfg(8));
         assert_eq!(p.to_open(t0), 8);
-        let mut wait = Duration::ZERO;
-        for _ in 0..8 {
-            wait = p.failed(t0, &mut rng);
+        let first = p.failed(t0, &mut rng);
+        for _ in 1..8 {
+            assert_eq!(
+                p.failed(t0, &mut rng),
+                first,
+                "one round's failures are one backoff step"
+            );
         }
-        assert!(wait <= Duration::from_secs(10));
+        assert_eq!(p.failing(), 1);
+        assert!(first <= Duration::from_millis(100), "the first ceiling");
         let retry = p.next_deadline().expect("a retry is due");
-        assert_eq!(retry, t0 + wait);
-        if wait > Duration::ZERO {
+        assert_eq!(retry, t0 + first);
+        if first > Duration::ZERO {
             assert_eq!(p.to_open(t0), 0, "backing off");
         }
         assert_eq!(p.to_open(retry), 1, "one probe connect after a failure");
+        assert_eq!(p.next_deadline(), None, "no deadline in the past while the probe runs");
         assert_eq!(p.to_open(retry), 0, "and only one while it is under way");
         assert!(p.opened(1, retry).is_none());
         assert_eq!(p.to_open(retry), 7, "a success fills the rest at once");

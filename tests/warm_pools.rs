@@ -21,8 +21,6 @@ struct Seen {
     accepted: usize,
     /// Connections that ended without a request (the pool closed them).
     closed_idle: usize,
-    /// Connections to drop at once, unread, as a server timing out idle clients does.
-    drop_idle: bool,
 }
 
 /// A TCP backend that numbers its connections and answers each request with the number of
@@ -30,8 +28,9 @@ struct Seen {
 struct Backend {
     addr: std::net::SocketAddr,
     seen: Arc<Mutex<Seen>>,
-    /// Wakes idle connections so they check `drop_idle`.
-    kick: Arc<Notify>,
+    /// Idle connections numbered below this are dropped unread, as a server timing out idle
+    /// clients does.
+    drop_below: tokio::sync::watch::Sender<usize>,
 }
 
 impl Backend {
@@ -39,8 +38,8 @@ impl Backend {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let kick = Arc::new(Notify::new());
-        let (s2, k2) = (seen.clone(), kick.clone());
+        let drop_below = tokio::sync::watch::channel(0usize).0;
+        let (s2, d2) = (seen.clone(), drop_below.clone());
         tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
                 let id = {
@@ -48,22 +47,18 @@ impl Backend {
                     g.accepted += 1;
                     g.accepted - 1
                 };
-                let (seen, kick) = (s2.clone(), k2.clone());
+                let (seen, mut dropping) = (s2.clone(), d2.subscribe());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 1024];
                     loop {
-                        let woken = kick.notified();
                         tokio::select! {
                             n = s.read(&mut chunk) => match n {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             },
-                            () = woken => {
-                                if buf.is_empty() && seen.lock().unwrap().drop_idle {
-                                    return; // dropped unread: the node sees it closed
-                                }
-                            }
+                            // Sees a value set before this task first ran, too.
+                            _ = dropping.wait_for(|below| id < *below), if buf.is_empty() => return,
                         }
                     }
                     if buf.is_empty() {
@@ -74,7 +69,7 @@ impl Backend {
                 });
             }
         });
-        Backend { addr, seen, kick }
+        Backend { addr, seen, drop_below }
     }
 
     fn accepted(&self) -> usize {
@@ -83,6 +78,12 @@ impl Backend {
 
     fn closed_idle(&self) -> usize {
         self.seen.lock().unwrap().closed_idle
+    }
+
+    /// Waits until the backend has accepted `n` connections (a connect completes before the
+    /// backend's accept has run).
+    async fn accepted_is(&self, n: usize) {
+        common::eventually(LIMIT, &format!("{n} connections accepted"), || self.accepted() == n).await;
     }
 }
 
@@ -109,6 +110,20 @@ async fn idle_is(admin: std::net::SocketAddr, service: &str, n: u64) {
     .await;
 }
 
+/// Node `a` with an admin listener and, if given, service `web` on `(backend, preconnect)`.
+fn with_admin(pki: &common::Pki, web: Option<(String, u32)>) -> quicmesh::NodeConfig {
+    let mut cfg = pki.node_config("a");
+    cfg.admin.listen = "127.0.0.1:0".into();
+    if let Some((backend, preconnect)) = web {
+        let svc = ServiceConfig {
+            preconnect,
+            ..ServiceConfig::tcp(backend)
+        };
+        cfg.services.insert("web".into(), svc);
+    }
+    cfg
+}
+
 fn conn_id(reply: &[u8]) -> usize {
     let text = String::from_utf8_lossy(reply);
     text.strip_prefix("conn-")
@@ -122,15 +137,7 @@ fn conn_id(reply: &[u8]) -> usize {
 async fn new_streams_take_connections_opened_before_them_and_each_only_once() {
     let pki = common::Pki::new();
     let backend = Backend::start().await;
-    let mut cfg = pki.node_config("a");
-    cfg.admin.listen = "127.0.0.1:0".into();
-    cfg.services.insert(
-        "web".into(),
-        ServiceConfig {
-            preconnect: 3,
-            ..ServiceConfig::tcp(backend.addr.to_string())
-        },
-    );
+    let cfg = with_admin(&pki, Some((backend.addr.to_string(), 3)));
     let file = Arc::new(Mutex::new(cfg.clone()));
     let source = file.clone();
     let node = Node::builder(cfg)
@@ -140,22 +147,25 @@ async fn new_streams_take_connections_opened_before_them_and_each_only_once() {
         .unwrap();
     let admin = node.admin_addr().unwrap();
     idle_is(admin, "web", 3).await;
-    assert_eq!(backend.accepted(), 3, "the pool opens what it keeps, no more");
+    backend.accepted_is(3).await;
 
     let client = pki.client("c", &node).await;
     let mut used = std::collections::BTreeSet::new();
     for i in 0..6 {
+        // The pool full again, every connection in it accepted: 3 at first, one more per call.
         idle_is(admin, "web", 3).await;
-        let opened_before = backend.accepted();
+        backend.accepted_is(3 + i).await;
         let reply = client.call("web", "hi").await.unwrap();
         let id = conn_id(&reply);
         assert!(
-            id < opened_before,
+            id < 3 + i,
             "call {i} was served on connection {id}, opened after it began"
         );
         assert!(used.insert(id), "connection {id} served two streams");
     }
     idle_is(admin, "web", 3).await;
+    backend.accepted_is(9).await;
+    assert_eq!(backend.accepted(), 9, "the pool opens what it keeps, no more");
     let p = pool_of(admin, "web").await;
     assert_eq!((p["hits"].as_u64(), p["misses"].as_u64()), (Some(6), Some(0)), "{p}");
     assert_eq!(p["preconnect"], 3, "{p}");
@@ -169,22 +179,11 @@ async fn new_streams_take_connections_opened_before_them_and_each_only_once() {
 
     // The backend drops its idle connections (a server-side idle timeout): the pool notices,
     // opens fresh ones, and the next call is served on one of those.
-    let before = backend.accepted();
-    backend.seen.lock().unwrap().drop_idle = true;
-    backend.kick.notify_waiters();
-    common::eventually_async(LIMIT, "the dropped connections replaced", || async {
-        let accepted = backend.accepted();
-        let p = pool_of(admin, "web").await;
-        if accepted >= before + 3 && p["idle"] == 3 {
-            Ok(())
-        } else {
-            Err(format!("accepted {accepted} (was {before}), pool {p}"))
-        }
-    })
-    .await;
-    backend.seen.lock().unwrap().drop_idle = false;
+    backend.drop_below.send_replace(9);
+    backend.accepted_is(12).await;
+    idle_is(admin, "web", 3).await;
     let id = conn_id(&client.call("web", "again").await.unwrap());
-    assert!(id >= before, "served on connection {id}, which the backend had dropped");
+    assert!(id >= 9, "served on connection {id}, which the backend had dropped");
     let (_, m) = common::http(admin, "GET", "/metrics").await;
     let dead = common::sample(&m, "quicmesh_pool_closed_total{service=\"web\",reason=\"dead\"}");
     assert!(dead.is_some_and(|d| d >= 3.0), "{m}");
@@ -219,9 +218,7 @@ async fn new_streams_take_connections_opened_before_them_and_each_only_once() {
 async fn a_registered_pool_replaces_idle_connections_and_closes_them_when_deregistered() {
     let pki = common::Pki::new();
     let backend = Backend::start().await;
-    let mut cfg = pki.node_config("a");
-    cfg.admin.listen = "127.0.0.1:0".into();
-    let node = Node::builder(cfg).start().await.unwrap();
+    let node = Node::builder(with_admin(&pki, None)).start().await.unwrap();
     let admin = node.admin_addr().unwrap();
 
     for (body, names) in [
@@ -302,16 +299,10 @@ async fn a_registered_pool_replaces_idle_connections_and_closes_them_when_deregi
 async fn a_pool_whose_backend_is_down_backs_off_and_fills_once_it_is_up() {
     let pki = common::Pki::new();
     let port = common::free_tcp_port();
-    let mut cfg = pki.node_config("a");
-    cfg.admin.listen = "127.0.0.1:0".into();
-    cfg.services.insert(
-        "web".into(),
-        ServiceConfig {
-            preconnect: 2,
-            ..ServiceConfig::tcp(format!("127.0.0.1:{port}"))
-        },
-    );
-    let node = Node::builder(cfg).start().await.unwrap();
+    let node = Node::builder(with_admin(&pki, Some((format!("127.0.0.1:{port}"), 2))))
+        .start()
+        .await
+        .unwrap();
     let admin = node.admin_addr().unwrap();
     common::eventually_async(LIMIT, "a failed connect counted", || async {
         let p = pool_of(admin, "web").await;
@@ -365,9 +356,7 @@ async fn a_stream_in_flight_on_a_removed_service_finishes() {
             });
         }
     });
-    let mut cfg = pki.node_config("a");
-    cfg.admin.listen = "127.0.0.1:0".into();
-    let node = Node::builder(cfg).start().await.unwrap();
+    let node = Node::builder(with_admin(&pki, None)).start().await.unwrap();
     let admin = node.admin_addr().unwrap();
     let body = format!(r#"{{"backend": "{addr}", "ttl": "1h"}}"#);
     let (code, answer) = common::http_with_body(admin, "PUT", "/v1/services/slow", &body).await;

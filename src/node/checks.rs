@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use super::health_table::{Entry, Wanted};
 use super::state::State;
+use super::sync::Owned;
 use crate::health::{http_passes, CheckConfig, CheckKind, Checker, Health};
 
 /// One probe of `backend`: Ok, or why it failed.
@@ -69,7 +70,7 @@ async fn check_loop(
 /// Keeps the check tasks in line with what is wanted and applies their results, until
 /// shutdown.
 pub(crate) async fn run(shared: Arc<State>) {
-    let mut wanted = shared.health.subscribe();
+    let mut wanted = shared.health.wanted().subscribe();
     let mut shutdown = shared.ctx.on_shutdown();
     let (tx, mut rx) = mpsc::channel(64);
     let mut tasks: Tasks = BTreeMap::new();
@@ -91,12 +92,10 @@ pub(crate) async fn run(shared: Arc<State>) {
             _ = shutdown.changed() => break,
         }
     }
-    for (_, (_, _, t)) in tasks {
-        t.abort();
-    }
 }
 
-type Tasks = BTreeMap<String, (String, CheckConfig, tokio::task::JoinHandle<()>)>;
+/// The running checks (each aborted when dropped, so they end with this driver).
+type Tasks = BTreeMap<String, (String, CheckConfig, Owned)>;
 
 /// Starts checks for new or changed services, stops those no longer wanted.
 fn sync(
@@ -105,13 +104,7 @@ fn sync(
     tasks: &mut Tasks,
     tx: &mpsc::Sender<(String, String, Duration, Result<(), String>)>,
 ) {
-    tasks.retain(|name, (backend, check, task)| {
-        let keep = want.get(name).is_some_and(|(b, c)| b == backend && c == check);
-        if !keep {
-            task.abort();
-        }
-        keep
-    });
+    tasks.retain(|name, (backend, check, _)| want.get(name).is_some_and(|(b, c)| b == backend && c == check));
     let mut entries = shared.health.entries();
     entries.retain(|name, e| want.get(name).is_some_and(|(b, c)| *b == e.backend && *c == e.check));
     for (name, (backend, check)) in want {
@@ -127,7 +120,7 @@ fn sync(
                 last: None,
             },
         );
-        let task = tokio::spawn(check_loop(name.clone(), backend.clone(), check.clone(), tx.clone()));
+        let task = Owned::spawn(check_loop(name.clone(), backend.clone(), check.clone(), tx.clone()));
         tasks.insert(name.clone(), (backend.clone(), check.clone(), task));
     }
 }

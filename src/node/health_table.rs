@@ -6,9 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::watch;
-
-use super::sync::lock;
+use super::sync::{lock, Desired};
 use crate::health::{CheckConfig, Checker, Health};
 
 /// What should be checked: service → (backend, check).
@@ -18,7 +16,7 @@ pub(crate) type Wanted = BTreeMap<String, (String, CheckConfig)>;
 pub(crate) struct HealthTable {
     entries: Mutex<BTreeMap<String, Entry>>,
     /// What should be checked, set by every rebuild of the service set.
-    wanted: watch::Sender<Wanted>,
+    wanted: Desired<Wanted>,
 }
 
 /// One checked service.
@@ -34,7 +32,7 @@ impl HealthTable {
     pub fn new() -> Self {
         HealthTable {
             entries: Mutex::new(BTreeMap::new()),
-            wanted: watch::channel(Wanted::new()).0,
+            wanted: Desired::new(),
         }
     }
 
@@ -74,17 +72,8 @@ impl HealthTable {
         lock(&self.entries)
     }
 
-    /// A receiver of what should be checked.
-    pub fn subscribe(&self) -> watch::Receiver<Wanted> {
-        self.wanted.subscribe()
-    }
-
-    /// Sets what should be checked (a change wakes the driver).
-    pub fn want(&self, wanted: Wanted) {
-        self.wanted.send_if_modified(|w| {
-            let changed = *w != wanted;
-            *w = wanted;
-            changed
-        });
+    /// What should be checked, set by every rebuild of the service set.
+    pub fn wanted(&self) -> &Desired<Wanted> {
+        &self.wanted
     }
 }

@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn, Instrument};
 
 use super::state::State;
-use super::sync::lock;
+use super::sync::{lock, Owned};
 use super::warm_pools::{alive, Pool, Wanted};
 use crate::warm::WarmPool;
 
@@ -25,9 +24,9 @@ const SWEEP: Duration = Duration::from_secs(1);
 
 /// Keeps the fillers in line with what is wanted, until shutdown; then closes every pool.
 pub(crate) async fn run(shared: Arc<State>) {
-    let mut wanted = shared.pools.subscribe();
+    let mut wanted = shared.pools.wanted().subscribe();
     let mut shutdown = shared.ctx.on_shutdown();
-    let mut fillers: BTreeMap<String, JoinHandle<()>> = BTreeMap::new();
+    let mut fillers: BTreeMap<String, Owned> = BTreeMap::new();
     // What was wanted before this task subscribed counts too (a new receiver sees no change).
     let first = wanted.borrow_and_update().clone();
     sync(&shared, &first, &mut fillers);
@@ -48,16 +47,14 @@ pub(crate) async fn run(shared: Arc<State>) {
 
 /// Closes the pools no longer wanted (or wanted for another backend), resizes changed ones
 /// and starts new ones.
-fn sync(shared: &State, want: &Wanted, fillers: &mut BTreeMap<String, JoinHandle<()>>) {
+fn sync(shared: &State, want: &Wanted, fillers: &mut BTreeMap<String, Owned>) {
     let mut closed = Vec::new();
     let mut pools = shared.pools.pools();
     pools.retain(|name, p| {
         let keep = want.get(name).is_some_and(|(b, _)| *b == p.backend);
         if !keep {
             closed.extend(lock(&p.state).close());
-            if let Some(f) = fillers.remove(name) {
-                f.abort();
-            }
+            fillers.remove(name);
         }
         keep
     });
@@ -79,7 +76,7 @@ fn sync(shared: &State, want: &Wanted, fillers: &mut BTreeMap<String, JoinHandle
         });
         pools.insert(name.clone(), pool.clone());
         let timeout = shared.ctx.cfg.transport.connect_timeout;
-        fillers.insert(name.clone(), tokio::spawn(fill(pool, timeout).in_current_span()));
+        fillers.insert(name.clone(), Owned::spawn(fill(pool, timeout).in_current_span()));
     }
     drop(pools);
     // Closed outside the lock: each is a close(2).

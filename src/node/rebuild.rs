@@ -46,7 +46,7 @@ pub(crate) fn apply(shared: &State) {
     for name in shared.health.critical(&wanted) {
         set.local.remove(&name);
     }
-    shared.health.want(wanted);
+    shared.health.wanted().set(wanted);
     // Pools follow what is offered: a critical backend's warm connections are closed too.
     let pools: super::warm_pools::Wanted = set
         .pools
@@ -56,7 +56,7 @@ pub(crate) fn apply(shared: &State) {
             _ => None,
         })
         .collect();
-    shared.pools.want(pools);
+    shared.pools.wanted().set(pools);
     let names: Vec<String> = set.local.keys().cloned().collect();
     shared.services.replace(set);
     shared.announce(|g| g.set_services(names));

@@ -4,15 +4,15 @@
 //! Owns its locks; takes nothing else of the node's state.
 
 use std::collections::BTreeMap;
+use std::io;
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
 
 use rand::rngs::StdRng;
-use tokio::io::ReadBuf;
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
-use super::sync::lock;
+use super::sync::{lock, Desired};
 use crate::warm::{PoolConfig, PoolStats, WarmPool};
 
 /// What should be kept warm: service → (backend, pool).
@@ -32,7 +32,7 @@ pub(crate) struct Pool {
 /// Every pool of the node.
 pub(crate) struct WarmPools {
     pools: Mutex<BTreeMap<String, Arc<Pool>>>,
-    wanted: watch::Sender<Wanted>,
+    wanted: Desired<Wanted>,
 }
 
 /// One row of [`WarmPools::rows`]: service, backend, what it keeps, idle now, counters.
@@ -42,7 +42,7 @@ impl WarmPools {
     pub fn new() -> Self {
         WarmPools {
             pools: Mutex::new(BTreeMap::new()),
-            wanted: watch::channel(Wanted::new()).0,
+            wanted: Desired::new(),
         }
     }
 
@@ -63,18 +63,9 @@ impl WarmPools {
         lock(&self.pools)
     }
 
-    /// A receiver of what should be kept warm.
-    pub fn subscribe(&self) -> watch::Receiver<Wanted> {
-        self.wanted.subscribe()
-    }
-
-    /// Sets what should be kept warm (a change wakes the driver).
-    pub fn want(&self, wanted: Wanted) {
-        self.wanted.send_if_modified(|w| {
-            let changed = *w != wanted;
-            *w = wanted;
-            changed
-        });
+    /// What should be kept warm, set by every rebuild of the service set.
+    pub fn wanted(&self) -> &Desired<Wanted> {
+        &self.wanted
     }
 
     /// Each pool's state, by service.
@@ -92,13 +83,11 @@ impl WarmPools {
 /// Whether an idle backend connection is still open: not closed or reset by the backend.
 /// Bytes waiting (a server that speaks first) leave it open and stay for the stream.
 pub(crate) fn alive(s: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    let mut buf = ReadBuf::new(&mut byte);
-    // A peek that would wait means open and quiet; the no-op waker is replaced by the
-    // stream's own as soon as it reads.
-    match s.poll_peek(&mut Context::from_waker(Waker::noop()), &mut buf) {
-        Poll::Pending => true,
-        Poll::Ready(Ok(n)) => n > 0,
-        Poll::Ready(Err(_)) => false,
+    // A real peek (the socket is non-blocking), not tokio's cached readiness: a FIN the
+    // reactor has not seen yet must still count.
+    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+    match socket2::SockRef::from(s).peek(&mut byte) {
+        Ok(n) => n > 0,
+        Err(e) => matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted),
     }
 }
