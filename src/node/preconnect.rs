@@ -60,8 +60,9 @@ fn sync(shared: &State, want: &Wanted, fillers: &mut BTreeMap<String, Owned>) {
     });
     for (name, (backend, cfg)) in want {
         if let Some(p) = pools.get(name) {
-            if lock(&p.state).config() != *cfg {
-                lock(&p.state).resize(*cfg);
+            let mut state = lock(&p.state);
+            if state.config() != *cfg {
+                state.resize(*cfg);
                 p.wake.notify_one();
             }
             continue;

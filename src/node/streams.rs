@@ -253,7 +253,12 @@ impl Incoming<'_> {
             }
             Local::Tcp(backend) => {
                 let wait = timeout_until(self.deadline, shared.ctx.cfg.transport.connect_timeout);
-                let warm = shared.pools.take(&req.service, &backend);
+                // The pools' lock only for a service that has one: the common case stays lock-free.
+                let warm = if self.services.pools.contains_key(&req.service) {
+                    shared.pools.take(&req.service, &backend)
+                } else {
+                    None
+                };
                 let connect = async {
                     match warm {
                         Some(t) => Ok(t),
