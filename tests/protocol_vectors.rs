@@ -1,0 +1,194 @@
+//! docs/protocol.md's test vectors, checked against the encoder and decoder the nodes use, so
+//! the spec other languages implement cannot drift from the code. The Python client checks
+//! the same block (clients/python/tests/test_wire.py).
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::BTreeMap;
+
+use quicmesh::protocol::{
+    decode_header, encode_frame, Response, ServiceRequest, StreamHeader, StreamKind, PROTOCOL_VERSION,
+};
+use quicmesh::RejectCode;
+
+/// The `vectors` block of docs/protocol.md: name → frame bytes.
+fn vectors() -> BTreeMap<String, Vec<u8>> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md"))
+        .expect("docs/protocol.md is readable");
+    let block = doc
+        .split("```vectors\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/protocol.md has a ```vectors block");
+    let mut out = BTreeMap::new();
+    for line in block
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (name, hex) = line.split_once(' ').expect("a vector line is `name hex...`");
+        let hex: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
+        assert!(hex.len().is_multiple_of(2), "vector {name}: odd number of hex digits");
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or_else(|e| panic!("vector {name}: {e}")))
+            .collect();
+        assert!(
+            out.insert(name.to_owned(), bytes).is_none(),
+            "vector {name} appears twice"
+        );
+    }
+    out
+}
+
+fn service(name: &str, key: Option<&[u8]>, hops: u8, deadline_ms: Option<u32>, origin: Option<&str>) -> StreamHeader {
+    StreamHeader {
+        version: PROTOCOL_VERSION,
+        kind: StreamKind::Service(ServiceRequest {
+            service: name.to_owned(),
+            key: key.map(<[u8]>::to_vec),
+            hops,
+            deadline_ms,
+            origin: origin.map(str::to_owned),
+        }),
+    }
+}
+
+fn headers() -> Vec<(&'static str, StreamHeader)> {
+    vec![
+        ("header-echo", StreamHeader::service("echo")),
+        (
+            "header-key-deadline",
+            service("kv", Some(b"user-42"), 0, Some(1500), None),
+        ),
+        (
+            "header-status",
+            StreamHeader::service(quicmesh::protocol::STATUS_SERVICE),
+        ),
+        (
+            "header-relayed",
+            service("db", None, 1, Some(100_000), Some("spiffe://mesh.local/client/web")),
+        ),
+        ("header-control", StreamHeader::control()),
+    ]
+}
+
+fn responses() -> Vec<(&'static str, Response)> {
+    vec![
+        ("accept-node-a", Response::Accept { node: "a".into() }),
+        (
+            "reject-unknown-service",
+            Response::Reject {
+                code: RejectCode::UnknownService,
+                reason: "no node offers service \"x\"".into(),
+            },
+        ),
+        (
+            "reject-draining",
+            Response::Reject {
+                code: RejectCode::Draining,
+                reason: "node a is draining".into(),
+            },
+        ),
+    ]
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn every_header_vector_is_what_the_encoder_writes_and_decodes_back() {
+    let v = vectors();
+    for (name, header) in headers() {
+        let want = v
+            .get(name)
+            .unwrap_or_else(|| panic!("docs/protocol.md lacks vector {name}"));
+        let got = encode_frame(&header).expect("encodes");
+        assert_eq!(
+            hex(&got),
+            hex(want),
+            "vector {name}: the encoder writes other bytes than the spec"
+        );
+        assert_eq!(decode_header(&want[4..]).expect("decodes"), header, "vector {name}");
+        let len = u32::from_be_bytes([want[0], want[1], want[2], want[3]]) as usize;
+        assert_eq!(
+            len,
+            want.len() - 4,
+            "vector {name}: the length prefix is not the body's length"
+        );
+    }
+}
+
+#[test]
+fn every_response_vector_is_what_the_encoder_writes_and_decodes_back() {
+    let v = vectors();
+    for (name, resp) in responses() {
+        let want = v
+            .get(name)
+            .unwrap_or_else(|| panic!("docs/protocol.md lacks vector {name}"));
+        assert_eq!(hex(&encode_frame(&resp).expect("encodes")), hex(want), "vector {name}");
+        assert_eq!(
+            postcard::from_bytes::<Response>(&want[4..]).expect("decodes"),
+            resp,
+            "vector {name}"
+        );
+    }
+}
+
+#[test]
+fn trailing_bytes_in_a_header_are_ignored_as_the_spec_says() {
+    let v = vectors();
+    let with = &v["header-echo-with-trailer"];
+    assert_eq!(
+        decode_header(&with[4..]).expect("decodes"),
+        StreamHeader::service("echo")
+    );
+    assert!(with[4..].starts_with(&v["header-echo"][4..]));
+}
+
+#[test]
+fn the_spec_lists_every_vector_the_tests_check_and_no_other() {
+    let mut named: Vec<&str> = headers().into_iter().map(|(n, _)| n).collect();
+    named.extend(responses().into_iter().map(|(n, _)| n));
+    named.push("header-echo-with-trailer");
+    named.sort_unstable();
+    let v = vectors();
+    let listed: Vec<&str> = v.keys().map(String::as_str).collect();
+    assert_eq!(listed, named);
+}
+
+#[test]
+fn the_reject_code_table_matches_the_enum() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md")).expect("readable");
+    for code in RejectCode::ALL {
+        let row = format!("| {} | `{code}` |", code.index());
+        assert!(
+            doc.contains(&row),
+            "docs/protocol.md's RejectCode table lacks the row {row:?}"
+        );
+        let bytes = postcard::to_allocvec(&code).expect("encodes");
+        assert_eq!(bytes, vec![code.index() as u8], "{code} is one varint byte, its index");
+    }
+}
+
+#[test]
+fn the_reset_and_close_code_tables_match_the_constants() {
+    use quicmesh::protocol::codes;
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md")).expect("readable");
+    for (code, name) in [
+        (codes::SHUTDOWN, "SHUTDOWN"),
+        (codes::DUPLICATE, "DUPLICATE"),
+        (codes::FORBIDDEN, "FORBIDDEN"),
+        (codes::STREAM_ABORTED, "STREAM_ABORTED"),
+        (codes::PROTOCOL, "PROTOCOL"),
+        (codes::DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
+        (codes::IDENTITY_CLASH, "IDENTITY_CLASH"),
+    ] {
+        let row = format!("| {} | `{name}` |", code.into_inner());
+        assert!(doc.contains(&row), "docs/protocol.md lacks the code row {row:?}");
+    }
+    assert!(
+        doc.contains(&format!("`{}`", String::from_utf8_lossy(quicmesh::ALPN))),
+        "the ALPN is named"
+    );
+}
