@@ -40,6 +40,10 @@ pub mod codes {
     /// Connection: another live process holds this node's identity and is connected here;
     /// this connection is refused (a misconfiguration or a stolen key).
     pub const IDENTITY_CLASH: VarInt = VarInt::from_u32(6);
+    /// Connection: the node stopped with streams it had taken still unanswered (its drain
+    /// grace ran out, or it was stopped at once): a request that got no answer may have been
+    /// processed. After [`SHUTDOWN`] every stream the node took had its answer.
+    pub const ABANDONED: VarInt = VarInt::from_u32(7);
 }
 
 /// The first frame of every stream.
@@ -233,6 +237,8 @@ impl StatusReport {
     /// self-describing, so a field added at the end is missing, not defaulted, in a report
     /// from an older node: such a report is read without the newer fields.
     pub fn from_postcard(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        // The trailing fields arrived one release apart: a report may end after `routes` or
+        // after `unreachable`.
         #[derive(Deserialize)]
         struct Before {
             node: String,
@@ -240,21 +246,40 @@ impl StatusReport {
             members: Vec<MemberStatus>,
             routes: Vec<(String, Vec<(String, f64)>)>,
         }
-        match postcard::from_bytes::<StatusReport>(bytes) {
-            Ok(r) => Ok(r),
-            Err(postcard::Error::DeserializeUnexpectedEnd) => {
-                let b: Before = postcard::from_bytes(bytes)?;
-                Ok(StatusReport {
-                    node: b.node,
-                    version: b.version,
-                    members: b.members,
-                    routes: b.routes,
-                    unreachable: Vec::new(),
-                    identity_clashes: Vec::new(),
-                })
-            }
-            Err(e) => Err(e),
+        #[derive(Deserialize)]
+        struct Middle {
+            node: String,
+            version: String,
+            members: Vec<MemberStatus>,
+            routes: Vec<(String, Vec<(String, f64)>)>,
+            unreachable: Vec<Unreachable>,
         }
+        use postcard::Error::DeserializeUnexpectedEnd as End;
+        match postcard::from_bytes::<StatusReport>(bytes) {
+            Err(End) => {}
+            other => return other,
+        }
+        let (b, unreachable) = match postcard::from_bytes::<Middle>(bytes) {
+            Ok(m) => (
+                Before {
+                    node: m.node,
+                    version: m.version,
+                    members: m.members,
+                    routes: m.routes,
+                },
+                m.unreachable,
+            ),
+            Err(End) => (postcard::from_bytes::<Before>(bytes)?, Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(StatusReport {
+            node: b.node,
+            version: b.version,
+            members: b.members,
+            routes: b.routes,
+            unreachable,
+            identity_clashes: Vec::new(),
+        })
     }
 }
 
@@ -544,6 +569,9 @@ mod status_compat_tests {
         };
         let bytes = postcard::to_allocvec(&new).unwrap();
         assert_eq!(StatusReport::from_postcard(&bytes).unwrap(), new);
+        // A report from the release that had `unreachable` but not `identity_clashes`.
+        let middle = &bytes[..bytes.len() - 1];
+        assert_eq!(StatusReport::from_postcard(middle).unwrap(), new);
         assert!(StatusReport::from_postcard(&bytes[..3]).is_err());
     }
 }

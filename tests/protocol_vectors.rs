@@ -183,6 +183,7 @@ fn the_reset_and_close_code_tables_match_the_constants() {
         (codes::PROTOCOL, "PROTOCOL"),
         (codes::DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
         (codes::IDENTITY_CLASH, "IDENTITY_CLASH"),
+        (codes::ABANDONED, "ABANDONED"),
     ] {
         let row = format!("| {} | `{name}` |", code.into_inner());
         assert!(doc.contains(&row), "docs/protocol.md lacks the code row {row:?}");

@@ -39,6 +39,7 @@ mod coverage;
 mod admin;
 mod conn;
 mod control;
+mod dashboard;
 mod dial;
 mod discover;
 mod handshake;
@@ -326,6 +327,14 @@ impl Node {
     /// Stops the node: closes every connection with an orderly close, waits briefly for the
     /// close to be delivered, and stops all tasks.
     pub async fn shutdown(&self) {
+        // SHUTDOWN promises callers that every stream taken was answered (they may resend
+        // what got no answer); with streams still in flight, or replies not yet delivered,
+        // that would not be true.
+        let code = if self.in_flight() > 0 || *self.state.load.undelivered().borrow() > 0 {
+            codes::ABANDONED
+        } else {
+            codes::SHUTDOWN
+        };
         // Say goodbye first, and wait until each peer has it, so peers mark us Left rather
         // than suspecting a crash.
         self.state
@@ -336,8 +345,8 @@ impl Node {
         // wait_idle would also wait out every connection's draining period, 3 PTOs, which
         // is about 3 s for a handshake still in progress with a peer that is down.)
         let conns = self.state.peers.all_connections();
-        crate::transport::close_and_flush(&conns, codes::SHUTDOWN, b"node shutting down", SHUTDOWN_ACK_LIMIT).await;
-        self.state.ctx.endpoint.close(codes::SHUTDOWN, b"node shutting down");
+        crate::transport::close_and_flush(&conns, code, b"node shutting down", SHUTDOWN_ACK_LIMIT).await;
+        self.state.ctx.endpoint.close(code, b"node shutting down");
         // Draining connections keep the endpoint, and so its socket, alive for those 3 PTOs;
         // free the address now, for a restart on it.
         crate::transport::release_socket(&self.state.ctx.endpoint, self.local_addr, SHUTDOWN_ACK_LIMIT).await;

@@ -51,7 +51,10 @@ _TLS_ALERTS = {
         "the node does not accept this client certificate: it must be issued by the mesh CA and not revoked",
     ),
     45: ("certificate_expired", "this client certificate has expired (or is not valid yet): issue a new one"),
-    46: ("certificate_unknown", "the node does not accept this client certificate"),
+    43: ("unsupported_certificate", "this certificate lacks the clientAuth key usage: issue a client certificate"),
+    44: ("certificate_revoked", "this client certificate is on the node's revocation list (tls.crl): issue a new one"),
+    46: ("certificate_unknown", "this certificate has no single spiffe:// identity: issue it with `quicmesh certs`"),
+    49: ("access_denied", "this identity may not connect: another trust domain, or not a client of this mesh"),
     51: (
         "decrypt_error",
         "the node could not verify this client certificate with the mesh CA: it was issued by another CA",
@@ -89,9 +92,10 @@ def describe_close(ev: events.ConnectionTerminated) -> str:
     return f"the connection failed (QUIC error 0x{code:x}" + (f": {phrase})" if phrase else ")")
 
 
-def _closed_in_order(ev: events.ConnectionTerminated | None) -> bool:
-    """The node shut down in order: it answered every stream it took (docs/protocol.md, 5)."""
-    return ev is not None and ev.frame_type is None and ev.error_code == StreamCode.SHUTDOWN
+def _closed_in_order(ev: events.ConnectionTerminated | None, locally: bool) -> bool:
+    """The node shut down in order: it answered every stream it took (docs/protocol.md, 5).
+    aioquic reports our own close the same way, so that is told apart by `locally`."""
+    return not locally and ev is not None and ev.frame_type is None and ev.error_code == StreamCode.SHUTDOWN
 
 
 class _Lost(Exception):
@@ -159,6 +163,11 @@ class _Protocol(QuicConnectionProtocol):
         super().__init__(*args, **kwargs)
         self.streams: dict[int, _StreamState] = {}
         self.terminated: events.ConnectionTerminated | None = None
+        self.closed_locally = False
+
+    def close(self, error_code: int = 0, reason_phrase: str = "") -> None:
+        self.closed_locally = True
+        super().close(error_code=error_code, reason_phrase=reason_phrase)
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamDataReceived):
@@ -202,6 +211,24 @@ class _Protocol(QuicConnectionProtocol):
 
     def done(self, sid: int) -> None:
         self.streams.pop(sid, None)
+
+
+def _nameservers(servers: list[str]) -> tuple[list[str], int] | None:
+    """`ip` / `ip:port` / `[v6]:port` name servers, all on one port (dnspython's rule)."""
+    if not servers:
+        return None
+    ips, ports = [], set()
+    for s in servers:
+        try:
+            host, port = _parse_entry(s) if s.count(":") == 1 or s.startswith("[") else (s, 53)
+            ipaddress.ip_address(host)
+        except (ConfigError, ValueError):
+            raise ConfigError(f"dns_servers: {s!r} is not ip, ip:port or [v6]:port") from None
+        ips.append(host)
+        ports.add(port)
+    if len(ports) != 1:
+        raise ConfigError(f"dns_servers: all servers must use one port, got {sorted(ports)}")
+    return ips, ports.pop()
 
 
 def _parse_entry(entry: str) -> tuple[str, int]:
@@ -318,7 +345,8 @@ class Stream:
         """Ends the request (FIN); the reply may still be read."""
         if not self._finished:
             self._finished = True
-            self._conn.proto.send(self._sid, b"", end=True)
+            if self._st.stopped is None and self._conn.alive():
+                self._conn.proto.send(self._sid, b"", end=True)
 
     async def read(self, n: int = -1) -> bytes:
         """Up to `n` bytes of the reply (-1: whatever has arrived); b"" at its clean end.
@@ -327,9 +355,16 @@ class Stream:
         the connection ended: neither ever looks like the end of the reply.
         """
         try:
-            return await self._st.read_some(n)
+            data = await self._st.read_some(n)
         except _Lost as e:
+            self._conn.proto.done(self._sid)
             raise ConnectionLost(str(e), maybe_processed=True) from None
+        except BaseException:
+            self._conn.proto.done(self._sid)
+            raise
+        if not data:
+            self._conn.proto.done(self._sid)
+        return data
 
     async def read_all(self, limit: int = 16 << 20) -> bytes:
         """The rest of the reply, up to `limit` bytes (else :class:`ResponseTooLarge`)."""
@@ -337,7 +372,6 @@ class Stream:
         while True:
             chunk = await self.read()
             if not chunk:
-                self._conn.proto.done(self._sid)
                 return bytes(out)
             out += chunk
             if len(out) > limit:
@@ -425,12 +459,14 @@ class Client:
                 raise ConfigError(f"cert/key: {cert} and {key} do not load as a PEM certificate and key: {e}") from e
         self.srv = srv
         self.dns_servers = list(dns_servers or [])
+        self._nameservers = _nameservers(self.dns_servers)
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
         self.max_response_bytes = max_response_bytes
         self._conn: _Connection | None = None
         self._lock = asyncio.Lock()
         self._avoid: set[str] = set()
+        self._closed = False
         self._rng = random.Random()
 
     async def __aenter__(self) -> Client:
@@ -447,18 +483,9 @@ class Client:
         import dns.exception
         import dns.resolver
 
-        resolver = dns.asyncresolver.Resolver(configure=not self.dns_servers)
-        if self.dns_servers:
-            ips, ports = [], set()
-            for s in self.dns_servers:
-                host, port = _parse_entry(s) if s.count(":") == 1 or s.startswith("[") else (s, 53)
-                ipaddress.ip_address(host)
-                ips.append(host)
-                ports.add(port)
-            if len(ports) != 1:
-                raise ConfigError("dns_servers: all servers must use one port")
-            resolver.nameservers = ips
-            resolver.port = ports.pop()
+        resolver = dns.asyncresolver.Resolver(configure=not self._nameservers)
+        if self._nameservers:
+            resolver.nameservers, resolver.port = self._nameservers
         resolver.lifetime = 2.0
         assert self.srv is not None
         try:
@@ -502,12 +529,13 @@ class Client:
 
         host, port = _parse_entry(entry)
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        ip, port = str(infos[0][4][0]), int(infos[0][4][1])
-        addr = ("::ffff:" + ip if ":" not in ip else ip, port, 0, 0)
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(("::", 0, 0, 0))
+        try:
+            infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM), self.connect_timeout)
+        except (OSError, UnicodeError, asyncio.TimeoutError) as e:
+            raise OSError(f"cannot resolve {host!r}: {e or 'timed out'}") from None
+        family, addr = infos[0][0], infos[0][4]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
         quic = QuicConnection(configuration=self._config)
         transport, proto = await loop.create_datagram_endpoint(lambda: _Protocol(quic), sock=sock)
         assert isinstance(proto, _Protocol)
@@ -520,7 +548,7 @@ class Client:
             except ConnectionError:
                 ev = proto.terminated
                 raise ConnectionError(describe_close(ev) if ev else "handshake failed") from None
-            node = check_node_certificate(quic.tls._peer_certificate, self._trust_domains)
+            node = check_node_certificate(getattr(quic.tls, "_peer_certificate", None), self._trust_domains)
         except BaseException:
             proto.close()
             transport.close()
@@ -537,6 +565,8 @@ class Client:
                 await asyncio.wait_for(conn.proto.ping(), self.keepalive)
             except (ConnectionError, asyncio.TimeoutError):
                 pass
+        if self._conn is not conn:
+            conn.transport.close()  # a connection the client had let go of: free the socket
 
     async def connect(self) -> None:
         """Connects to the first entry that answers (it is also done on first use)."""
@@ -544,8 +574,13 @@ class Client:
 
     async def _connection(self) -> _Connection:
         async with self._lock:
+            if self._closed:
+                raise errors.QuicmeshError("this client is closed")
             if self._conn is not None and self._conn.alive():
                 return self._conn
+            if self._conn is not None:
+                await self._conn.close()
+                self._conn = None
             candidates, why = await self._candidates()
             self._conn = await self._race(candidates, why)
             return self._conn
@@ -569,8 +604,6 @@ class Client:
                     e = task.exception()
                     if e is None:
                         return task.result()
-                    if not isinstance(e, (OSError, ProtocolError)):
-                        raise e
                     tried.append((entry, str(e) or type(e).__name__))
             raise ConnectError(tried, why)
         finally:
@@ -587,13 +620,15 @@ class Client:
         async with self._lock:
             if self._conn is conn:
                 self._conn = None
-        # Not closed if still alive: a draining node lets the streams it took finish.
+        # Not closed while alive: a draining node lets the streams it took finish, then closes
+        # it; the keepalive notices and the socket is closed then.
         if not conn.alive():
             await conn.close()
 
     async def close(self) -> None:
-        """Closes the connection cleanly."""
+        """Closes the connection cleanly; the client cannot be used afterwards."""
         async with self._lock:
+            self._closed = True
             conn, self._conn = self._conn, None
         if conn is not None:
             await conn.close()
@@ -603,24 +638,31 @@ class Client:
     async def _open(
         self, service: str, key: bytes | None, timeout: float | None, body: bytes | None, holder: list
     ) -> tuple[_Connection, int, _StreamState, str]:
-        deadline_ms = None if timeout is None else max(1, int(timeout * 1000))
-        header = ServiceRequest(service, key=key, deadline_ms=deadline_ms).encode()
+        loop = asyncio.get_running_loop()
+        give_up = None if timeout is None else loop.time() + timeout
         attempts = 3
         for attempt in range(1, attempts + 1):
             conn = await self._connection()
+            # A retry carries what is left of the caller's timeout, not the whole of it.
+            deadline_ms = None if give_up is None else max(1, int((give_up - loop.time()) * 1000))
+            header = ServiceRequest(service, key=key, deadline_ms=deadline_ms).encode()
             sid, st = conn.proto.open_stream()
             holder[:] = [conn, sid]
             conn.proto.send(sid, header + (body or b""), end=body is not None)
             try:
                 resp = await _read_response(st)
-            except _Lost as e:
+            except BaseException as e:
                 conn.proto.done(sid)
+                if not isinstance(e, _Lost):
+                    raise
                 await self._forget(conn)
                 if 0x100 <= e.event.error_code <= 0x1FF:
                     # The handshake was refused (client certificate): nothing reached a service.
                     raise ConnectError([(conn.entry, str(e))]) from None
                 # Safe to send again only if nothing was sent or the node closed in order.
-                if attempt < attempts and (body is None or _closed_in_order(e.event)):
+                if self._closed:
+                    raise errors.QuicmeshError("the client was closed during the call") from None
+                if attempt < attempts and (body is None or _closed_in_order(e.event, conn.proto.closed_locally)):
                     continue
                 raise ConnectionLost(str(e), maybe_processed=body is not None) from None
             if isinstance(resp, Accept):

@@ -55,6 +55,7 @@ class StreamCode(enum.IntEnum):
     PROTOCOL = 4
     DEADLINE_EXCEEDED = 5
     IDENTITY_CLASH = 6
+    ABANDONED = 7
 
 
 # --- postcard primitives -------------------------------------------------------------------
@@ -359,8 +360,9 @@ def decode_status(data: bytes) -> StatusReport:
     members = _list(r, lambda r: MemberStatus(_member(r), r.boolean(), r.u64() if r.option_tag() else None))
     routes = _list(r, lambda r: (r.text(), _list(r, lambda r: (r.text(), r.f64()))))
     report = StatusReport(node, version, members, routes)
-    if r.at_end():
-        return report
-    report.unreachable = _list(r, lambda r: Unreachable(r.text(), r.u32(), r.text(), r.text(), r.text(), r.u64()))
-    report.identity_clashes = _list(r, lambda r: IdentityClash(r.text(), r.text(), r.text(), r.u64(), r.u64()))
+    # Each later field may be missing, in a report from an older node.
+    if not r.at_end():
+        report.unreachable = _list(r, lambda r: Unreachable(r.text(), r.u32(), r.text(), r.text(), r.text(), r.u64()))
+    if not r.at_end():
+        report.identity_clashes = _list(r, lambda r: IdentityClash(r.text(), r.text(), r.text(), r.u64(), r.u64()))
     return report
