@@ -387,9 +387,9 @@ impl Demo {
     /// How to reach the running mesh, for `--serve`.
     pub fn serve_hint(&self) -> String {
         format!(
-            "serving until Ctrl-C. Metrics: curl http://{}/metrics (also /status, /readyz). Try:\n  quicmesh call echo --discovery srv:{SRV_NAME} --dns-server {} --ca {d}/ca.crt --cert {d}/client-demo.crt --cert-key {d}/client-demo.key <<< hello",
-            self.nodes[0].admin_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "serving until Ctrl-C. Dashboard: http://{a}/ui in a browser. Metrics: curl http://{a}/metrics (also /status, /readyz). Try:\n  quicmesh call echo --discovery srv:{SRV_NAME} --dns-server {} --ca {d}/ca.crt --cert {d}/client-demo.crt --cert-key {d}/client-demo.key <<< hello",
             self.dns.addr(),
+            a = self.nodes[0].admin_addr().map(|a| a.to_string()).unwrap_or_default(),
             d = self.dir.path().display()
         )
     }

@@ -1,4 +1,5 @@
-//! The admin HTTP endpoint: `/metrics` (Prometheus text), `/status` (JSON), `/healthz`,
+//! The admin HTTP endpoint: `/metrics` (Prometheus text), `/status` (JSON), `/ui` and
+//! `/v1/dashboard` (the web dashboard, `dashboard.rs`), `/healthz`,
 //! `/readyz`. Served on its own address (`admin.listen`, loopback by default), never on the
 //! mesh port: it is unauthenticated, for the host's monitoring and the service manager.
 
@@ -86,6 +87,12 @@ async fn dispatch(shared: &State, req: Request<Incoming>) -> Response<Full<Bytes
             Err(e) => json(400, &serde_json::json!({ "error": e.to_string() })),
         };
     }
+    if req.uri().path() == "/v1/dashboard" {
+        if req.method() != Method::GET {
+            return json(405, &serde_json::json!({ "error": "use GET /v1/dashboard" }));
+        }
+        return json(200, &super::dashboard::snapshot(shared).await);
+    }
     let Some(rest) = req.uri().path().strip_prefix("/v1/services").map(str::to_owned) else {
         return route(shared, &req);
     };
@@ -121,6 +128,7 @@ fn route(shared: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
+        "/ui" | "/ui/" => respond(StatusCode::OK, "text/html; charset=utf-8", super::dashboard::PAGE),
         "/readyz" => match readiness(shared) {
             Ok(()) => respond(StatusCode::OK, "text/plain", "ready\n"),
             Err(why) => respond(
@@ -141,7 +149,7 @@ fn route(shared: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /metrics, /status, /healthz, /readyz, /v1/services\n",
+            "not found; try /ui, /metrics, /status, /healthz, /readyz, /v1/services, /v1/dashboard\n",
         ),
     }
 }
