@@ -136,6 +136,40 @@ fn every_response_vector_is_what_the_encoder_writes_and_decodes_back() {
 }
 
 #[test]
+fn the_status_report_vector_is_what_a_node_sends() {
+    use quicmesh::gossip::{Load, Member, Status};
+    use quicmesh::protocol::{MemberStatus, StatusReport};
+    let mut member = Member::new("a", "127.0.0.1:7400", 300, vec!["echo".into()]);
+    member.status = Status::Draining;
+    member.load = Load {
+        inflight: 2,
+        capacity: 1,
+        cpu_permille: 250,
+        mem_permille: 500,
+        latency_us: 1500,
+        per_service: vec![("echo".into(), 2)],
+    };
+    member.version = 7;
+    member.heartbeat = 130;
+    let report = StatusReport {
+        node: "a".into(),
+        version: "1.2.3".into(),
+        members: vec![MemberStatus {
+            member,
+            connected: true,
+            rtt_us: Some(80),
+        }],
+        routes: vec![("echo".into(), vec![("a".into(), 0.5)])],
+        unreachable: Vec::new(),
+        identity_clashes: Vec::new(),
+    };
+    let v = vectors();
+    let want = &v["status-report-body"];
+    assert_eq!(hex(&postcard::to_allocvec(&report).expect("encodes")), hex(want));
+    assert_eq!(StatusReport::from_postcard(want).expect("decodes"), report);
+}
+
+#[test]
 fn trailing_bytes_in_a_header_are_ignored_as_the_spec_says() {
     let v = vectors();
     let with = &v["header-echo-with-trailer"];
@@ -151,6 +185,7 @@ fn the_spec_lists_every_vector_the_tests_check_and_no_other() {
     let mut named: Vec<&str> = headers().into_iter().map(|(n, _)| n).collect();
     named.extend(responses().into_iter().map(|(n, _)| n));
     named.push("header-echo-with-trailer");
+    named.push("status-report-body");
     named.sort_unstable();
     let v = vectors();
     let listed: Vec<&str> = v.keys().map(String::as_str).collect();

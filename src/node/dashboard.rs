@@ -32,48 +32,16 @@ const MAX_VIEWS: usize = 32;
 const VIEW_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A status report is a few hundred bytes per member; this bounds what a peer may send.
-const MAX_REPORT: usize = 8 << 20;
+const MAX_REPORT: usize = 1 << 20;
+
+/// Peer views this recent are served again: however many browsers poll, the peers are asked
+/// at most once a second. (The node's own figures are read fresh every time.)
+const FRESH: Duration = Duration::from_secs(1);
 
 /// Everything the page shows, as JSON.
 pub(crate) async fn snapshot(shared: &State) -> Value {
+    let graph = shared.dashboard.get_or(FRESH, || graph(shared)).await;
     let me = shared.status_report();
-    let mut peers: Vec<(String, Connection)> = me
-        .members
-        .iter()
-        .filter(|m| m.member.name != me.node && !m.member.status.is_gone())
-        .filter_map(|m| {
-            shared
-                .peers
-                .peer_conn(&m.member.name)
-                .map(|c| (m.member.name.clone(), c))
-        })
-        .collect();
-    peers.truncate(MAX_VIEWS);
-    let views = futures_util::future::join_all(peers.into_iter().map(|(name, conn)| async move {
-        let got = tokio::time::timeout(VIEW_TIMEOUT, peer_report(&conn)).await;
-        (
-            name,
-            got.unwrap_or_else(|_| Err(format!("no answer within {VIEW_TIMEOUT:?}"))),
-        )
-    }))
-    .await;
-
-    let mut links = std::collections::BTreeSet::new();
-    add_links(&mut links, &me);
-    let mut viewed = vec![me.node.clone()];
-    let mut view_errors = serde_json::Map::new();
-    for (name, view) in views {
-        match view {
-            Ok(r) => {
-                add_links(&mut links, &r);
-                viewed.push(name);
-            }
-            Err(e) => {
-                view_errors.insert(name, Value::String(e));
-            }
-        }
-    }
-
     let stats = &shared.metrics.stats;
     let rejected: serde_json::Map<String, Value> = RejectCode::ALL
         .iter()
@@ -119,9 +87,9 @@ pub(crate) async fn snapshot(shared: &State) -> Value {
         "in_flight": shared.load.in_flight(),
         "connections": shared.metrics.connections(),
         "members": members,
-        "links": links.into_iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>(),
-        "views": viewed,
-        "view_errors": view_errors,
+        "links": graph["links"],
+        "views": graph["views"],
+        "view_errors": graph["view_errors"],
         "counters": {
             "accepted": stats.accepted.load(Ordering::Relaxed),
             "served_local": stats.served_local.load(Ordering::Relaxed),
@@ -135,10 +103,67 @@ pub(crate) async fn snapshot(shared: &State) -> Value {
     })
 }
 
+/// The connections between nodes: this node's, and those its connected peers report.
+async fn graph(shared: &State) -> Value {
+    let me = shared.status_report();
+    let mut peers: Vec<(String, Connection)> = me
+        .members
+        .iter()
+        .filter(|m| m.member.name != me.node && !m.member.status.is_gone())
+        .filter_map(|m| {
+            shared
+                .peers
+                .peer_conn(&m.member.name)
+                .map(|c| (m.member.name.clone(), c))
+        })
+        .collect();
+    peers.truncate(MAX_VIEWS);
+    let views = futures_util::future::join_all(peers.into_iter().map(|(name, conn)| async move {
+        let got = tokio::time::timeout(VIEW_TIMEOUT, peer_report(&conn)).await;
+        (
+            name,
+            got.unwrap_or_else(|_| Err(format!("no answer within {VIEW_TIMEOUT:?}"))),
+        )
+    }))
+    .await;
+
+    // Links only between members this node knows, as reported by the node the connection
+    // authenticated: a peer cannot invent nodes or speak for another.
+    let known: std::collections::BTreeSet<&str> = me.members.iter().map(|m| m.member.name.as_str()).collect();
+    let mut links = std::collections::BTreeSet::new();
+    add_links(&mut links, &me, &known);
+    let mut viewed = vec![me.node.clone()];
+    let mut view_errors = serde_json::Map::new();
+    for (name, view) in views {
+        match view {
+            Ok(r) if r.node == name => {
+                add_links(&mut links, &r, &known);
+                viewed.push(name);
+            }
+            Ok(r) => {
+                view_errors.insert(name, Value::String(format!("answered as {:?}", r.node)));
+            }
+            Err(e) => {
+                view_errors.insert(name, Value::String(e));
+            }
+        }
+    }
+
+    json!({
+        "links": links.into_iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>(),
+        "views": viewed,
+        "view_errors": view_errors,
+    })
+}
+
 /// The node-to-node connections a report shows, each as (lower name, higher name).
-fn add_links(links: &mut std::collections::BTreeSet<(String, String)>, r: &StatusReport) {
+fn add_links(
+    links: &mut std::collections::BTreeSet<(String, String)>,
+    r: &StatusReport,
+    known: &std::collections::BTreeSet<&str>,
+) {
     for m in &r.members {
-        if m.connected && m.member.name != r.node {
+        if m.connected && m.member.name != r.node && known.contains(m.member.name.as_str()) {
             let (a, b) = (r.node.clone(), m.member.name.clone());
             links.insert(if a < b { (a, b) } else { (b, a) });
         }

@@ -54,6 +54,9 @@ pub(crate) struct State {
     pub health: super::health_table::HealthTable,
     /// The warm backend pools (`services.NAME.preconnect`).
     pub pools: super::warm_pools::WarmPools,
+    /// The dashboard's last view of the connections between nodes (`dashboard.rs`), shared
+    /// by every browser polling it.
+    pub dashboard: super::sync::Recent<serde_json::Value>,
     /// Held through a rebuild of the service set (and a reload's check-then-replace), so
     /// rebuilds never interleave.
     pub rebuilding: Mutex<()>,
@@ -81,6 +84,7 @@ impl State {
             registry_changed: tokio::sync::Notify::new(),
             health: super::health_table::HealthTable::new(),
             pools: super::warm_pools::WarmPools::new(),
+            dashboard: super::sync::Recent::new(),
             rebuilding: Mutex::new(()),
             load: LoadState::new(ctx.cfg.limits.max_inflight),
             routing: Mutex::new(ctx.cfg.routing.table()),

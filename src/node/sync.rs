@@ -66,3 +66,32 @@ impl Drop for Owned {
         self.0.abort();
     }
 }
+
+/// The last value computed, and when: a caller within `fresh` of it gets it again, and
+/// callers that arrive while one computes wait for that one. Bounds what an expensive read
+/// (the dashboard's fan-out to every peer) costs however many ask.
+pub(crate) struct Recent<T>(tokio::sync::Mutex<Option<(std::time::Instant, T)>>);
+
+impl<T: Clone> Recent<T> {
+    /// Nothing computed yet.
+    pub fn new() -> Self {
+        Recent(tokio::sync::Mutex::new(None))
+    }
+
+    /// The value of at most `fresh` ago, or `make`'s.
+    pub async fn get_or<F: std::future::Future<Output = T>>(
+        &self,
+        fresh: std::time::Duration,
+        make: impl FnOnce() -> F,
+    ) -> T {
+        let mut last = self.0.lock().await;
+        if let Some((at, v)) = last.as_ref() {
+            if at.elapsed() < fresh {
+                return v.clone();
+            }
+        }
+        let v = make().await;
+        *last = Some((std::time::Instant::now(), v.clone()));
+        v
+    }
+}

@@ -35,6 +35,53 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         return s.getsockname()[1]
 
 
+def free_udp_and_tcp_port() -> int:
+    """A port free for both UDP and TCP on loopback a moment ago (a DNS server takes both)."""
+    while True:
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            try:
+                t.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+
+
+def start_dnsmasq(dnsmasq: str, tmp: Path, records: list[str], probe: str) -> tuple[subprocess.Popen, int]:
+    """dnsmasq serving `records` on loopback, once it answers a query for `probe` (SRV).
+    A port taken between choosing and binding is retried with another."""
+    import dns.exception
+    import dns.resolver
+
+    errors = []
+    for _ in range(5):
+        port = free_udp_and_tcp_port()
+        proc = subprocess.Popen(
+            [
+                dnsmasq, "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                "--bind-interfaces", "--listen-address=127.0.0.1", f"--port={port}",
+                "--user=root" if os.geteuid() == 0 else f"--user={os.getlogin()}",
+                f"--pid-file={tmp / f'dnsmasq-{port}.pid'}", *records,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        r = dns.resolver.Resolver(configure=False)
+        r.nameservers, r.port, r.lifetime = ["127.0.0.1"], port, 0.5
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                r.resolve(probe, "SRV")
+                return proc, port
+            except dns.exception.DNSException:
+                time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        errors.append(f"port {port}: {proc.stderr.read().decode(errors='replace').strip() if proc.stderr else ''}")
+    pytest.fail(f"dnsmasq did not start: {'; '.join(errors)}")
+
+
 class Pki:
     def __init__(self, root: Path) -> None:
         self.dir = root

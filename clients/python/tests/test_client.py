@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 import quicmesh
 from quicmesh import MemberState, StreamCode
 
-from .conftest import free_port
+from .conftest import free_port, start_dnsmasq
 from .conftest import quicmesh as quicmesh_cli
 
 
@@ -122,43 +121,20 @@ async def test_entries_are_tried_in_order_until_one_answers(pki, node) -> None:
 
 async def test_srv_targets_are_tried_in_rfc2782_order(pki, node, start_node, dnsmasq_bin, tmp_path) -> None:
     second = start_node("py-s", peers=[node.addr])
-    dns_port = free_port()
     dead = free_port()
     zone = "mesh.test"
-    proc = subprocess.Popen(
-        [
-            dnsmasq_bin,
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            f"--port={dns_port}",
-            "--user=root" if os.geteuid() == 0 else f"--user={os.getlogin()}",
-            f"--pid-file={tmp_path / 'dnsmasq.pid'}",
-            f"--host-record=a.{zone},127.0.0.1",
-            # Priority 0 points at a port nobody listens on, 5 at py-s, 10 at py-a.
-            f"--srv-host=_quicmesh._udp.{zone},a.{zone},{dead},0,10",
-            f"--srv-host=_quicmesh._udp.{zone},a.{zone},{node.port},10,10",
-            f"--srv-host=_quicmesh._udp.{zone},a.{zone},{second.port},5,10",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    name = f"_quicmesh._udp.{zone}"
+    records = [
+        f"--host-record=a.{zone},127.0.0.1",
+        # Priority 0 points at a port nobody listens on, 5 at py-s, 10 at py-a.
+        f"--srv-host={name},a.{zone},{dead},0,10",
+        f"--srv-host={name},a.{zone},{node.port},10,10",
+        f"--srv-host={name},a.{zone},{second.port},5,10",
+    ]
+    proc, dns_port = start_dnsmasq(dnsmasq_bin, tmp_path, records, name)
     try:
-        c = client(pki, None, srv=f"_quicmesh._udp.{zone}", dns_servers=[f"127.0.0.1:{dns_port}"], connect_timeout=1.0)
-        deadline = time.monotonic() + 10
-        while True:  # dnsmasq takes a moment to bind
-            try:
-                await c.connect()
-                break
-            except quicmesh.ConnectError as e:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError(
-                        f"{e}; dnsmasq: {proc.stderr.read() if proc.poll() is not None else 'running'}"
-                    )
-                await asyncio.sleep(0.1)
+        c = client(pki, None, srv=name, dns_servers=[f"127.0.0.1:{dns_port}"], connect_timeout=1.0)
+        await c.connect()
         assert await c.call("echo", b"via srv") == b"via srv"
         assert await c.entry_node() == "py-s", "the dead priority-0 target is skipped, then priority 5 wins"
         await c.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from quicmesh import rfc2782_order
+from quicmesh import MemberState, rfc2782_order
 from quicmesh.wire import (
     Accept,
     DecodeError,
@@ -57,7 +57,35 @@ def test_encoder_writes_the_spec_vectors(name: str) -> None:
 
 
 def test_every_spec_vector_is_checked() -> None:
-    assert set(vectors()) == set(ENCODED) | {"header-echo-with-trailer"}
+    assert set(vectors()) == set(ENCODED) | {"header-echo-with-trailer", "status-report-body"}
+
+
+def test_the_status_report_vector_decodes_field_by_field() -> None:
+    r = decode_status(vectors()["status-report-body"])
+    assert (r.node, r.version, r.unreachable, r.identity_clashes) == ("a", "1.2.3", [], [])
+    (row,) = r.members
+    m = row.member
+    assert (m.name, m.addr, m.incarnation, m.status, m.services) == (
+        "a",
+        "127.0.0.1:7400",
+        300,
+        MemberState.DRAINING,
+        ["echo"],
+    )
+    load = m.load
+    assert (load.inflight, load.capacity, load.cpu_permille, load.mem_permille, load.latency_us) == (
+        2,
+        1,
+        250,
+        500,
+        1500,
+    )
+    assert load.per_service == [("echo", 2)]
+    assert (m.version, m.heartbeat, m.suspectors, row.connected, row.rtt_us) == (7, 130, [], True, 80)
+    assert r.routes == [("echo", [("a", 0.5)])]
+    # A report from an older node ends after `routes` (or after `unreachable`).
+    cut = vectors()["status-report-body"][:-2]
+    assert decode_status(cut).unreachable == [] and decode_status(cut).members[0].member.name == "a"
 
 
 def test_headers_and_responses_decode_back() -> None:
