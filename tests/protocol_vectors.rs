@@ -10,10 +10,15 @@ use quicmesh::protocol::{
 };
 use quicmesh::RejectCode;
 
+/// docs/protocol.md's text.
+fn spec() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md"))
+        .expect("docs/protocol.md is readable")
+}
+
 /// The `vectors` block of docs/protocol.md: name → frame bytes.
 fn vectors() -> BTreeMap<String, Vec<u8>> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md"))
-        .expect("docs/protocol.md is readable");
+    let doc = spec();
     let block = doc
         .split("```vectors\n")
         .nth(1)
@@ -194,7 +199,7 @@ fn the_spec_lists_every_vector_the_tests_check_and_no_other() {
 
 #[test]
 fn the_reject_code_table_matches_the_enum() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md")).expect("readable");
+    let doc = spec();
     for code in RejectCode::ALL {
         let row = format!("| {} | `{code}` |", code.index());
         assert!(
@@ -209,7 +214,7 @@ fn the_reject_code_table_matches_the_enum() {
 #[test]
 fn the_reset_and_close_code_tables_match_the_constants() {
     use quicmesh::protocol::codes;
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md")).expect("readable");
+    let doc = spec();
     for (code, name) in [
         (codes::SHUTDOWN, "SHUTDOWN"),
         (codes::DUPLICATE, "DUPLICATE"),
