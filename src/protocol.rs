@@ -237,8 +237,7 @@ impl StatusReport {
     /// self-describing, so a field added at the end is missing, not defaulted, in a report
     /// from an older node: such a report is read without the newer fields.
     pub fn from_postcard(bytes: &[u8]) -> Result<Self, postcard::Error> {
-        // The trailing fields arrived one release apart: a report may end after `routes` or
-        // after `unreachable`.
+        // The fields after `routes` arrived one release apart: each may be missing.
         #[derive(Deserialize)]
         struct Before {
             node: String,
@@ -246,39 +245,23 @@ impl StatusReport {
             members: Vec<MemberStatus>,
             routes: Vec<(String, Vec<(String, f64)>)>,
         }
-        #[derive(Deserialize)]
-        struct Middle {
-            node: String,
-            version: String,
-            members: Vec<MemberStatus>,
-            routes: Vec<(String, Vec<(String, f64)>)>,
-            unreachable: Vec<Unreachable>,
+        fn later<T: DeserializeOwned + Default>(rest: &[u8]) -> Result<(T, &[u8]), postcard::Error> {
+            if rest.is_empty() {
+                Ok((T::default(), rest))
+            } else {
+                postcard::take_from_bytes(rest)
+            }
         }
-        use postcard::Error::DeserializeUnexpectedEnd as End;
-        match postcard::from_bytes::<StatusReport>(bytes) {
-            Err(End) => {}
-            other => return other,
-        }
-        let (b, unreachable) = match postcard::from_bytes::<Middle>(bytes) {
-            Ok(m) => (
-                Before {
-                    node: m.node,
-                    version: m.version,
-                    members: m.members,
-                    routes: m.routes,
-                },
-                m.unreachable,
-            ),
-            Err(End) => (postcard::from_bytes::<Before>(bytes)?, Vec::new()),
-            Err(e) => return Err(e),
-        };
+        let (b, rest) = postcard::take_from_bytes::<Before>(bytes)?;
+        let (unreachable, rest) = later(rest)?;
+        let (identity_clashes, _newer) = later(rest)?;
         Ok(StatusReport {
             node: b.node,
             version: b.version,
             members: b.members,
             routes: b.routes,
             unreachable,
-            identity_clashes: Vec::new(),
+            identity_clashes,
         })
     }
 }

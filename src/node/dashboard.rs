@@ -40,8 +40,8 @@ const FRESH: Duration = Duration::from_secs(1);
 
 /// Everything the page shows, as JSON.
 pub(crate) async fn snapshot(shared: &State) -> Value {
-    let graph = shared.dashboard.get_or(FRESH, || graph(shared)).await;
     let me = shared.status_report();
+    let graph = shared.dashboard.get_or(FRESH, || graph(shared, &me)).await;
     let stats = &shared.metrics.stats;
     let rejected: serde_json::Map<String, Value> = RejectCode::ALL
         .iter()
@@ -103,9 +103,8 @@ pub(crate) async fn snapshot(shared: &State) -> Value {
     })
 }
 
-/// The connections between nodes: this node's, and those its connected peers report.
-async fn graph(shared: &State) -> Value {
-    let me = shared.status_report();
+/// The connections between nodes: this node's (`me`), and those its connected peers report.
+async fn graph(shared: &State, me: &StatusReport) -> Value {
     let mut peers: Vec<(String, Connection)> = me
         .members
         .iter()
@@ -131,7 +130,7 @@ async fn graph(shared: &State) -> Value {
     // authenticated: a peer cannot invent nodes or speak for another.
     let known: std::collections::BTreeSet<&str> = me.members.iter().map(|m| m.member.name.as_str()).collect();
     let mut links = std::collections::BTreeSet::new();
-    add_links(&mut links, &me, &known);
+    add_links(&mut links, me, &known);
     let mut viewed = vec![me.node.clone()];
     let mut view_errors = serde_json::Map::new();
     for (name, view) in views {

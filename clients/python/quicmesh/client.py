@@ -465,7 +465,7 @@ class Client:
         self.max_response_bytes = max_response_bytes
         self._conn: _Connection | None = None
         self._lock = asyncio.Lock()
-        self._avoid: set[str] = set()
+        self._avoid: str | None = None
         self._closed = False
         self._rng = random.Random()
 
@@ -522,7 +522,7 @@ class Client:
         out = list(found)
         out += [e for e in self.entries if e not in out]
         # An entry that said it is draining goes last, so the next connect moves elsewhere.
-        return [e for e in out if e not in self._avoid] + [e for e in out if e in self._avoid], why
+        return [e for e in out if e != self._avoid] + [e for e in out if e == self._avoid], why
 
     async def _dial(self, entry: str) -> _Connection:
         from aioquic.quic.connection import QuicConnection
@@ -616,7 +616,7 @@ class Client:
     async def _forget(self, conn: _Connection, avoid: bool = False) -> None:
         # An entry that is draining, or closed the connection, goes last next time.
         if avoid or not conn.alive():
-            self._avoid = {conn.entry}
+            self._avoid = conn.entry
         async with self._lock:
             if self._conn is conn:
                 self._conn = None

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 PROTOCOL_VERSION = 1
 """The stream protocol version this client speaks (the first byte of every header)."""
@@ -82,6 +86,15 @@ def put_bytes(out: bytearray, b: bytes) -> None:
 
 def put_str(out: bytearray, s: str) -> None:
     put_bytes(out, s.encode("utf-8"))
+
+
+def put_option(out: bytearray, value: T | None, put: Callable[[bytearray, T], None]) -> None:
+    """Appends an option: `00` for none, `01` and the value for some."""
+    if value is None:
+        out.append(0)
+    else:
+        out.append(1)
+        put(out, value)
 
 
 class Reader:
@@ -170,22 +183,11 @@ class ServiceRequest:
         out = bytearray([PROTOCOL_VERSION])
         put_varint(out, 1)  # StreamKind::Service
         put_str(out, self.service)
-        if self.key is None:
-            out.append(0)
-        else:
-            out.append(1)
-            put_bytes(out, self.key)
+        put_option(out, self.key, put_bytes)
         out.append(self.hops & 0xFF)
-        if self.deadline_ms is None:
-            out.append(0)
-        else:
-            out.append(1)
-            put_varint(out, min(max(self.deadline_ms, 0), 0xFFFF_FFFF))
-        if self.origin is None:
-            out.append(0)
-        else:
-            out.append(1)
-            put_str(out, self.origin)
+        deadline = None if self.deadline_ms is None else min(max(self.deadline_ms, 0), 0xFFFF_FFFF)
+        put_option(out, deadline, put_varint)
+        put_option(out, self.origin, put_str)
         return frame(bytes(out))
 
 
