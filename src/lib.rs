@@ -31,6 +31,8 @@
 #![allow(clippy::disallowed_methods)]
 
 mod backoff;
+#[cfg(feature = "testkit")]
+pub mod chaos;
 mod client;
 pub mod config;
 mod direct;

@@ -441,3 +441,261 @@ async fn a_node_that_dies_under_load_fails_only_calls_in_flight_and_nothing_hang
     a.shutdown().await;
     b.node.shutdown().await;
 }
+
+/// One proxy in front of a node cuts one source's link and leaves the others alone (the chaos
+/// soak partitions the mesh this way), both ways, and a cleared source is back on the
+/// proxy-wide link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_source_rule_cuts_one_sources_link_and_no_other() {
+    let target = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let proxy = UdpProxy::start("127.0.0.1:0".parse().unwrap(), target.local_addr().unwrap())
+        .await
+        .unwrap();
+    let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    proxy.set_for(a.local_addr().unwrap(), Impairment::blackhole());
+    assert_eq!(proxy.sources_set(), vec![a.local_addr().unwrap()]);
+    let mut buf = [0u8; 16];
+    // b's datagram arrives and its answer gets back; a's never arrives.
+    b.send_to(b"from-b", proxy.local_addr()).await.unwrap();
+    let (n, via) = within(Duration::from_secs(5), "b's datagram", target.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf[..n], b"from-b");
+    target.send_to(b"to-b", via).await.unwrap();
+    let n = within(Duration::from_secs(5), "the answer to b", b.recv(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf[..n], b"to-b");
+    for _ in 0..5 {
+        a.send_to(b"from-a", proxy.local_addr()).await.unwrap();
+    }
+    b.send_to(b"marker", proxy.local_addr()).await.unwrap();
+    let n = within(Duration::from_secs(5), "b's marker", target.recv(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf[..n], b"marker", "a datagram of the cut source got through");
+    assert_eq!(proxy.stats(Direction::Up).blackholed, 5);
+    // Cleared, a's link is the proxy-wide (perfect) one again.
+    proxy.clear_for(a.local_addr().unwrap());
+    assert!(proxy.sources_set().is_empty());
+    a.send_to(b"healed", proxy.local_addr()).await.unwrap();
+    let n = within(
+        Duration::from_secs(5),
+        "a's datagram after the clear",
+        target.recv(&mut buf),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&buf[..n], b"healed");
+}
+
+/// Found by the chaos soak (seed 2): a partition cuts one node off under load, it declares
+/// the others dead, and the partition heals. Its Dead verdicts (at the incarnations everyone
+/// knows) reached the majority, which adopted them for members it was talking to that very
+/// moment, and refused calls with `Unavailable` until the members refuted. A node that hears
+/// a member's heartbeat over a live link now takes such a verdict as a suspicion: no call
+/// fails and nobody on the majority side is marked dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_then_heal_under_load_the_far_sides_stale_deaths_do_not_stop_routing() {
+    init_logs();
+    let pki = Pki::new();
+    let fast = |c: &mut NodeConfig| {
+        c.transport.idle_timeout = Duration::from_millis(1500);
+        c.transport.keepalive = Duration::from_millis(300);
+        c.transport.connect_timeout = Duration::from_millis(500);
+        c.reconnect.initial = Duration::from_millis(50);
+        c.reconnect.max = Duration::from_millis(300);
+        c.gossip.suspicion_max = Duration::from_secs(2);
+    };
+    let b = proxied(&pki, "b", vec![], Some(Echo), fast).await;
+    let seed = vec![b.proxy.local_addr().to_string()];
+    let c = proxied(&pki, "c", seed.clone(), Some(Echo), fast).await;
+    let d = proxied(&pki, "d", seed.clone(), None::<Echo>, fast).await;
+    let e = proxied(&pki, "e", seed.clone(), None::<Echo>, fast).await;
+    let a = proxied(&pki, "a", seed, None::<Echo>, fast).await;
+    let (majority, minority) = ([&a, &b, &c], [&d, &e]);
+    eventually(Duration::from_secs(10), "full mesh", || {
+        [&a, &b, &c, &d, &e]
+            .iter()
+            .all(|n| n.node.peers().iter().filter(|p| p.connected).count() == 4)
+    })
+    .await;
+    let client = pki.client("web", &a.node).await;
+    // Cut d and e off (two, so they hear each other and keep their local health): each
+    // side's proxies drop the other side's datagrams.
+    let cut = |on: bool| {
+        for x in majority {
+            for y in minority {
+                if on {
+                    x.proxy.set_for(y.node.local_addr(), Impairment::blackhole());
+                    y.proxy.set_for(x.node.local_addr(), Impairment::blackhole());
+                } else {
+                    x.proxy.clear_for(y.node.local_addr());
+                    y.proxy.clear_for(x.node.local_addr());
+                }
+            }
+        }
+    };
+    cut(true);
+    let far_side_gave_up = || {
+        minority.iter().all(|y| {
+            let view = y.node.status().members;
+            ["a", "b", "c"].iter().all(|n| {
+                view.iter()
+                    .any(|m| m.member.name == *n && m.member.status == Status::Dead)
+            })
+        })
+    };
+    eventually(
+        Duration::from_secs(15),
+        "d and e declare a, b and c dead",
+        far_side_gave_up,
+    )
+    .await;
+
+    // Calls from a to b and c run while the partition heals and e's verdicts arrive.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for w in 0..4 {
+        let (client, stop, failures, calls) = (client.clone(), stop.clone(), failures.clone(), calls.clone());
+        load.push(tokio::spawn(async move {
+            let opts = CallOptions {
+                timeout: Some(Duration::from_secs(3)),
+                ..CallOptions::default()
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let body = format!("w{w}-{}", calls.fetch_add(1, Ordering::Relaxed));
+                match client.request("echo", body.clone(), &opts).await {
+                    Ok(r) if r.body == body.as_bytes() => {}
+                    Ok(r) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("altered reply from {}", r.served_by)),
+                    Err(err) => failures.lock().unwrap().push(err.to_string()),
+                }
+            }
+        }));
+    }
+    cut(false);
+    let healed = Instant::now();
+    let mut marked_dead = Vec::new();
+    while healed.elapsed() < Duration::from_secs(4) {
+        for x in majority {
+            for m in x.node.status().members {
+                if ["a", "b", "c"].contains(&m.member.name.as_str()) && m.member.status == Status::Dead {
+                    marked_dead.push(format!("{} had {} Dead", x.node.name(), m.member.name));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eventually(Duration::from_secs(10), "d and e are back in every view", || {
+        majority.iter().all(|x| {
+            let view = x.node.status().members;
+            ["d", "e"].iter().all(|n| {
+                view.iter()
+                    .any(|m| m.member.name == *n && m.member.status == Status::Alive)
+            })
+        })
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    futures_join(load).await;
+    marked_dead.sort_unstable();
+    marked_dead.dedup();
+    assert!(marked_dead.is_empty(), "after the heal: {marked_dead:?}");
+    let failures = std::mem::take(&mut *failures.lock().unwrap());
+    println!(
+        "{} calls across the heal, {} failed",
+        calls.load(Ordering::Relaxed),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "calls failed across the heal: {failures:?}");
+    client.close().await;
+    for x in [&a, &b, &c, &d, &e] {
+        x.node.shutdown().await;
+    }
+}
+
+/// Found by the chaos soak (seed 2026): a partition cuts a client's entry node off from every
+/// node serving the service; calls into the silence eject them (`routing.eject_for`, 10 s by
+/// default). The partition heals within seconds and the connections come back, but the
+/// ejections ran on, and the entry refused every call for the rest of them, saying no node
+/// in the mesh offered the service. A new connection now reinstates its peer, and a node
+/// whose every candidate is ejected says so (`Unavailable`, naming them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_then_heal_the_entrys_ejections_end_with_the_new_connections() {
+    init_logs();
+    let pki = Pki::new();
+    let fast = |c: &mut NodeConfig| {
+        c.transport.idle_timeout = Duration::from_millis(1500);
+        c.transport.keepalive = Duration::from_millis(300);
+        c.transport.connect_timeout = Duration::from_millis(500);
+        c.reconnect.initial = Duration::from_millis(50);
+        c.reconnect.max = Duration::from_millis(300);
+        // One failure ejects, for far longer than the partition: only the new connections
+        // can end the ejections.
+        c.routing.eject_after = 1;
+        c.routing.eject_for = Duration::from_secs(60);
+    };
+    let b = proxied(&pki, "b", vec![], Some(Echo), fast).await;
+    let c = proxied(&pki, "c", vec![b.proxy.local_addr().to_string()], Some(Echo), fast).await;
+    let seeds = vec![b.proxy.local_addr().to_string(), c.proxy.local_addr().to_string()];
+    let a = proxied(&pki, "a", seeds, None::<Echo>, fast).await;
+    eventually(Duration::from_secs(10), "full mesh", || {
+        connected(&a.node, "b") && connected(&a.node, "c") && connected(&b.node, "c")
+    })
+    .await;
+    let client = pki.client("web", &a.node).await;
+    let opts = CallOptions {
+        timeout: Some(Duration::from_secs(3)),
+        ..CallOptions::default()
+    };
+    client.request("echo", "before", &opts).await.unwrap();
+    let cut = |on: bool| {
+        for (x, y) in [(&a, &b), (&a, &c)] {
+            if on {
+                x.proxy.set_for(y.node.local_addr(), Impairment::blackhole());
+                y.proxy.set_for(x.node.local_addr(), Impairment::blackhole());
+            } else {
+                x.proxy.clear_for(y.node.local_addr());
+                y.proxy.clear_for(x.node.local_addr());
+            }
+        }
+    };
+    cut(true);
+    // Calls into the silence eject b and c (each is tried and fails); the connections then
+    // time out.
+    let mut seen = std::collections::BTreeSet::new();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(2500) {
+        match client.request("echo", "during", &opts).await {
+            Ok(r) => panic!("served by {} across a cut", r.served_by),
+            Err(e) => seen.insert(e.to_string()),
+        };
+    }
+    println!("refusals during the cut: {seen:#?}");
+    eventually(Duration::from_secs(10), "a loses b and c", || {
+        !connected(&a.node, "b") && !connected(&a.node, "c")
+    })
+    .await;
+    cut(false);
+    let healed = Instant::now();
+    eventually(Duration::from_secs(10), "a reconnects to b and c", || {
+        connected(&a.node, "b") && connected(&a.node, "c")
+    })
+    .await;
+    let reply = eventually_async(Duration::from_secs(2), "a call succeeds after the heal", || async {
+        client.request("echo", "after", &opts).await
+    })
+    .await;
+    assert_eq!(reply.body, "after".as_bytes());
+    println!("served again {:?} after the heal (eject_for 60 s)", healed.elapsed());
+    client.close().await;
+    for x in [&a, &b, &c] {
+        x.node.shutdown().await;
+    }
+}

@@ -397,6 +397,8 @@ impl Gossip {
             self.tombstones.remove(&incoming.name);
         }
         let floor = self.cfg.interval;
+        let threshold = self.cfg.phi_threshold * f64::from(self.local_health + 1);
+        let mut incoming = incoming;
         let Some(e) = self.members.get_mut(&incoming.name) else {
             self.events.push(GossipEvent::Joined {
                 name: incoming.name.clone(),
@@ -415,6 +417,22 @@ impl Gossip {
             );
             return;
         };
+        // A Dead verdict at the incarnation we know, about a member whose heartbeat we saw
+        // advance just now over a link that is up, comes from members that lost sight of it
+        // (the far side of a healed partition): we have fresher evidence that it lives. (The
+        // verdict's heartbeat proves nothing: a healed side's Dead record picks up the
+        // live heartbeats of our digests.) Taken as a suspicion, the member refutes it as any
+        // other and stays routable meanwhile; adopted as a death, every node on our side
+        // stopped routing to members it talks to (chaos soak, seed 2).
+        if incoming.status == Status::Dead
+            && incoming.incarnation == e.member.incarnation
+            && !e.member.status.is_gone()
+            && !e.link_down
+            && e.detector.phi(now) <= threshold
+        {
+            incoming.status = Status::Suspect;
+            incoming.suspectors.clear();
+        }
         let ours = e.member.key();
         let theirs = incoming.key();
         if theirs < ours {
@@ -644,6 +662,59 @@ mod tests {
         assert_eq!(a.me().incarnation, 2);
         assert_eq!(a.me().status, Status::Alive);
         assert!(a.take_events().contains(&GossipEvent::Refuted { incarnation: 2 }));
+    }
+
+    #[test]
+    fn a_stale_death_from_a_healed_partition_is_a_suspicion_where_the_member_is_heard() {
+        let ms = Duration::from_millis;
+        let mut a = node("a");
+        let b = Member::new("b", "127.0.0.1:2", 7, Vec::new());
+        a.handle("b", GossipMsg::Ack { delta: vec![b.clone()] }, ms(0));
+        // a hears b's heartbeat advance every round.
+        for round in 1..=20u64 {
+            let mut d = entry("b", 7, b.version);
+            d.heartbeat = round;
+            a.handle(
+                "c",
+                GossipMsg::Syn {
+                    digest: Arc::new(vec![d]),
+                },
+                ms(200 * round),
+            );
+        }
+        a.take_events();
+        // The far side declared b dead; its record has since picked up b's live heartbeat.
+        let mut verdict = b.clone();
+        verdict.status = Status::Dead;
+        verdict.heartbeat = 20;
+        a.handle(
+            "d",
+            GossipMsg::Ack {
+                delta: vec![verdict.clone()],
+            },
+            ms(4_050),
+        );
+        assert_eq!(a.member("b").map(|m| m.status), Some(Status::Suspect));
+        // b refutes; its Alive record at a higher incarnation wins.
+        let mut refuted = b.clone();
+        refuted.incarnation = 8;
+        a.handle("b", GossipMsg::Ack { delta: vec![refuted] }, ms(4_100));
+        assert_eq!(a.member("b").map(|m| m.status), Some(Status::Alive));
+
+        // Where b has gone silent, the same verdict is a death.
+        let mut quiet = node("a");
+        quiet.handle("b", GossipMsg::Ack { delta: vec![b.clone()] }, ms(0));
+        let mut d = entry("b", 7, b.version);
+        d.heartbeat = 5;
+        quiet.handle(
+            "c",
+            GossipMsg::Syn {
+                digest: Arc::new(vec![d]),
+            },
+            ms(200),
+        );
+        quiet.handle("d", GossipMsg::Ack { delta: vec![verdict] }, ms(60_000));
+        assert_eq!(quiet.member("b").map(|m| m.status), Some(Status::Dead));
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct ProxyStats {
 struct State {
     up: Mutex<Link>,
     down: Mutex<Link>,
+    /// Links of particular sources, in place of `up`/`down` for them: one proxy in front of a
+    /// node can then cut or impair that node's link to one peer and not the others.
+    per_source: Mutex<HashMap<SocketAddr, [Link; 2]>>,
     rng: Mutex<SmallRng>,
     stats: [DirStats; 2],
     epoch: Instant,
@@ -72,13 +75,20 @@ impl State {
         &self.stats[dir as usize]
     }
 
-    /// Decides a datagram's fate and counts it.
-    fn fate(&self, dir: Direction, len: usize) -> Option<Vec<Instant>> {
+    /// Decides the fate of a datagram from (`Up`) or to (`Down`) `source`, and counts it.
+    fn fate(&self, dir: Direction, source: SocketAddr, len: usize) -> Option<Vec<Instant>> {
         let now = self.epoch.elapsed();
         let fate = {
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-            let mut link = self.link(dir).lock().unwrap_or_else(|p| p.into_inner());
-            link.on_datagram(now, len, &mut *rng)
+            let mut per_source = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+            match per_source.get_mut(&source) {
+                Some(links) => links[dir as usize].on_datagram(now, len, &mut *rng),
+                None => {
+                    drop(per_source);
+                    let mut link = self.link(dir).lock().unwrap_or_else(|p| p.into_inner());
+                    link.on_datagram(now, len, &mut *rng)
+                }
+            }
         };
         let s = self.stats(dir);
         match fate {
@@ -110,6 +120,7 @@ impl UdpProxy {
         let state = Arc::new(State {
             up: Mutex::new(Link::default()),
             down: Mutex::new(Link::default()),
+            per_source: Mutex::new(HashMap::new()),
             rng: Mutex::new(SmallRng::from_os_rng()),
             stats: Default::default(),
             epoch: Instant::now(),
@@ -153,6 +164,33 @@ impl UdpProxy {
             imp.blackhole = on;
             link.set(imp);
         }
+    }
+
+    /// Gives datagrams from `source` (and the replies to it) their own impairment, both ways,
+    /// in place of the proxy-wide one; [`Impairment::default`] makes that link perfect.
+    pub fn set_for(&self, source: SocketAddr, imp: Impairment) {
+        let mut per_source = self.state.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let links = per_source
+            .entry(source)
+            .or_insert_with(|| [Link::default(), Link::default()]);
+        for link in links.iter_mut() {
+            link.set(imp);
+        }
+    }
+
+    /// Puts `source` back under the proxy-wide impairment.
+    pub fn clear_for(&self, source: SocketAddr) {
+        self.state
+            .per_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&source);
+    }
+
+    /// The sources with an impairment of their own.
+    pub fn sources_set(&self) -> Vec<SocketAddr> {
+        let per_source = self.state.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        per_source.keys().copied().collect()
     }
 
     /// What the proxy has done in one direction so far.
@@ -229,14 +267,17 @@ fn scheduler(socket: Arc<UdpSocket>) -> mpsc::UnboundedSender<(Instant, SocketAd
 }
 
 /// Decides `data`'s fate and hands each delivery to the scheduler (which keeps order).
+/// `source` is the address on the far side of the proxy from the target, whichever way
+/// `data` travels.
 fn forward(
     state: &State,
     dir: Direction,
+    source: SocketAddr,
     tx: &mpsc::UnboundedSender<(Instant, SocketAddr, Bytes)>,
     to: SocketAddr,
     data: Bytes,
 ) {
-    if let Some(times) = state.fate(dir, data.len()) {
+    if let Some(times) = state.fate(dir, source, data.len()) {
         for at in times {
             let _ = tx.send((at, to, data.clone()));
         }
@@ -275,7 +316,7 @@ async fn run(socket: Arc<UdpSocket>, target: SocketAddr, state: Arc<State>) {
                         match up.recv_from(&mut buf).await {
                             Ok((n, _)) => {
                                 let data = Bytes::copy_from_slice(&buf[..n]);
-                                forward(&state, Direction::Down, &down_tx, from, data);
+                                forward(&state, Direction::Down, from, &down_tx, from, data);
                             }
                             Err(_) => continue,
                         }
@@ -284,6 +325,6 @@ async fn run(socket: Arc<UdpSocket>, target: SocketAddr, state: Arc<State>) {
                 tx
             }
         };
-        forward(&state, Direction::Up, &up_tx, target, data);
+        forward(&state, Direction::Up, from, &up_tx, target, data);
     }
 }

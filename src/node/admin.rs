@@ -365,6 +365,14 @@ fn metrics(shared: &State) -> String {
         "Service streams in flight",
         i64::try_from(in_flight).unwrap_or(i64::MAX),
     );
+    // Tasks that outlive their work are the leak a long soak finds (examples/chaos.rs).
+    gauge(
+        &mut reg,
+        "tasks",
+        "Tokio tasks alive in the node process",
+        tokio::runtime::Handle::try_current()
+            .map_or(0, |h| i64::try_from(h.metrics().num_alive_tasks()).unwrap_or(i64::MAX)),
+    );
     gauge(
         &mut reg,
         "connections",

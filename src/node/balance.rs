@@ -104,6 +104,11 @@ pub(crate) fn eject(state: &State, node: &str) {
     lock(&state.routing).eject(node, now);
 }
 
+/// A new connection to `node` is up: see [`crate::routing::Table::reinstate`].
+pub(crate) fn reinstate(state: &State, node: &str) {
+    lock(&state.routing).reinstate(node);
+}
+
 /// A stream to `node` was refused or failed before any byte flowed.
 pub(crate) fn record_failure(state: &State, node: &str) {
     let now = state.ctx.now();

@@ -62,6 +62,7 @@ pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Ide
                 Registered::Reconnected => bump(&shared.metrics.stats.reconnects),
                 Registered::New | Registered::Replaced => {}
             }
+            super::balance::reinstate(&shared, &id.name);
             info!(dialed_by_me, "peer connected");
             if dialed_by_me {
                 tokio::spawn(open_control(shared.clone(), conn.clone(), id.name.clone()).in_current_span());

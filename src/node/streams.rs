@@ -425,8 +425,19 @@ impl Incoming<'_> {
             tried.push(peer);
         }
         let r = last.unwrap_or_else(|| {
-            let (_, offline) = shared.candidates(&req.service);
-            if offline {
+            let (live, offline) = shared.candidates(&req.service);
+            if !live.is_empty() {
+                // Connected and taking work, yet not chosen: the balancer has them ejected.
+                let names: Vec<&str> = live.iter().map(|(n, _, _)| n.as_str()).collect();
+                reject(
+                    RejectCode::Unavailable,
+                    format!(
+                        "every node that offers service {:?} ({}) is ejected after failing or going silent; they are tried again after routing.eject_for or on a new connection",
+                        req.service,
+                        names.join(", ")
+                    ),
+                )
+            } else if offline {
                 reject(
                     RejectCode::Unavailable,
                     format!("no reachable node can take service {:?} now (the nodes that offer it are disconnected, draining or ejected)", req.service),

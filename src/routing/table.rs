@@ -187,6 +187,13 @@ impl Table {
         self.ejector.eject(node, now, self.ejection.eject_for);
     }
 
+    /// A fresh connection to `node` came up: a completed handshake answers the silence or
+    /// the failures it was ejected for, so it is back in the rotation at once rather than
+    /// at the end of `eject_for` (which can outlast a healed partition by seconds).
+    pub fn reinstate(&mut self, node: &str) {
+        self.ejector.success(node);
+    }
+
     /// The latency estimate of `node`, seconds, if measured.
     pub fn latency(&self, node: &str) -> Option<f64> {
         self.latency.get(node).map(PeakEwma::get)
@@ -285,6 +292,18 @@ mod tests {
             "back after eject_for"
         );
         assert!(!t.is_ejected("a", s(7)));
+    }
+
+    #[test]
+    fn a_silent_node_is_back_at_once_on_a_new_connection() {
+        let mut t = Table::new(0.2, EJECT);
+        let mut rng = StdRng::seed_from_u64(4);
+        let s = Duration::from_secs;
+        t.eject("a", s(1));
+        assert_eq!(t.pick("svc", P2C, &[offer("a")], None, s(2), &mut rng), None);
+        t.reinstate("a");
+        assert!(!t.is_ejected("a", s(2)), "reinstated long before eject_for");
+        assert_eq!(t.pick("svc", P2C, &[offer("a")], None, s(2), &mut rng), Some(0));
     }
 
     #[test]
