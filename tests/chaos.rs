@@ -21,7 +21,7 @@ async fn soak(seed: u64) {
     assert!(report.passed(), "seed {seed}: invariants broken:\n{report}");
     // The soak must have done what it says: faults struck and traffic flowed through them.
     let carried: usize = report.faults.values().map(|(_, c)| c).sum();
-    assert!(carried >= 15, "only {carried} faults carried out");
+    assert!(carried >= 10, "only {carried} faults carried out");
     assert!(report.calls.ok >= 500, "only {} calls succeeded", report.calls.ok);
     assert!(
         report.streams.ok >= 5,

@@ -625,7 +625,7 @@ async fn partition_then_heal_under_load_the_far_sides_stale_deaths_do_not_stop_r
 /// default). The partition heals within seconds and the connections come back, but the
 /// ejections ran on, and the entry refused every call for the rest of them, saying no node
 /// in the mesh offered the service. A new connection now reinstates its peer, and a node
-/// whose every candidate is ejected says so (`Unavailable`, naming them).
+/// whose every connected candidate is ejected says so (`Unavailable`, naming them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_then_heal_the_entrys_ejections_end_with_the_new_connections() {
     init_logs();

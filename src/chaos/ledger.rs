@@ -94,10 +94,10 @@ pub fn explaining<'a>(call: &Call, windows: &'a [Window], settle: Duration) -> V
 }
 
 /// Whether a short reply from `served_by` is the work of a backend stopped mid-call: a
-/// [`FaultKind::BackendDown`] at that node struck while the call ran (with 100 ms of slack
-/// for the nemesis's clock). Anything else that cuts a reply short is a bug.
+/// [`FaultKind::BackendDown`] at that node struck while the call ran (with 500 ms of slack
+/// for the nemesis's clock on a loaded machine). Anything else that cuts a reply short is a bug.
 pub fn short_reply_explained(call: &Call, served_by: &str, windows: &[Window], names: &[String]) -> bool {
-    let slack = Duration::from_millis(100);
+    let slack = Duration::from_millis(500);
     windows.iter().any(|w| match w.kind {
         FaultKind::BackendDown { node } => {
             names.get(node).is_some_and(|n| n == served_by)
@@ -189,7 +189,7 @@ pub struct Usage {
 
 /// Whether `after` is back within the soak's margins of `before`: memory within 1.5× + 16 MiB
 /// (allocators keep some), tasks within 1.5× + 32, file descriptors within 16 and connections
-/// within 2 of where they were. `Err` names what stayed up.
+/// within 4 (a dial under way at the first reading, clients reconnected) of where they were. `Err` names what stayed up.
 pub fn settled(before: &Usage, after: &Usage) -> Result<(), String> {
     let mut over = Vec::new();
     if after.rss_kib > before.rss_kib * 3 / 2 + 16 * 1024 {
@@ -201,7 +201,7 @@ pub fn settled(before: &Usage, after: &Usage) -> Result<(), String> {
     if after.fds > before.fds + 16 {
         over.push(format!("fds {} → {}", before.fds, after.fds));
     }
-    if after.conns > before.conns + 2 {
+    if after.conns > before.conns + 4 {
         over.push(format!("connections {} → {}", before.conns, after.conns));
     }
     if over.is_empty() {
@@ -381,9 +381,10 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e, "RSS 30000 → 80000 KiB, tasks 100 → 400");
-        assert!(settled(&before, &Usage { conns: 16, ..before })
+        assert!(settled(&before, &Usage { conns: 17, ..before }).is_ok());
+        assert!(settled(&before, &Usage { conns: 18, ..before })
             .unwrap_err()
-            .contains("connections 13 → 16"));
+            .contains("connections 13 → 18"));
     }
 
     #[test]

@@ -32,16 +32,24 @@ pub(super) fn leased_of(i: usize) -> String {
     format!("leased{i}")
 }
 
-/// A free port on loopback (bound and let go; the soak is the only user of these ports).
+/// A loopback port free for `udp` or TCP, below Linux's ephemeral range (32768+): the
+/// proxies' upstream sockets and the clients bind ephemeral ports all the time, and one could
+/// take a port reserved for a node that is down or not started yet.
 fn free_port(udp: bool) -> Result<u16, ChaosError> {
-    let port = if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr())
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr())
-    };
-    Ok(port
-        .map_err(|e| ChaosError::Setup(format!("no free loopback port: {e}")))?
-        .port())
+    use rand::Rng;
+    let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::from_os_rng();
+    for _ in 0..200 {
+        let port = rng.random_range(20_000..32_000u16);
+        let ok = if udp {
+            std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        } else {
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        };
+        if ok {
+            return Ok(port);
+        }
+    }
+    Err(ChaosError::Setup("no free loopback port in 20000–32000".into()))
 }
 
 /// A TCP echo backend that can be stopped (every connection reset) and started again on its
@@ -288,6 +296,12 @@ impl Mesh {
     pub async fn launch(&self, i: usize) -> Result<(), ChaosError> {
         let mut p = self.procs[i].lock().await;
         let v = &self.views[i];
+        if let Some(Ok(None)) = p.child.as_mut().map(|c| c.try_wait()) {
+            return Err(ChaosError::Setup(format!(
+                "{} is already running (a harness bug)",
+                v.name
+            )));
+        }
         let (bind, advertise) = {
             let w = self.wires();
             (w.bind[i], w.proxies[i].local_addr())
@@ -298,7 +312,9 @@ impl Mesh {
             .collect();
         let tls = self.tls(Role::Node, &v.name);
         let backend = self.backends[i].lock().await.addr;
-        // Timeouts short enough that a 60 s soak sees detection, reconnects and drains.
+        // Timeouts short enough that a 60 s soak sees detection, reconnects and drains; an
+        // ejection lasts the soak's settle time, so one that outlives its cause longer than
+        // that fails calls with no fault on their path.
         let text = format!(
             "name = \"{name}\"\nlisten = \"{bind}\"\nadvertise = \"{advertise}\"\npeers = [{peers}]\n\
              [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\nreload = \"300ms\"\n\
@@ -306,7 +322,8 @@ impl Mesh {
              [admin]\nlisten = \"{admin}\"\n\
              [transport]\nkeepalive = \"500ms\"\nidle_timeout = \"3s\"\nconnect_timeout = \"2s\"\nheader_timeout = \"2s\"\n\
              [reconnect]\ninitial = \"50ms\"\nmax = \"1s\"\n\
-             [drain]\ngrace = \"2s\"\n",
+             [drain]\ngrace = \"2s\"\n\
+             [routing]\neject_for = \"5s\"\n",
             name = v.name,
             peers = peers.join(", "),
             ca = tls.ca,
@@ -416,7 +433,9 @@ impl Mesh {
 
     /// Re-issues node `i`'s certificate and key and renames them into place, as rotation
     /// tools do.
-    pub fn rotate(&self, i: usize) -> Result<(), String> {
+    pub async fn rotate(&self, i: usize) -> Result<(), String> {
+        // Not while the node (re)starts: it would read a key and a certificate that differ.
+        let _p = self.procs[i].lock().await;
         let name = &self.views[i].name;
         let staging = self.dir.join(format!("staging-{name}"));
         std::fs::create_dir_all(&staging).map_err(|e| e.to_string())?;
@@ -438,6 +457,18 @@ impl Mesh {
     pub async fn stop(&self) {
         for i in 0..self.procs.len() {
             self.kill(i).await;
+        }
+    }
+}
+
+impl Drop for Mesh {
+    /// No node process outlives the soak, however it ends (an error, a panic).
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if let Some(mut c) = p.get_mut().child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
     }
 }

@@ -99,6 +99,16 @@ async fn usage(mesh: &Mesh, i: usize) -> Option<Usage> {
     })
 }
 
+/// [`usage`], tried up to three times (a node busy with the soak may miss one 2 s answer).
+async fn usage_retried(mesh: &Mesh, i: usize) -> Option<Usage> {
+    for _ in 0..3 {
+        if let Some(u) = usage(mesh, i).await {
+            return Some(u);
+        }
+    }
+    None
+}
+
 /// Polls until every live node lists every node Alive; `Err` has the last difference.
 async fn converge(mesh: &Mesh, within: Duration) -> Result<Duration, String> {
     let names: Vec<String> = mesh.views.iter().map(|v| v.name.clone()).collect();
@@ -149,18 +159,30 @@ pub async fn run(opts: &ChaosOptions) -> Result<Report, ChaosError> {
     let mesh = Mesh::start(&dir, &opts.node_bin, shape.nodes, shape.seeds, shape.clients).await?;
     let result = soak(opts, &mesh).await;
     mesh.stop().await;
-    let mut report = result?;
-    if !report.violations.is_empty() && opts.dir.is_none() {
-        // Keep the node logs for whoever looks into it.
+    // Keep the configs and node logs for whoever looks into a violation or an error.
+    let keep = |dir: &std::path::Path| -> Option<PathBuf> {
+        if opts.dir.is_some() {
+            return Some(dir.to_owned());
+        }
         let kept = std::env::temp_dir().join(format!("quicmesh-chaos-{}", opts.seed));
         let _ = std::fs::remove_dir_all(&kept);
-        if std::fs::rename(&dir, &kept).is_ok() {
-            report.logs = Some(kept);
+        std::fs::rename(dir, &kept).ok().map(|()| kept)
+    };
+    match result {
+        Ok(mut report) => {
+            if !report.violations.is_empty() || opts.dir.is_some() {
+                report.logs = keep(&dir);
+            }
+            Ok(report)
         }
-    } else if opts.dir.is_some() {
-        report.logs = Some(dir);
+        Err(e) => match keep(&dir) {
+            Some(d) => Err(ChaosError::Node(format!(
+                "{e} (configs and node logs: {})",
+                d.display()
+            ))),
+            None => Err(e),
+        },
     }
-    Ok(report)
 }
 
 async fn soak(opts: &ChaosOptions, mesh: &Arc<Mesh>) -> Result<Report, ChaosError> {
@@ -203,7 +225,12 @@ async fn soak(opts: &ChaosOptions, mesh: &Arc<Mesh>) -> Result<Report, ChaosErro
     tokio::time::sleep(opts.warmup).await;
     let mut before = Vec::new();
     for i in 0..shape.nodes {
-        before.push(usage(mesh, i).await.unwrap_or_default());
+        before.push(usage_retried(mesh, i).await.ok_or_else(|| {
+            ChaosError::Node(format!(
+                "could not read {}'s resources before the faults",
+                mesh.views[i].name
+            ))
+        })?);
     }
 
     let plan: Vec<schedule::Fault> = schedule::plan(opts.seed, &shape)
@@ -220,6 +247,7 @@ async fn soak(opts: &ChaosOptions, mesh: &Arc<Mesh>) -> Result<Report, ChaosErro
         clients: clients.clone(),
         t0,
         log: Mutex::default(),
+        node_faults: (0..shape.nodes).map(|_| tokio::sync::Mutex::new(())).collect(),
     });
     let _ = std::fs::write(
         mesh.dir.join("plan.txt"),
@@ -254,9 +282,9 @@ async fn soak(opts: &ChaosOptions, mesh: &Arc<Mesh>) -> Result<Report, ChaosErro
     let after = loop {
         let mut after = Vec::new();
         for i in 0..shape.nodes {
-            after.push(usage(mesh, i).await.unwrap_or_default());
+            after.push(usage_retried(mesh, i).await);
         }
-        let ok = (0..shape.nodes).all(|i| ledger::settled(&baseline(i), &after[i]).is_ok());
+        let ok = (0..shape.nodes).all(|i| after[i].is_some_and(|a| ledger::settled(&baseline(i), &a).is_ok()));
         if ok || Instant::now() > deadline {
             break after;
         }
@@ -273,17 +301,20 @@ async fn soak(opts: &ChaosOptions, mesh: &Arc<Mesh>) -> Result<Report, ChaosErro
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let n = match http(v.admin, "GET", "/metrics", None).await {
-                Ok((200, m)) => sample(&m, "quicmesh_streams_in_flight").unwrap_or(-1.0),
-                _ => -1.0,
+                Ok((200, m)) => sample(&m, "quicmesh_streams_in_flight"),
+                _ => None,
             };
-            if n == 0.0 {
+            if n == Some(0.0) {
                 break;
             }
             if Instant::now() > deadline {
-                stuck.push(format!(
-                    "{} still has {n} streams in flight 10 s after the last caller stopped",
-                    mesh.views[i].name
-                ));
+                stuck.push(match n {
+                    Some(n) => format!(
+                        "{} still has {n} streams in flight 10 s after the last caller stopped",
+                        mesh.views[i].name
+                    ),
+                    None => format!("{} did not answer /metrics after the soak", mesh.views[i].name),
+                });
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

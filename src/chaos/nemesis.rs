@@ -11,15 +11,16 @@ use super::schedule::{Fault, FaultKind};
 use crate::protocol::{Response, StatusReport};
 use crate::{Client, RejectCode, Role, TlsMaterial};
 
-/// A lease's TTL; renewed every third of it.
-pub(super) const LEASE_TTL: Duration = Duration::from_secs(2);
+/// A lease's TTL; renewed every quarter of it.
+pub(super) const LEASE_TTL: Duration = Duration::from_secs(3);
 
 /// What the nemesis did and found.
 #[derive(Default)]
 pub(super) struct Log {
     pub windows: Vec<Window>,
-    /// Faults that could not be carried out as planned (a node down for a garbage burst...).
-    pub skipped: Vec<String>,
+    /// Faults that could not be carried out as planned (a node down for a garbage burst...),
+    /// by kind.
+    pub skipped: Vec<(&'static str, String)>,
     /// Broken promises found while carrying faults out.
     pub violations: Vec<String>,
     pub garbage_streams: u64,
@@ -30,6 +31,9 @@ pub(super) struct Nemesis {
     pub clients: Vec<Client>,
     pub t0: Instant,
     pub log: Mutex<Log>,
+    /// Held from a node fault's strike to its undo, so a fault that runs late (a drain's
+    /// wait, a slow restart) is undone before the next one at that node strikes.
+    pub node_faults: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Nemesis {
@@ -50,6 +54,10 @@ impl Nemesis {
             let me = self.clone();
             tasks.spawn(async move {
                 tokio::time::sleep_until((me.t0 + f.at).into()).await;
+                let _held = match node_of(&f.kind) {
+                    Some(n) => Some(me.node_faults[n].lock().await),
+                    None => None,
+                };
                 let start = me.t0.elapsed();
                 me.strike(id, &f.kind).await;
                 tokio::time::sleep_until((me.t0 + f.until).into()).await;
@@ -61,7 +69,11 @@ impl Nemesis {
                 });
             });
         }
-        while tasks.join_next().await.is_some() {}
+        while let Some(r) = tasks.join_next().await {
+            if let Err(e) = r {
+                self.violation(format!("a fault's task failed (a harness bug): {e}"));
+            }
+        }
     }
 
     async fn strike(&self, id: usize, kind: &FaultKind) {
@@ -85,7 +97,10 @@ impl Nemesis {
                         self.violation(format!("client {client} could not rebind: {e}"));
                     }
                 }
-                Err(e) => self.log().skipped.push(format!("rebind: no socket: {e}")),
+                Err(e) => self
+                    .log()
+                    .skipped
+                    .push((kind.label(), format!("rebind: no socket: {e}"))),
             },
             FaultKind::RotateCert { node } => self.rotate(*node).await,
             FaultKind::Garbage { node, streams } => self.garbage(*node, *streams).await,
@@ -132,14 +147,14 @@ impl Nemesis {
             }
         };
         let before = reloads().await;
-        if let Err(e) = self.mesh.rotate(node) {
+        if let Err(e) = self.mesh.rotate(node).await {
             self.violation(format!("rotating {}'s certificate: {e}", v.name));
             return;
         }
         let (Some(before), generation) = (before, v.generation.load(Ordering::Relaxed)) else {
-            self.log()
-                .skipped
-                .push(format!("rotation at {} (down): checked at its restart", v.name));
+            // Its restart reads the new files (a pair that did not load would fail the restart).
+            let why = format!("rotation at {} while it was down", v.name);
+            self.log().skipped.push((FaultKind::RotateCert { node }.label(), why));
             return;
         };
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -176,16 +191,12 @@ impl Nemesis {
         let (_ep, conn) = match tokio::time::timeout(Duration::from_secs(3), setup).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
-                return self
-                    .log()
-                    .skipped
-                    .push(format!("garbage at {}: {e}", mesh.views[node].name))
+                let why = format!("garbage at {}: {e}", mesh.views[node].name);
+                return self.log().skipped.push((GARBAGE, why));
             }
             Err(_) => {
-                return self
-                    .log()
-                    .skipped
-                    .push(format!("garbage at {}: no handshake in 3 s", mesh.views[node].name))
+                let why = format!("garbage at {}: no handshake in 3 s", mesh.views[node].name);
+                return self.log().skipped.push((GARBAGE, why));
             }
         };
         let mut wrong = 0u32;
@@ -262,6 +273,20 @@ impl Nemesis {
     }
 }
 
+/// [`FaultKind::Garbage`]'s label.
+const GARBAGE: &str = "garbage stream burst";
+
+/// The node a fault holds for its whole window (a process, a backend, a lease).
+fn node_of(kind: &FaultKind) -> Option<usize> {
+    match *kind {
+        FaultKind::Kill { node, .. }
+        | FaultKind::Drain { node }
+        | FaultKind::BackendDown { node }
+        | FaultKind::LeaseLapse { node } => Some(node),
+        _ => None,
+    }
+}
+
 /// Whether the node lists `service` among its services (`None`: it did not answer).
 async fn registered(admin: std::net::SocketAddr, service: &str) -> Option<bool> {
     let (code, body) = http(admin, "GET", "/v1/services", None).await.ok()?;
@@ -278,19 +303,24 @@ async fn registered(admin: std::net::SocketAddr, service: &str) -> Option<bool> 
 pub(super) async fn renew_leases(mesh: Arc<Mesh>, stop: Arc<std::sync::atomic::AtomicBool>) {
     let ttl = format!("{}ms", LEASE_TTL.as_millis());
     while !stop.load(Ordering::Relaxed) {
+        // All at once: one slow node must not make the others' leases lapse.
+        let mut renewals = tokio::task::JoinSet::new();
         for (i, v) in mesh.views.iter().enumerate() {
             if v.lease_paused.load(Ordering::Relaxed) || !v.alive.load(Ordering::Relaxed) {
                 continue;
             }
-            let name = leased_of(i);
-            let renewed = http(v.admin, "PUT", &format!("/v1/services/{name}/renew"), None).await;
-            if let Ok((404, _)) = renewed {
-                let backend = mesh.backends[i].lock().await.addr;
-                let body = format!("{{\"backend\": \"{backend}\", \"ttl\": \"{ttl}\"}}");
-                let _ = http(v.admin, "PUT", &format!("/v1/services/{name}"), Some(&body)).await;
-            }
+            let (admin, name, ttl) = (v.admin, leased_of(i), ttl.clone());
+            let backend = mesh.backends[i].lock().await.addr;
+            renewals.spawn(async move {
+                let renewed = http(admin, "PUT", &format!("/v1/services/{name}/renew"), None).await;
+                if let Ok((404, _)) = renewed {
+                    let body = format!("{{\"backend\": \"{backend}\", \"ttl\": \"{ttl}\"}}");
+                    let _ = http(admin, "PUT", &format!("/v1/services/{name}"), Some(&body)).await;
+                }
+            });
         }
-        tokio::time::sleep(LEASE_TTL / 3).await;
+        while renewals.join_next().await.is_some() {}
+        tokio::time::sleep(LEASE_TTL / 4).await;
     }
 }
 

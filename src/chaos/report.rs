@@ -25,7 +25,7 @@ pub(super) struct Inputs<'a> {
     pub convergence: Result<Duration, String>,
     pub names: Vec<String>,
     pub before: Vec<Usage>,
-    pub after: Vec<Usage>,
+    pub after: Vec<Option<Usage>>,
     pub restarted: Vec<bool>,
     pub resurrections: Vec<String>,
     pub stuck: Vec<String>,
@@ -59,8 +59,8 @@ pub struct Report {
     pub clients: usize,
     /// Faults by kind: (planned, carried out).
     pub faults: BTreeMap<&'static str, (usize, usize)>,
-    /// Faults that could not be carried out as planned, and why.
-    pub skipped: Vec<String>,
+    /// Faults that could not be carried out as planned: kind, and why.
+    pub skipped: Vec<(&'static str, String)>,
     /// Garbage streams sent (each answered `BadHeader`).
     pub garbage_streams: u64,
     /// Request/response calls.
@@ -96,7 +96,7 @@ fn tally(
             Outcome::Ok => t.ok += 1,
             Outcome::Failed(class) => {
                 *t.failed.entry(class.clone()).or_default() += 1;
-                if class == PROTOCOL_ERROR || class == TOO_LARGE {
+                if class.contains(PROTOCOL_ERROR) || class.contains(TOO_LARGE) {
                     violations.push(format!("a {what} failed with {class} at {:.1}s", c.start.as_secs_f64()));
                 }
                 if ledger::explaining(c, windows, settle).is_empty() {
@@ -158,6 +158,11 @@ impl Report {
         for w in &windows {
             faults.entry(w.kind.label()).or_default().1 += 1;
         }
+        for (kind, _) in &x.log.skipped {
+            if let Some(f) = faults.get_mut(kind) {
+                f.1 = f.1.saturating_sub(1);
+            }
+        }
         let settle = x.opts.settle;
         let calls = tally(&x.calls, &windows, settle, &x.names, "call", &mut violations);
         let streams = tally(&x.streams, &windows, settle, &x.names, "stream", &mut violations);
@@ -182,7 +187,11 @@ impl Report {
         };
         let mut usage = Vec::new();
         for (i, name) in x.names.iter().enumerate() {
-            let (b, a) = (x.before[i], x.after[i]);
+            let b = x.before[i];
+            let Some(a) = x.after[i] else {
+                violations.push(format!("{name}'s resources could not be read after the faults"));
+                continue;
+            };
             if let Err(e) = ledger::settled(&b, &a) {
                 violations.push(format!("{name} did not come back down after the faults: {e}"));
             }
@@ -258,6 +267,7 @@ impl fmt::Display for Report {
                 t.ok, t.explained, t.unexplained, t.short_by_backend
             )?;
         }
+        writeln!(f)?;
         for (what, t) in [("calls", &self.calls), ("streams", &self.streams)] {
             if !t.failed.is_empty() {
                 let by: Vec<String> = t.failed.iter().map(|(c, n)| format!("{c} {n}")).collect();
@@ -297,7 +307,7 @@ impl fmt::Display for Report {
         let restarted = self.usage.iter().filter(|u| u.1).count();
         writeln!(
             f,
-            "({restarted} of {} nodes were restarted; they are judged against the mesh's largest figures before)",
+            "\n({restarted} of {} nodes were restarted; they are judged against the mesh's largest figures before)",
             self.nodes
         )?;
         if self.violations.is_empty() {

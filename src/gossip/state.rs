@@ -397,7 +397,6 @@ impl Gossip {
             self.tombstones.remove(&incoming.name);
         }
         let floor = self.cfg.interval;
-        let threshold = self.cfg.phi_threshold * f64::from(self.local_health + 1);
         let mut incoming = incoming;
         let Some(e) = self.members.get_mut(&incoming.name) else {
             self.events.push(GossipEvent::Joined {
@@ -418,20 +417,29 @@ impl Gossip {
             return;
         };
         // A Dead verdict at the incarnation we know, about a member whose heartbeat we saw
-        // advance just now over a link that is up, comes from members that lost sight of it
-        // (the far side of a healed partition): we have fresher evidence that it lives. (The
-        // verdict's heartbeat proves nothing: a healed side's Dead record picks up the
-        // live heartbeats of our digests.) Taken as a suspicion, the member refutes it as any
-        // other and stays routable meanwhile; adopted as a death, every node on our side
-        // stopped routing to members it talks to (chaos soak, seed 2).
+        // advance within the last few rounds (over a link not known to be down), comes from
+        // members that lost sight of it (the far side of a healed partition): we have fresher
+        // evidence that it lives. (The verdict's heartbeat proves nothing: a healed side's
+        // Dead record picks up the live heartbeats of our digests.) A member that really
+        // crashed was silent for a whole suspicion before anyone declared it dead, so this
+        // never delays a real death. Taken as a suspicion, the member refutes it as any other
+        // and stays routable meanwhile; adopted as a death, every node on our side stopped
+        // routing to members it talks to (chaos soak, seed 2).
+        // The suspicion is built on our own record, not the verdict's: that one is the far
+        // side's copy, frozen (services, load) when it gave up on the member. A Draining
+        // member is left alone: it takes no work either way.
         if incoming.status == Status::Dead
             && incoming.incarnation == e.member.incarnation
-            && !e.member.status.is_gone()
+            && matches!(e.member.status, Status::Alive | Status::Suspect)
             && !e.link_down
-            && e.detector.phi(now) <= threshold
+            && now.saturating_sub(e.detector.last_heartbeat()) <= floor * 5
         {
-            incoming.status = Status::Suspect;
-            incoming.suspectors.clear();
+            let mut ours = e.member.clone();
+            if ours.status == Status::Alive {
+                ours.status = Status::Suspect;
+                ours.suspectors.clear();
+            }
+            incoming = ours;
         }
         let ours = e.member.key();
         let theirs = incoming.key();
@@ -687,6 +695,7 @@ mod tests {
         let mut verdict = b.clone();
         verdict.status = Status::Dead;
         verdict.heartbeat = 20;
+        verdict.services = vec!["stale".into()];
         a.handle(
             "d",
             GossipMsg::Ack {
@@ -695,6 +704,10 @@ mod tests {
             ms(4_050),
         );
         assert_eq!(a.member("b").map(|m| m.status), Some(Status::Suspect));
+        assert!(
+            a.member("b").is_some_and(|m| m.services.is_empty()),
+            "the far side's stale copy was taken"
+        );
         // b refutes; its Alive record at a higher incarnation wins.
         let mut refuted = b.clone();
         refuted.incarnation = 8;

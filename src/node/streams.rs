@@ -432,7 +432,7 @@ impl Incoming<'_> {
                 reject(
                     RejectCode::Unavailable,
                     format!(
-                        "every node that offers service {:?} ({}) is ejected after failing or going silent; they are tried again after routing.eject_for or on a new connection",
+                        "the connected nodes that offer service {:?} ({}) are all ejected after failing or going silent; each is tried again after routing.eject_for or on a new connection",
                         req.service,
                         names.join(", ")
                     ),

@@ -187,11 +187,15 @@ impl Table {
         self.ejector.eject(node, now, self.ejection.eject_for);
     }
 
-    /// A fresh connection to `node` came up: a completed handshake answers the silence or
-    /// the failures it was ejected for, so it is back in the rotation at once rather than
-    /// at the end of `eject_for` (which can outlast a healed partition by seconds).
+    /// A fresh connection to `node` came up (it reconnected or restarted): a completed
+    /// handshake answers the silence or lost connection it was ejected for, so it is back in
+    /// the rotation at once rather than at the end of `eject_for` (which can outlast a
+    /// healed partition by seconds). A peer whose backend fails keeps its connection, so its
+    /// ejection is not undone this way.
     pub fn reinstate(&mut self, node: &str) {
         self.ejector.success(node);
+        // Its failure penalty belongs to the old connection too.
+        self.latency.remove(node);
     }
 
     /// The latency estimate of `node`, seconds, if measured.
