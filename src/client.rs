@@ -212,8 +212,9 @@ impl Client {
         let socket = bind_udp(bind, cfg.transport.udp_buffer)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| ClientError::Endpoint(std::io::Error::other("no async runtime found")))?;
-        let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-            .map_err(ClientError::Endpoint)?;
+        let mut endpoint =
+            quinn::Endpoint::new(crate::transport::endpoint_config(&cfg.transport), None, socket, runtime)
+                .map_err(ClientError::Endpoint)?;
         let mut client_config = quinn::ClientConfig::new(tls.client_config()?);
         // Nodes never open streams toward clients.
         client_config.transport_config(transport_config(&cfg.transport, 0)?);

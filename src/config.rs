@@ -174,10 +174,21 @@ pub struct TransportConfig {
     /// Linux caps the size at `net.core.rmem_max`/`wmem_max` (a warning says so). 0 keeps the
     /// kernel's default. Default 2 MiB.
     pub udp_buffer: usize,
+    /// The largest UDP payload sent and accepted, in bytes. Path MTU discovery (PLPMTUD)
+    /// probes up from 1200 to this, and a path that carries less loses only the probes, so it
+    /// is safe above the network's MTU; where the path carries it (loopback, jumbo frames),
+    /// fewer and larger packets cost less per byte. At most 6550: quinn sends up to ten
+    /// packets in one GSO batch, which UDP limits to 64 KiB. Default 6550.
+    pub max_udp_payload: u16,
 }
 
 /// Default [`TransportConfig::udp_buffer`].
 pub const DEFAULT_UDP_BUFFER: usize = 2 << 20;
+
+/// The smallest UDP payload QUIC allows (RFC 9000 §14).
+pub const MIN_UDP_PAYLOAD: u16 = 1200;
+/// The largest [`TransportConfig::max_udp_payload`]: ten packets of it fit one GSO batch.
+pub const MAX_UDP_PAYLOAD: u16 = 6550;
 
 impl Default for TransportConfig {
     fn default() -> Self {
@@ -188,6 +199,7 @@ impl Default for TransportConfig {
             header_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(1),
             udp_buffer: DEFAULT_UDP_BUFFER,
+            max_udp_payload: MAX_UDP_PAYLOAD,
         }
     }
 }
@@ -213,6 +225,15 @@ impl TransportConfig {
             return Err(invalid(
                 format!("{prefix}.udp_buffer"),
                 "must be at most 268435456 (256 MiB)",
+            ));
+        }
+        if !(MIN_UDP_PAYLOAD..=MAX_UDP_PAYLOAD).contains(&self.max_udp_payload) {
+            return Err(invalid(
+                format!("{prefix}.max_udp_payload"),
+                format!(
+                    "{} is outside {MIN_UDP_PAYLOAD}..={MAX_UDP_PAYLOAD}: QUIC needs 1200, and quinn batches up to ten packets per GSO send, which UDP limits to 64 KiB",
+                    self.max_udp_payload
+                ),
             ));
         }
         if self.keepalive * 3 > self.idle_timeout {
@@ -836,6 +857,9 @@ key = "node-a.key"
             ("[limits]\nhop_limit = 9", "limits.hop_limit"),
             ("[transport]\nidle_timeout = \"5x\"", "idle_timeout"),
             ("[transport]\nudp_buffer = 1000000000", "transport.udp_buffer"),
+            ("[transport]\nmax_udp_payload = 8952", "transport.max_udp_payload"),
+            ("[transport]\nmax_udp_payload = 1000", "transport.max_udp_payload"),
+            ("[transport]\nmax_udp_payload = 70000", "max_udp_payload"),
         ] {
             let text = if extra.starts_with('[') {
                 format!("{BASE}\n{extra}\n")

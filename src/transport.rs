@@ -40,7 +40,21 @@ pub fn transport_config(
         .max_idle_timeout(Some(IdleTimeout::from(idle)))
         .max_concurrent_bidi_streams(VarInt::from_u32(max_bidi_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0));
+    // PLPMTUD probes up to the bound; the peer's endpoint (below) caps it at what it accepts.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(t.max_udp_payload);
+    tc.mtu_discovery_config(Some(mtu));
     Ok(Arc::new(tc))
+}
+
+/// The endpoint settings: the largest UDP payload this endpoint accepts, which it advertises
+/// and the peer's path MTU discovery stops at (quinn's default, 1472, would cap every path
+/// there whatever the discovery's bound).
+pub fn endpoint_config(t: &TransportConfig) -> quinn::EndpointConfig {
+    let mut e = quinn::EndpointConfig::default();
+    // Validated config keeps it in quinn's range; an out-of-range value keeps quinn's default.
+    let _ = e.max_udp_payload_size(t.max_udp_payload);
+    e
 }
 
 /// Binds a UDP socket for an endpoint, reporting the address on failure, and sizes its

@@ -32,6 +32,20 @@ async fn relays_a_large_payload_and_many_concurrent_calls() {
     .unwrap();
     assert_eq!(reply.served_by, "c");
     assert!(reply.body == big, "large payload came back altered");
+    // Path MTU discovery climbed to the default `transport.max_udp_payload` on loopback and
+    // kept it through the bulk transfer: a GSO batch too large for UDP would have been
+    // dropped and taken for a black hole, back to 1200.
+    let mtu = |n: &Node| n.peers().into_iter().find(|p| p.name == "c").and_then(|p| p.mtu);
+    eventually(LIMIT, "path MTU discovered", || {
+        mtu(&nodes[0]).is_some_and(|m| m >= 6000)
+    })
+    .await;
+    let reply = within(LIMIT, "second large call", client.call("echo", big.clone()))
+        .await
+        .unwrap();
+    assert!(reply == big, "large payload came back altered");
+    let after = mtu(&nodes[0]).unwrap_or(0);
+    assert!(after >= 6000, "path MTU fell to {after} during a bulk transfer");
 
     // Many concurrent calls on one connection, each on its own stream.
     let mut tasks = tokio::task::JoinSet::new();
@@ -50,8 +64,8 @@ async fn relays_a_large_payload_and_many_concurrent_calls() {
     })
     .await;
     let a = nodes[0].stats();
-    assert_eq!(a.relayed, 201);
-    assert_eq!(nodes[2].stats().served_local, 201);
+    assert_eq!(a.relayed, 202);
+    assert_eq!(nodes[2].stats().served_local, 202);
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! End-to-end benchmarks against the baselines, all on this machine and in the same run:
-//! relay throughput, request latency, connection scale, stream scale and routing under skew.
+//! relay throughput, request latency, the sidecar path, connection scale, stream scale and
+//! routing under skew.
 //! Prints Markdown tables (medians over `--runs`, with ratios to the baselines).
 //!
 //! ```text
@@ -13,6 +14,7 @@ mod backends;
 mod connections;
 mod haproxy;
 mod latency;
+mod sidecar;
 mod skew;
 mod streams;
 mod throughput;
@@ -55,10 +57,17 @@ struct Args {
     /// state for every stream a peer may open, so this sets the idle cost).
     #[arg(long, default_value_t = 128)]
     client_streams: u32,
-    /// Only these sections: throughput, latency, streams, skew, connections (default all).
+    /// Requests per latency cell of the sidecar section (all workers together).
+    #[arg(long, default_value_t = 40_000)]
+    sidecar_requests: usize,
+    /// Seconds per iperf3 run of the sidecar section.
+    #[arg(long, default_value_t = 5)]
+    iperf_secs: u32,
+    /// Only these sections: throughput, latency, sidecar, streams, skew, connections (default all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Only the throughput paths whose names contain one of these (for profiling one path).
+    /// Only the throughput and sidecar paths whose names contain one of these (for profiling
+    /// one path).
     #[arg(long, value_delimiter = ',')]
     paths: Vec<String>,
 }
@@ -204,6 +213,17 @@ async fn main() -> Result<(), Error> {
         targets.push(("quicmesh, one node", Target::Mesh(&one_hop, "echo")));
         targets.push(("quicmesh, two nodes (relay)", Target::Mesh(&two_hops, "echo")));
         latency::run(&targets, "HAProxy TCP, one hop", a.duration).await?;
+    }
+
+    if want("sidecar") {
+        let opts = sidecar::Opts {
+            haproxy: ha.as_ref().map(|_| a.haproxy.as_str()),
+            requests: a.sidecar_requests,
+            iperf_secs: a.iperf_secs,
+            runs: a.runs,
+            only: &a.paths,
+        };
+        sidecar::run(&pki, &front_tls, &back_tls, stream_echo, &opts).await?;
     }
 
     if want("streams") {

@@ -93,6 +93,9 @@ pub struct PeerInfo {
     pub rtt: Option<Duration>,
     /// Whether this node dialled the connection (else the peer did).
     pub dialed_by_me: bool,
+    /// The largest UDP payload path MTU discovery has confirmed on the connection, if
+    /// connected: at most `transport.max_udp_payload` of either side.
+    pub mtu: Option<u16>,
 }
 
 /// Counters of a node's work since it started.
@@ -197,6 +200,7 @@ impl Node {
                             .unwrap_or_else(|| c.rtt())
                     }),
                     dialed_by_me: p.dialed_by_me,
+                    mtu: live.map(|c| c.stats().path.current_mtu),
                     name,
                 }
             })

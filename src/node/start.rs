@@ -180,8 +180,13 @@ fn build(r: Resolved) -> Result<(State, Option<TcpListener>, SocketAddr), NodeEr
     let socket = bind_udp(config.listen, config.transport.udp_buffer)?;
     let runtime =
         quinn::default_runtime().ok_or_else(|| NodeError::Endpoint(std::io::Error::other("no async runtime found")))?;
-    let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
-        .map_err(NodeError::Endpoint)?;
+    let mut endpoint = quinn::Endpoint::new(
+        crate::transport::endpoint_config(&config.transport),
+        Some(server_config),
+        socket,
+        runtime,
+    )
+    .map_err(NodeError::Endpoint)?;
     endpoint.set_default_client_config(client_config.clone());
     let local_addr = endpoint.local_addr().map_err(NodeError::Endpoint)?;
 
