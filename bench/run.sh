@@ -3,16 +3,18 @@
 #   bench/run.sh            # 1 GiB per throughput run, 5 runs, 3 s per latency cell
 #   QM_MIB=256 QM_RUNS=3 QM_DURATION=1s bench/run.sh   # quicker
 # Then the criterion micro-benchmarks (benches/micro.rs), summarised as a table.
-# Installs HAProxy from the Debian packages if it is missing (needs root for that).
+# Installs HAProxy and iperf3 from the Debian packages if they are missing (needs root for that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v haproxy >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy >/dev/null
-    else
-        echo "haproxy is not installed and this is not root: the HAProxy rows will be missing" >&2
+for tool in haproxy iperf3; do
+    if ! command -v "$tool" >/dev/null; then
+        if [ "$(id -u)" = 0 ]; then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y "$tool" >/dev/null
+        else
+            echo "$tool is not installed and this is not root: its rows (HAProxy) or column (iperf3) will be missing" >&2
+        fi
     fi
-fi
+done
 cargo build --release --bin quicmesh --example bench_mesh
 out=docs/benchmarks.md
 tmp=$(mktemp)

@@ -128,6 +128,9 @@ struct Inner {
     identity: Identity,
     endpoint: quinn::Endpoint,
     conn: Mutex<Option<quinn::Connection>>,
+    /// The entry whose connection was last lost or drained: dialled last next time, since it
+    /// is likely down or restarting (its old port answers nothing until the new process is up).
+    lost: std::sync::Mutex<Option<SocketAddr>>,
     /// Client-side routing state, if `routing.direct`.
     direct: Option<std::sync::Mutex<crate::direct::Direct>>,
     /// SRV discovery of entry nodes, if `discovery` is set.
@@ -226,6 +229,7 @@ impl Client {
                 cfg,
                 endpoint,
                 conn: Mutex::new(None),
+                lost: std::sync::Mutex::new(None),
                 direct: cfg_direct.then(|| {
                     let rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
                     std::sync::Mutex::new(crate::direct::Direct::new(std::time::Instant::now(), rng))
@@ -267,10 +271,14 @@ impl Client {
     /// The live connection, or a new one to the first entry that answers.
     async fn connection(&self) -> Result<quinn::Connection, ClientError> {
         let mut guard = self.inner.conn.lock().await;
-        if let Some(c) = guard.as_ref().filter(|c| c.close_reason().is_none()) {
-            return Ok(c.clone());
+        if let Some(c) = guard.as_ref() {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+            *crate::node::lock_std(&self.inner.lost) = Some(c.remote_address());
         }
-        let candidates = entry_candidates(&self.inner.cfg, self.inner.discovery.as_deref()).await;
+        let mut candidates = entry_candidates(&self.inner.cfg, self.inner.discovery.as_deref()).await;
+        lost_entry_last(&mut candidates, *crate::node::lock_std(&self.inner.lost));
         // Raced, not tried one by one: an entry that crashed but is still listed (in DNS, in
         // `entries`) costs the stagger instead of the whole connect timeout.
         let tried = match crate::race::race(candidates, crate::race::ENTRY_STAGGER, |entry: String| async move {
@@ -418,6 +426,7 @@ impl Client {
         let mut guard = self.inner.conn.lock().await;
         if guard.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
             *guard = None;
+            *crate::node::lock_std(&self.inner.lost) = Some(conn.remote_address());
         }
     }
 
@@ -592,6 +601,15 @@ struct Failed {
     sent: bool,
 }
 
+/// Moves the entries that name `lost` to the end, keeping the order of the rest: the race
+/// starts with an entry likely to answer, and the lost one still gets its turn (it may be
+/// back, or the only one).
+fn lost_entry_last(candidates: &mut [String], lost: Option<SocketAddr>) {
+    if let Some(lost) = lost {
+        candidates.sort_by_key(|c| c.parse::<SocketAddr>().is_ok_and(|a| a == lost));
+    }
+}
+
 /// The node closed the connection in order (shutting down): it answered every stream it took.
 fn closed_in_order(conn: &quinn::Connection) -> bool {
     matches!(conn.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == codes::SHUTDOWN)
@@ -693,5 +711,23 @@ fn read_failure(e: &std::io::Error) -> String {
         ),
         Some(code) => format!("the node reset the stream mid-reply (code {code})"),
         None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lost_entry_is_dialled_last_and_the_rest_keep_their_order() {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut c = list(&["127.0.0.1:1", "127.0.0.1:2", "node-c:3", "127.0.0.1:4"]);
+        lost_entry_last(&mut c, Some("127.0.0.1:1".parse().unwrap()));
+        assert_eq!(c, list(&["127.0.0.1:2", "node-c:3", "127.0.0.1:4", "127.0.0.1:1"]));
+        lost_entry_last(&mut c, None);
+        assert_eq!(c, list(&["127.0.0.1:2", "node-c:3", "127.0.0.1:4", "127.0.0.1:1"]));
+        // An address no entry names changes nothing.
+        lost_entry_last(&mut c, Some("10.0.0.1:1".parse().unwrap()));
+        assert_eq!(c, list(&["127.0.0.1:2", "node-c:3", "127.0.0.1:4", "127.0.0.1:1"]));
     }
 }

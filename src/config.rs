@@ -254,11 +254,12 @@ impl TransportConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Concurrent bidirectional streams a peer node may open on one connection. Default 1024.
+    /// Concurrent bidirectional streams a peer node may open on one connection. A connection
+    /// starts by allowing 16 and doubles the allowance as the peer uses it, up to this limit
+    /// (quinn keeps state for every stream it allows). Default 1024.
     pub max_streams_per_connection: u32,
-    /// Concurrent streams a client may open on its connection. quinn keeps state for every
-    /// stream it allows, so this sets what an idle client connection costs the node (about
-    /// 40 KiB at 128, 115 KiB at 1024). Default 128.
+    /// Concurrent streams a client may open on its connection; raised on demand from 16 up to
+    /// this, like `max_streams_per_connection`. Default 128.
     pub max_streams_per_client: u32,
     /// Concurrent service streams this node handles before answering Overloaded. Default 10000.
     pub max_inflight: usize,

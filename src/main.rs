@@ -27,6 +27,12 @@ struct Cli {
     /// The level filter is RUST_LOG (default: info for `node`, warn otherwise).
     #[arg(long, global = true, env = "QUICMESH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Threads that do the work (default: 1 for `forward`, one per CPU otherwise). With 1
+    /// everything runs on one thread and no hand-off between threads sits on a request's path:
+    /// on a host whose cores are busy with other work, a node is faster so
+    /// (docs/benchmarks.md, the sidecar path).
+    #[arg(long, global = true, env = "QUICMESH_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -300,7 +306,23 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     init_logging(default_log, cli.log_format == "json");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A sidecar shares its host with the services it fronts: one thread by default, as
+    // linkerd2-proxy does. On the sidecar benchmark a forwarder on one thread is as fast as
+    // on one per CPU (docs/benchmarks.md) and takes one core at most.
+    let threads = cli.threads.or(match cli.command {
+        Command::Forward(_) => Some(1),
+        _ => None,
+    });
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -577,7 +599,7 @@ async fn forward(a: ForwardArgs) -> Result<(), BoxError> {
         .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
     eprintln!("forwarding {} -> mesh service {:?}", listener.local_addr()?, a.service);
     loop {
-        let (mut tcp, peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             r = listener.accept() => r?,
             () = wait_for_signal() => break,
         };
@@ -585,10 +607,9 @@ async fn forward(a: ForwardArgs) -> Result<(), BoxError> {
         let service = a.service.clone();
         tokio::spawn(async move {
             match client.open(&service).await {
-                Ok(mut stream) => {
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await {
+                Ok(stream) => {
+                    if let Err(e) = stream.splice_tcp(tcp).await {
                         warn!(%peer, error = %e, "forwarded connection failed");
-                        stream.abort();
                     }
                 }
                 Err(e) => warn!(%peer, error = %e, "cannot open a stream to the service"),

@@ -57,6 +57,48 @@ pub fn endpoint_config(t: &TransportConfig) -> quinn::EndpointConfig {
     e
 }
 
+/// Streams allowed to a peer when its connection opens; raised on demand up to the limit.
+pub const INITIAL_STREAMS: u32 = 16;
+
+/// How many concurrent streams a connection lets its peer open, raised as the peer uses them.
+///
+/// quinn keeps state for every stream it allows (about 84 B each, allocated when allowed),
+/// so allowing a node's full limit upfront made every idle peer connection cost ~86 KiB at
+/// 1,024. The allowance starts at [`INITIAL_STREAMS`] and doubles, up to the configured
+/// limit, whenever the streams in flight reach three quarters of it: early enough that the
+/// new credit (one MAX_STREAMS frame) arrives before the peer runs out. It never shrinks:
+/// quinn frees no state when the limit goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamAllowance {
+    current: u32,
+    max: u32,
+}
+
+impl StreamAllowance {
+    /// An allowance that may grow to `max`.
+    pub fn new(max: u32) -> Self {
+        StreamAllowance {
+            current: INITIAL_STREAMS.min(max),
+            max,
+        }
+    }
+
+    /// What the peer may open now.
+    pub fn current(&self) -> u32 {
+        self.current
+    }
+
+    /// A stream was accepted and `in_flight` are open now (this one included): the new
+    /// allowance to give the peer, if it should grow.
+    pub fn on_accept(&mut self, in_flight: u32) -> Option<u32> {
+        if self.current >= self.max || u64::from(in_flight) * 4 < u64::from(self.current) * 3 {
+            return None;
+        }
+        self.current = self.current.saturating_mul(2).min(self.max);
+        Some(self.current)
+    }
+}
+
 /// Binds a UDP socket for an endpoint, reporting the address on failure, and sizes its
 /// buffers to `buffer` bytes (0: the kernel's default).
 pub fn bind_udp(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, TransportError> {
@@ -152,6 +194,34 @@ mod tests {
             cap.is_none_or(|c| c < want) || got > kernel,
             "sized {got}, default {kernel}"
         );
+    }
+
+    #[test]
+    fn stream_allowance_grows_ahead_of_use_and_stops_at_the_limit() {
+        let mut a = StreamAllowance::new(1024);
+        assert_eq!(a.current(), INITIAL_STREAMS);
+        // Below three quarters: nothing to do.
+        assert_eq!(a.on_accept(11), None);
+        assert_eq!(a.on_accept(12), Some(32));
+        assert_eq!(a.on_accept(23), None);
+        assert_eq!(a.on_accept(24), Some(64));
+        // A burst that keeps every stream busy doubles at each step up to the limit.
+        let mut steps = vec![];
+        for n in 25..=1024 {
+            if let Some(c) = a.on_accept(n) {
+                steps.push(c);
+            }
+        }
+        assert_eq!(steps, [128, 256, 512, 1024]);
+        assert_eq!(a.on_accept(1024), None);
+        // A limit below the initial allowance is the allowance, and never grows.
+        let mut small = StreamAllowance::new(4);
+        assert_eq!(small.current(), 4);
+        assert_eq!(small.on_accept(4), None);
+        // Odd limits are reached exactly.
+        let mut odd = StreamAllowance::new(100);
+        let grown: Vec<u32> = (1..=100).filter_map(|n| odd.on_accept(n)).collect();
+        assert_eq!(grown, [32, 64, 100]);
     }
 
     #[test]

@@ -476,16 +476,26 @@ async fn a_call_relayed_to_a_crashed_node_moves_on_quickly() {
         .map(|s| s.to_string())
         .collect()
     };
-    // A key that n2 serves, once both servers are in n1's table.
-    let key = eventually_async(Duration::from_secs(30), "a key served by n2", || async {
+    // A key that n2 serves, once both servers are in n1's table: only a key that went to n3
+    // shows n3 is there. Without it the call after the crash has nowhere else to go and
+    // rightly waits out the header timeout (a lone provider that is silent may just be slow).
+    let key = eventually_async(Duration::from_secs(30), "keys served by n2 and by n3", || async {
+        let (mut to_n2, mut to_n3) = (None, false);
         for k in 0..32 {
             let key = format!("k{k}");
             let (_, err) = common::cli_call(&call_args(&key), "x").await?;
             if err.contains("served by n2") {
-                return Ok(key);
+                to_n2.get_or_insert(key);
+            } else if err.contains("served by n3") {
+                to_n3 = true;
+            }
+            if let (true, Some(key)) = (to_n3, &to_n2) {
+                return Ok(key.clone());
             }
         }
-        Err("no key went to n2 yet".to_owned())
+        Err(format!(
+            "not both servers seen yet (a key to n2: {to_n2:?}, a key to n3: {to_n3})"
+        ))
     })
     .await;
     // Crash n2: SIGKILL, so it sends no close and gossip has not noticed yet.

@@ -64,6 +64,14 @@ pub fn listen(cfg: &mut String, name: &str, front: SocketAddr, bind_opts: &str, 
     }
 }
 
+/// The address of the first `bind` line in `cfg`, to wait on.
+pub fn first_bind(cfg: &str) -> Option<SocketAddr> {
+    cfg.lines()
+        .find_map(|l| l.trim().strip_prefix("bind "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+}
+
 impl Haproxy {
     /// Starts HAProxy with the `listen` sections in `body` and waits until `probe` accepts.
     pub async fn start(bin: &str, body: &str, probe: SocketAddr, dir: &Path, name: &str) -> Result<Self, Error> {

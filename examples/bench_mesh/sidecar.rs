@@ -47,9 +47,6 @@ struct Procs(Vec<Child>);
 
 impl Procs {
     fn spawn(&mut self, cmd: &mut Command) -> Result<(), Error> {
-        if let Ok(w) = std::env::var("QM_CHILD_WORKERS") {
-            cmd.env("TOKIO_WORKER_THREADS", w);
-        }
         self.0.push(cmd.kill_on_drop(true).stdin(Stdio::null()).spawn()?);
         Ok(())
     }
@@ -166,13 +163,22 @@ async fn iperf(addr: SocketAddr, secs: u32) -> Result<f64, Error> {
         .ok_or_else(|| format!("iperf3 through {addr}: no end.sum_received in its JSON").into())
 }
 
-/// An HAProxy chain to `backend` with TLS on both inner legs; returns its entry.
-fn chain(cfg: &mut String, name: &str, front: &HaTls, back: &HaTls, backend: SocketAddr) -> Result<SocketAddr, Error> {
+/// An HAProxy chain to `backend` with TLS on both inner legs, its three hops' `listen`
+/// sections added to `cfgs[0]`, `cfgs[1]` and `cfgs[2]` (one process, or one each); returns
+/// its entry.
+fn chain(
+    cfgs: [&mut String; 3],
+    name: &str,
+    front: &HaTls,
+    back: &HaTls,
+    backend: SocketAddr,
+) -> Result<SocketAddr, Error> {
     let (entry, relay, terminator) = (haproxy::front()?, haproxy::front()?, haproxy::front()?);
     let tls_to = |a: SocketAddr| format!("{a} {}", back.server());
-    haproxy::listen(cfg, &format!("{name}_entry"), entry, "", "first", &[tls_to(relay)]);
+    let [c0, c1, c2] = cfgs;
+    haproxy::listen(c0, &format!("{name}_entry"), entry, "", "first", &[tls_to(relay)]);
     haproxy::listen(
-        cfg,
+        c1,
         &format!("{name}_relay"),
         relay,
         &front.bind(),
@@ -180,7 +186,7 @@ fn chain(cfg: &mut String, name: &str, front: &HaTls, back: &HaTls, backend: Soc
         &[tls_to(terminator)],
     );
     haproxy::listen(
-        cfg,
+        c2,
         &format!("{name}_term"),
         terminator,
         &front.bind(),
@@ -190,46 +196,36 @@ fn chain(cfg: &mut String, name: &str, front: &HaTls, back: &HaTls, backend: Soc
     Ok(entry)
 }
 
-fn range(v: &[f64]) -> String {
-    let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
-    if v.len() < 2 {
-        String::new()
-    } else {
-        format!(" ({lo:.0}–{hi:.0})")
-    }
-}
+/// The echo and iperf3 entries of one path.
+type Entries = (SocketAddr, Option<SocketAddr>);
 
-/// Runs the section and prints its table.
-pub async fn run(pki: &Pki, front: &HaTls, back: &HaTls, echo: SocketAddr, o: &Opts<'_>) -> Result<(), Error> {
+/// Starts nodes A and B (B serves `services`) and forwarders into each; returns the
+/// entries of the two-node path and of the one-node path. `threads` is passed to the nodes
+/// as `--threads` (forwarders run on their default, one thread).
+fn mesh(
+    procs: &mut Procs,
+    pki: &Pki,
+    tag: &str,
+    services: &[(&str, SocketAddr)],
+    threads: Option<u16>,
+) -> Result<(Entries, Entries), Error> {
     let bin = node_binary()?;
-    let mut procs = Procs::default();
-    let iperf_server = if Command::new("iperf3").arg("-v").output().await.is_ok() {
-        let port = free_tcp_port()?;
-        procs.spawn(
-            Command::new("iperf3")
-                .args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null()),
-        )?;
-        Some(SocketAddr::from(([127, 0, 0, 1], port)))
-    } else {
-        eprintln!("iperf3 is not installed: the sidecar table has no throughput column");
-        None
-    };
+    let threads: Vec<String> = threads
+        .map(|t| vec!["--threads".into(), t.to_string()])
+        .unwrap_or_default();
     let udp = || -> Result<u16, Error> { Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port()) };
     let (pa, pb) = (udp()?, udp()?);
-    let mut services = vec![("echo", echo)];
-    if let Some(i) = iperf_server {
-        services.push(("iperf", i));
-    }
-    for (name, port, peers, svcs) in [("sc-b", pb, vec![], &services[..]), ("sc-a", pa, vec![pb], &[][..])] {
+    for (name, port, peers, svcs) in [("b", pb, vec![], services), ("a", pa, vec![pb], &[][..])] {
         procs.spawn(
             Command::new(&bin)
+                .args(&threads)
                 .args(["node", "--config"])
-                .arg(node_config(pki, name, port, &peers, svcs)?)
+                .arg(node_config(pki, &format!("sc-{tag}{name}"), port, &peers, svcs)?)
                 .env("RUST_LOG", "warn"),
         )?;
     }
     let client = pki.tls(Role::Client, "sidecar")?;
+    let has_iperf = services.iter().any(|(s, _)| *s == "iperf");
     let mut forward = |entry: u16, service: &str| -> Result<SocketAddr, Error> {
         let port = free_tcp_port()?;
         let listen = format!("127.0.0.1:{port}");
@@ -247,34 +243,85 @@ pub async fn run(pki: &Pki, front: &HaTls, back: &HaTls, echo: SocketAddr, o: &O
         )?;
         Ok(SocketAddr::from(([127, 0, 0, 1], port)))
     };
-    let mesh_two = (
-        forward(pa, "echo")?,
-        iperf_server.map(|_| forward(pa, "iperf")).transpose()?,
-    );
-    let mesh_one = (
-        forward(pb, "echo")?,
-        iperf_server.map(|_| forward(pb, "iperf")).transpose()?,
-    );
+    let mut entries = |node: u16| -> Result<Entries, Error> {
+        Ok((
+            forward(node, "echo")?,
+            if has_iperf { Some(forward(node, "iperf")?) } else { None },
+        ))
+    };
+    Ok((entries(pa)?, entries(pb)?))
+}
+
+fn range(v: &[f64]) -> String {
+    let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+    if v.len() < 2 {
+        String::new()
+    } else {
+        format!(" ({lo:.0}–{hi:.0})")
+    }
+}
+
+/// Runs the section and prints its table.
+pub async fn run(pki: &Pki, front: &HaTls, back: &HaTls, echo: SocketAddr, o: &Opts<'_>) -> Result<(), Error> {
+    let mut procs = Procs::default();
+    let iperf_server = if Command::new("iperf3").arg("-v").output().await.is_ok() {
+        let port = free_tcp_port()?;
+        procs.spawn(
+            Command::new("iperf3")
+                .args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null()),
+        )?;
+        Some(SocketAddr::from(([127, 0, 0, 1], port)))
+    } else {
+        eprintln!("iperf3 is not installed: the sidecar table has no throughput column");
+        None
+    };
+    let mut services = vec![("echo", echo)];
+    if let Some(i) = iperf_server {
+        services.push(("iperf", i));
+    }
+    let (mesh_two, mesh_one) = mesh(&mut procs, pki, "", &services, None)?;
+    let (single_two, single_one) = mesh(&mut procs, pki, "t1", &services, Some(1))?;
 
     let mut paths = vec![PathAddrs {
         name: "direct TCP",
         echo,
         iperf: iperf_server,
     }];
-    let mut _ha = None;
+    let mut _ha = Vec::new();
     if let Some(ha_bin) = o.haproxy {
+        // One process for the single hop and the whole chain, as HAProxy is usually run; and
+        // the chain again with a process per hop, as the mesh runs (one host per hop).
         let mut cfg = String::new();
+        let mut hops = [String::new(), String::new(), String::new()];
         let one = haproxy::front()?;
         haproxy::listen(&mut cfg, "sc_echo", one, "", "first", &[echo.to_string()]);
-        let chain_echo = chain(&mut cfg, "sc_chain_echo", front, back, echo)?;
-        let (mut one_iperf, mut chain_iperf) = (None, None);
+        let chain_echo = {
+            let (mut a, mut b) = (String::new(), String::new());
+            let e = chain([&mut cfg, &mut a, &mut b], "sc_chain_echo", front, back, echo)?;
+            cfg.push_str(&a);
+            cfg.push_str(&b);
+            e
+        };
+        let [h0, h1, h2] = &mut hops;
+        let hops_echo = chain([h0, h1, h2], "sc_hops_echo", front, back, echo)?;
+        let (mut one_iperf, mut chain_iperf, mut hops_iperf) = (None, None, None);
         if let Some(i) = iperf_server {
             let f = haproxy::front()?;
             haproxy::listen(&mut cfg, "sc_iperf", f, "", "first", &[i.to_string()]);
             one_iperf = Some(f);
-            chain_iperf = Some(chain(&mut cfg, "sc_chain_iperf", front, back, i)?);
+            let (mut a, mut b) = (String::new(), String::new());
+            chain_iperf = Some(chain([&mut cfg, &mut a, &mut b], "sc_chain_iperf", front, back, i)?);
+            cfg.push_str(&a);
+            cfg.push_str(&b);
+            let [h0, h1, h2] = &mut hops;
+            hops_iperf = Some(chain([h0, h1, h2], "sc_hops_iperf", front, back, i)?);
         }
-        _ha = Some(Haproxy::start(ha_bin, &cfg, one, pki.dir.path(), "sidecar").await?);
+        _ha.push(Haproxy::start(ha_bin, &cfg, one, pki.dir.path(), "sidecar").await?);
+        for (k, h) in hops.iter().enumerate() {
+            let probe = haproxy::first_bind(h).ok_or("an HAProxy hop with no listener")?;
+            _ha.push(Haproxy::start(ha_bin, h, probe, pki.dir.path(), &format!("sidecar-hop{k}")).await?);
+        }
         paths.push(PathAddrs {
             name: "HAProxy TCP, one hop",
             echo: one,
@@ -285,17 +332,20 @@ pub async fn run(pki: &Pki, front: &HaTls, back: &HaTls, echo: SocketAddr, o: &O
             echo: chain_echo,
             iperf: chain_iperf,
         });
+        paths.push(PathAddrs {
+            name: HOPS,
+            echo: hops_echo,
+            iperf: hops_iperf,
+        });
     }
-    paths.push(PathAddrs {
-        name: TWO_NODES,
-        echo: mesh_two.0,
-        iperf: mesh_two.1,
-    });
-    paths.push(PathAddrs {
-        name: ONE_NODE,
-        echo: mesh_one.0,
-        iperf: mesh_one.1,
-    });
+    for (name, (echo, iperf)) in [
+        (TWO_NODES, mesh_two),
+        (ONE_NODE, mesh_one),
+        (TWO_NODES_T1, single_two),
+        (ONE_NODE_T1, single_one),
+    ] {
+        paths.push(PathAddrs { name, echo, iperf });
+    }
     if !o.only.is_empty() {
         paths.retain(|p| o.only.iter().any(|n| p.name.contains(n.as_str())));
     }
@@ -325,6 +375,9 @@ pub async fn run(pki: &Pki, front: &HaTls, back: &HaTls, echo: SocketAddr, o: &O
 const CHAIN: &str = "HAProxy chain, TLS on both inner legs";
 const TWO_NODES: &str = "quicmesh: forward → node A → node B";
 const ONE_NODE: &str = "quicmesh: forward → node B";
+const TWO_NODES_T1: &str = "quicmesh, nodes with --threads 1 too: forward → node A → node B";
+const ONE_NODE_T1: &str = "quicmesh, nodes with --threads 1 too: forward → node B";
+const HOPS: &str = "HAProxy chain, a process per hop";
 
 fn print_table(paths: &[PathAddrs], got: &[[Vec<f64>; 4]], o: &Opts<'_>) {
     println!(
@@ -358,12 +411,25 @@ fn print_table(paths: &[PathAddrs], got: &[[Vec<f64>; 4]], o: &Opts<'_>) {
         (Some(x), Some(y)) if !x[k].is_empty() && !y[k].is_empty() => format!("{:.2}×", med(&x[k]) / med(&y[k])),
         _ => "–".into(),
     };
-    println!(
-        "\nAgainst the targets: two nodes vs the HAProxy chain: c=1 p50 {} (target ≤ 1.10×), c=16 req/s {} (≥ 1.0×), iperf3 {} (≥ 1.0×). One node vs one HAProxy TCP hop: c=1 p50 {} (≤ 1.25×). The relay hop keeps {} of one node's throughput (target ≥ 0.80×).\n",
-        ratio(TWO_NODES, CHAIN, 0),
-        ratio(TWO_NODES, CHAIN, 2),
-        ratio(TWO_NODES, CHAIN, 3),
-        ratio(ONE_NODE, "HAProxy TCP, one hop", 0),
-        ratio(TWO_NODES, ONE_NODE, 3),
-    );
+    for (label, two, one) in [
+        (
+            "the default threads (forward 1, nodes one per CPU)",
+            TWO_NODES,
+            ONE_NODE,
+        ),
+        ("--threads 1 on the nodes too", TWO_NODES_T1, ONE_NODE_T1),
+    ] {
+        println!(
+            "\nAgainst the targets, quicmesh with {label}: two nodes vs the HAProxy chain: c=1 p50 {} (target ≤ 1.10×), c=16 req/s {} (≥ 1.0×), iperf3 {} (≥ 1.0×); vs the chain with a process per hop: {}, {}, {}. One node vs one HAProxy TCP hop: c=1 p50 {} (≤ 1.25×). The relay hop keeps {} of one node's throughput (target ≥ 0.80×).",
+            ratio(two, CHAIN, 0),
+            ratio(two, CHAIN, 2),
+            ratio(two, CHAIN, 3),
+            ratio(two, HOPS, 0),
+            ratio(two, HOPS, 2),
+            ratio(two, HOPS, 3),
+            ratio(one, "HAProxy TCP, one hop", 0),
+            ratio(two, one, 3),
+        );
+    }
+    println!();
 }

@@ -1,6 +1,7 @@
 //! An established connection: registering a node peer, serving the streams it opens, noticing
 //! migrations, and forgetting the peer when it closes.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +15,10 @@ use super::metrics::bump;
 use super::peers::Registered;
 use super::state::State;
 use super::streams::handle_stream;
-use super::sync::{lock, Counted};
+use super::sync::{lock, Counted, CountedArc};
 use crate::identity::{Identity, Role};
 use crate::protocol::codes;
+use crate::transport::StreamAllowance;
 
 /// How often a connection's remote address is compared with the last one seen.
 const MIGRATION_CHECK: Duration = Duration::from_millis(250);
@@ -29,12 +31,13 @@ pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Ide
         let _counted = Counted::new(&shared.metrics.connections);
         let is_node = id.role == Role::Node;
         let limits = &shared.ctx.cfg.limits;
-        let streams = if is_node {
+        let mut allowance = StreamAllowance::new(if is_node {
             limits.max_streams_per_connection
         } else {
             limits.max_streams_per_client
-        };
-        conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(streams));
+        });
+        conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(allowance.current()));
+        let open = Arc::new(AtomicUsize::new(0));
         if is_node {
             if id.name == shared.ctx.name {
                 warn!("a peer address points back at this node; dropping the connection");
@@ -82,7 +85,16 @@ pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Ide
             tokio::select! {
                 accepted = conn.accept_bi() => match accepted {
                     Ok((send, recv)) => {
-                        tokio::spawn(handle_stream(shared.clone(), conn.clone(), id.clone(), send, recv).in_current_span());
+                        let (guard, now) = CountedArc::new(&open);
+                        if let Some(more) = allowance.on_accept(u32::try_from(now).unwrap_or(u32::MAX)) {
+                            conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(more));
+                            debug!(streams = more, "stream allowance raised");
+                        }
+                        let stream = handle_stream(shared.clone(), conn.clone(), id.clone(), send, recv);
+                        tokio::spawn(async move {
+                            let _open = guard;
+                            stream.await;
+                        }.in_current_span());
                     }
                     Err(e) => break e,
                 },

@@ -1,7 +1,7 @@
 //! Small synchronisation helpers shared by the node's state parts.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
@@ -22,6 +22,23 @@ impl<'a> Counted<'a> {
 }
 
 impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// [`Counted`] for a counter shared with a spawned task: the task holds the guard.
+pub(crate) struct CountedArc(Arc<AtomicUsize>);
+
+impl CountedArc {
+    /// Counts one more and returns the guard with the count now.
+    pub fn new(gauge: &Arc<AtomicUsize>) -> (Self, usize) {
+        let now = gauge.fetch_add(1, Ordering::Relaxed) + 1;
+        (CountedArc(gauge.clone()), now)
+    }
+}
+
+impl Drop for CountedArc {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }

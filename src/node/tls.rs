@@ -9,7 +9,7 @@ use super::error::NodeError;
 use super::sync::lock;
 use crate::config::NodeConfig;
 use crate::identity::TlsMaterial;
-use crate::transport::{transport_config, TransportError};
+use crate::transport::{transport_config, StreamAllowance, TransportError};
 
 /// What may change when the certificate files are reloaded.
 pub(crate) struct TlsState {
@@ -44,18 +44,22 @@ impl TlsState {
     }
 }
 
-/// Transport settings for accepted and for dialled connections. An accepted connection
-/// starts with the smaller of the two stream limits (the peer's role is known only after the
-/// handshake) and is raised or lowered then; dialled connections go to nodes only.
+/// Transport settings for accepted and for dialled connections. Every connection starts with
+/// the initial stream allowance (of the smaller limit when accepted: the peer's role is known
+/// only after the handshake) and raises it on demand; dialled connections go to nodes only.
 fn transports(
     config: &NodeConfig,
 ) -> Result<(Arc<quinn::TransportConfig>, Arc<quinn::TransportConfig>), TransportError> {
     let l = &config.limits;
+    // Both start at the initial allowance; the connection raises it as the peer uses it.
     let accept = transport_config(
         &config.transport,
-        l.max_streams_per_client.min(l.max_streams_per_connection),
+        StreamAllowance::new(l.max_streams_per_client.min(l.max_streams_per_connection)).current(),
     )?;
-    let dial = transport_config(&config.transport, l.max_streams_per_connection)?;
+    let dial = transport_config(
+        &config.transport,
+        StreamAllowance::new(l.max_streams_per_connection).current(),
+    )?;
     Ok((accept, dial))
 }
 

@@ -199,6 +199,34 @@ pub(crate) async fn splice_quic(
     result
 }
 
+/// Splices one of our own streams to a TCP connection (the sidecar's side of a stream to a
+/// service): TCP → stream in chunks of up to 64 KiB without copying, stream → TCP one write
+/// per batch, `TCP_NODELAY` so a small reply is not held back. Unfinished directions are
+/// reset on failure. `up` counts what went toward the service.
+pub(crate) async fn splice_own_tcp(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    tcp: TcpStream,
+) -> Result<Spliced, SpliceError> {
+    let _ = tcp.set_nodelay(true);
+    let (mut t_read, mut t_write) = tcp.into_split();
+    let (up_ok, down_ok, result) = run_pumps(
+        tcp_to_quic(&mut t_read, send),
+        quic_to_tcp(recv, &mut t_write),
+        &[],
+        None,
+    )
+    .await;
+    let code = reset_code(&result);
+    if !up_ok {
+        let _ = send.reset(code);
+    }
+    if !down_ok {
+        let _ = recv.stop(code);
+    }
+    result
+}
+
 /// Splices a caller's stream to a connected local TCP backend.
 pub(crate) async fn splice_tcp(
     caller: (&Connection, SendStream, RecvStream),

@@ -89,6 +89,18 @@ impl ServiceStream {
             .map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))
     }
 
+    /// Pipes this stream and a TCP connection into each other until both directions end:
+    /// what `quicmesh forward` does with every connection it accepts. Each side's end of
+    /// input half-closes the other; a failure in either direction resets the stream, so the
+    /// service never takes a cut-off request for a whole one. Returns the bytes sent to the
+    /// service and received from it.
+    pub async fn splice_tcp(mut self, tcp: tokio::net::TcpStream) -> io::Result<(u64, u64)> {
+        let result = super::splice::splice_own_tcp(&mut self.send, &mut self.recv, tcp).await;
+        // Finished or reset by now either way; if this future is dropped first, Drop resets.
+        self.finished = true;
+        result.map(|s| (s.up, s.down)).map_err(io::Error::other)
+    }
+
     /// Aborts both directions; the peer sees a reset, never a clean end.
     pub fn abort(&mut self) {
         self.finished = true;
