@@ -128,9 +128,10 @@ struct Inner {
     identity: Identity,
     endpoint: quinn::Endpoint,
     conn: Mutex<Option<quinn::Connection>>,
-    /// The entry whose connection was last lost or drained: dialled last next time, since it
-    /// is likely down or restarting (its old port answers nothing until the new process is up).
-    lost: std::sync::Mutex<Option<SocketAddr>>,
+    /// The entry the connection was made to, and the one whose connection was last lost or
+    /// drained, with when: dialled last for a while, since it is likely down or restarting
+    /// (its old port answers nothing until the new process is up).
+    entries: std::sync::Mutex<EntryMemory>,
     /// Client-side routing state, if `routing.direct`.
     direct: Option<std::sync::Mutex<crate::direct::Direct>>,
     /// SRV discovery of entry nodes, if `discovery` is set.
@@ -229,7 +230,7 @@ impl Client {
                 cfg,
                 endpoint,
                 conn: Mutex::new(None),
-                lost: std::sync::Mutex::new(None),
+                entries: std::sync::Mutex::new(EntryMemory::default()),
                 direct: cfg_direct.then(|| {
                     let rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
                     std::sync::Mutex::new(crate::direct::Direct::new(std::time::Instant::now(), rng))
@@ -275,10 +276,11 @@ impl Client {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
             }
-            *crate::node::lock_std(&self.inner.lost) = Some(c.remote_address());
+            crate::node::lock_std(&self.inner.entries).lost_now();
         }
         let mut candidates = entry_candidates(&self.inner.cfg, self.inner.discovery.as_deref()).await;
-        lost_entry_last(&mut candidates, *crate::node::lock_std(&self.inner.lost));
+        let lost = crate::node::lock_std(&self.inner.entries).recently_lost(std::time::Instant::now());
+        lost_entry_last(&mut candidates, lost.as_deref());
         // Raced, not tried one by one: an entry that crashed but is still listed (in DNS, in
         // `entries`) costs the stagger instead of the whole connect timeout.
         let tried = match crate::race::race(candidates, crate::race::ENTRY_STAGGER, |entry: String| async move {
@@ -288,6 +290,7 @@ impl Client {
         {
             Ok((entry, c)) => {
                 debug!(%entry, "connected to entry node");
+                crate::node::lock_std(&self.inner.entries).current = Some(entry);
                 *guard = Some(c.clone());
                 return Ok(c);
             }
@@ -426,7 +429,7 @@ impl Client {
         let mut guard = self.inner.conn.lock().await;
         if guard.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
             *guard = None;
-            *crate::node::lock_std(&self.inner.lost) = Some(conn.remote_address());
+            crate::node::lock_std(&self.inner.entries).lost_now();
         }
     }
 
@@ -601,12 +604,40 @@ struct Failed {
     sent: bool,
 }
 
-/// Moves the entries that name `lost` to the end, keeping the order of the rest: the race
-/// starts with an entry likely to answer, and the lost one still gets its turn (it may be
-/// back, or the only one).
-fn lost_entry_last(candidates: &mut [String], lost: Option<SocketAddr>) {
+/// How long an entry whose connection was lost is dialled last: long enough for a restart,
+/// short enough that a preferred entry (SRV priority, the order given) is soon first again.
+const LOST_ENTRY_LAST_FOR: Duration = Duration::from_secs(10);
+
+/// Which entry the client is connected to, and which one it lost last.
+#[derive(Debug, Default)]
+struct EntryMemory {
+    current: Option<String>,
+    lost: Option<(String, std::time::Instant)>,
+}
+
+impl EntryMemory {
+    /// The connection to the current entry is gone.
+    fn lost_now(&mut self) {
+        if let Some(entry) = self.current.take() {
+            self.lost = Some((entry, std::time::Instant::now()));
+        }
+    }
+
+    /// The entry lost within [`LOST_ENTRY_LAST_FOR`] of `now`, if any.
+    fn recently_lost(&self, now: std::time::Instant) -> Option<String> {
+        self.lost
+            .as_ref()
+            .filter(|(_, at)| now.saturating_duration_since(*at) < LOST_ENTRY_LAST_FOR)
+            .map(|(e, _)| e.clone())
+    }
+}
+
+/// Moves the entry `lost` to the end, keeping the order of the rest: the race starts with
+/// an entry likely to answer, and the lost one still gets its turn (it may be back, or the
+/// only one).
+fn lost_entry_last(candidates: &mut [String], lost: Option<&str>) {
     if let Some(lost) = lost {
-        candidates.sort_by_key(|c| c.parse::<SocketAddr>().is_ok_and(|a| a == lost));
+        candidates.sort_by_key(|c| c == lost);
     }
 }
 
@@ -722,12 +753,30 @@ mod tests {
     fn the_lost_entry_is_dialled_last_and_the_rest_keep_their_order() {
         let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let mut c = list(&["127.0.0.1:1", "127.0.0.1:2", "node-c:3", "127.0.0.1:4"]);
-        lost_entry_last(&mut c, Some("127.0.0.1:1".parse().unwrap()));
+        lost_entry_last(&mut c, Some("127.0.0.1:1"));
         assert_eq!(c, list(&["127.0.0.1:2", "node-c:3", "127.0.0.1:4", "127.0.0.1:1"]));
         lost_entry_last(&mut c, None);
         assert_eq!(c, list(&["127.0.0.1:2", "node-c:3", "127.0.0.1:4", "127.0.0.1:1"]));
         // An address no entry names changes nothing.
-        lost_entry_last(&mut c, Some("10.0.0.1:1".parse().unwrap()));
+        lost_entry_last(&mut c, Some("10.0.0.1:1"));
         assert_eq!(c, list(&["127.0.0.1:2", "node-c:3", "127.0.0.1:4", "127.0.0.1:1"]));
+        // Host names are entries too.
+        lost_entry_last(&mut c, Some("node-c:3"));
+        assert_eq!(c, list(&["127.0.0.1:2", "127.0.0.1:4", "127.0.0.1:1", "node-c:3"]));
+    }
+
+    #[test]
+    fn a_lost_entry_is_remembered_for_a_while_only() {
+        let mut m = EntryMemory::default();
+        m.lost_now();
+        assert_eq!(m.lost, None, "nothing was connected");
+        m.current = Some("a:1".into());
+        m.lost_now();
+        let (_, at) = m.lost.clone().unwrap();
+        assert_eq!(m.recently_lost(at).as_deref(), Some("a:1"));
+        assert_eq!(m.recently_lost(at + LOST_ENTRY_LAST_FOR), None);
+        // A second loss before a new connection keeps the first.
+        m.lost_now();
+        assert_eq!(m.recently_lost(at).as_deref(), Some("a:1"));
     }
 }

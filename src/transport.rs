@@ -88,6 +88,11 @@ impl StreamAllowance {
         self.current
     }
 
+    /// Whether the allowance has reached its limit (it grows no more).
+    pub fn at_limit(&self) -> bool {
+        self.current >= self.max
+    }
+
     /// A stream was accepted and `in_flight` are open now (this one included): the new
     /// allowance to give the peer, if it should grow.
     pub fn on_accept(&mut self, in_flight: u32) -> Option<u32> {
@@ -97,6 +102,14 @@ impl StreamAllowance {
         self.current = self.current.saturating_mul(2).min(self.max);
         Some(self.current)
     }
+}
+
+/// How long after its handler ends a stream still counts against the peer's allowance in
+/// quinn: until the peer acknowledges our end of it (a round trip, plus its ack delay),
+/// twice the round trip to be safe. Overcounting only grows the allowance sooner.
+pub fn stream_release_lag(rtt: Duration) -> Duration {
+    const MAX_ACK_DELAY: Duration = Duration::from_millis(25);
+    rtt * 2 + MAX_ACK_DELAY
 }
 
 /// Binds a UDP socket for an endpoint, reporting the address on failure, and sizes its
@@ -213,6 +226,7 @@ mod tests {
             }
         }
         assert_eq!(steps, [128, 256, 512, 1024]);
+        assert!(a.at_limit());
         assert_eq!(a.on_accept(1024), None);
         // A limit below the initial allowance is the allowance, and never grows.
         let mut small = StreamAllowance::new(4);

@@ -187,6 +187,24 @@ fn client_flags(dir: &Path, entry: &str) -> Vec<String> {
     ]
 }
 
+/// Reads the request, writes part of a reply, then aborts the stream.
+struct Broken;
+
+impl quicmesh::Handler for Broken {
+    fn serve(
+        &self,
+        mut stream: quicmesh::ServiceStream,
+        _ctx: quicmesh::RequestContext,
+    ) -> quicmesh::BoxFuture<std::io::Result<()>> {
+        Box::pin(async move {
+            stream.read_to_end(1 << 20).await?;
+            stream.write_all(b"partial").await?;
+            stream.abort();
+            Ok(())
+        })
+    }
+}
+
 #[tokio::test]
 async fn call_and_forward_through_an_in_process_node() {
     let dir = tempfile::tempdir().unwrap();
@@ -203,7 +221,12 @@ async fn call_and_forward_through_an_in_process_node() {
     let mut cfg = NodeConfig::new("n1", tls);
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.admin.listen = "127.0.0.1:0".into();
-    let node = Node::builder(cfg).handler("echo", Echo).start().await.unwrap();
+    let node = Node::builder(cfg)
+        .handler("echo", Echo)
+        .handler("broken", Broken)
+        .start()
+        .await
+        .unwrap();
     let entry = node.local_addr().to_string();
 
     let mut args = vec!["call".to_owned(), "echo".into(), "-v".into()];
@@ -247,6 +270,36 @@ async fn call_and_forward_through_an_in_process_node() {
     let mut got = Vec::new();
     sock.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"tcp through the mesh");
+    fwd.kill().await.unwrap();
+
+    // A reply the service cut off reaches the TCP client as a reset, never as a clean end.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["forward".to_owned(), listen.clone(), "broken".into()];
+    args.extend(client_flags(dir.path(), &entry));
+    let mut fwd = tokio::process::Command::new(bin())
+        .args(&args)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut sock = eventually_async(Duration::from_secs(20), &format!("forward listens on {listen}"), || {
+        tokio::net::TcpStream::connect(&listen)
+    })
+    .await;
+    sock.write_all(b"a request").await.unwrap();
+    sock.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut got))
+        .await
+        .expect("the forwarder neither ended nor reset the connection");
+    match read {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("a cut-off reply ended cleanly after {n} bytes: {got:?}"),
+    }
     fwd.kill().await.unwrap();
 
     // status --watch keeps printing the table until stopped.

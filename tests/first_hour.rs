@@ -476,26 +476,41 @@ async fn a_call_relayed_to_a_crashed_node_moves_on_quickly() {
         .map(|s| s.to_string())
         .collect()
     };
-    // A key that n2 serves, once both servers are in n1's table: only a key that went to n3
-    // shows n3 is there. Without it the call after the crash has nowhere else to go and
-    // rightly waits out the header timeout (a lone provider that is silent may just be slow).
-    let key = eventually_async(Duration::from_secs(30), "keys served by n2 and by n3", || async {
-        let (mut to_n2, mut to_n3) = (None, false);
-        for k in 0..32 {
-            let key = format!("k{k}");
-            let (_, err) = common::cli_call(&call_args(&key), "x").await?;
-            if err.contains("served by n2") {
-                to_n2.get_or_insert(key);
+    // A key that n2 serves, once both servers are in n1's table: first a key that goes to n3
+    // (so n3 is there), then, with the ring now whole, a key that goes to n2. Without n3 the
+    // call after the crash has nowhere else to go and rightly waits out the header timeout (a
+    // lone provider that is silent may just be slow); a key found before n3 joined may have
+    // moved to n3 since.
+    let route_of = |key: String| {
+        let args = call_args(&key);
+        async move {
+            let (_, err) = common::cli_call(&args, "x").await?;
+            Ok::<_, String>(if err.contains("served by n2") {
+                Some(2)
             } else if err.contains("served by n3") {
-                to_n3 = true;
-            }
-            if let (true, Some(key)) = (to_n3, &to_n2) {
-                return Ok(key.clone());
+                Some(3)
+            } else {
+                None
+            })
+        }
+    };
+    eventually_async(Duration::from_secs(30), "a key served by n3", || async {
+        for k in 0..32 {
+            if route_of(format!("k{k}")).await? == Some(3) {
+                return Ok(());
             }
         }
-        Err(format!(
-            "not both servers seen yet (a key to n2: {to_n2:?}, a key to n3: {to_n3})"
-        ))
+        Err("no key went to n3 yet".to_owned())
+    })
+    .await;
+    let key = eventually_async(Duration::from_secs(30), "a key served by n2", || async {
+        for k in 0..32 {
+            let key = format!("k{k}");
+            if route_of(key.clone()).await? == Some(2) {
+                return Ok(key);
+            }
+        }
+        Err("no key went to n2".to_owned())
     })
     .await;
     // Crash n2: SIGKILL, so it sends no close and gossip has not noticed yet.

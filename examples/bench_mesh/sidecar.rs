@@ -116,7 +116,7 @@ async fn latency(addr: SocketAddr, concurrency: usize, requests: usize) -> Resul
         }
         conns.push(s);
     }
-    let each = requests.div_ceil(concurrency);
+    let each = requests.max(1).div_ceil(concurrency);
     let started = Instant::now();
     let workers = conns.into_iter().map(|mut s| {
         tokio::spawn(async move {

@@ -35,17 +35,27 @@ pub(super) fn leased_of(i: usize) -> String {
 /// A loopback port free for `udp` or TCP, below Linux's ephemeral range (32768+): the
 /// proxies' upstream sockets and the clients bind ephemeral ports all the time, and one could
 /// take a port reserved for a node that is down or not started yet.
+///
+/// A port is handed out once per process: nodes start one after another, so a port checked
+/// free for one node and not yet bound could otherwise be handed to another (a soak of 12
+/// nodes drew such a pair in about one run of forty, and the second node exited at start).
 fn free_port(udp: bool) -> Result<u16, ChaosError> {
     use rand::Rng;
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::from_os_rng();
+    let mut handed_out = crate::node::lock_std(&HANDED_OUT);
     for _ in 0..200 {
         let port = rng.random_range(20_000..32_000u16);
+        if handed_out.contains(&port) {
+            continue;
+        }
         let ok = if udp {
             std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
         } else {
             std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
         };
         if ok {
+            handed_out.push(port);
             return Ok(port);
         }
     }

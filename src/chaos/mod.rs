@@ -156,9 +156,6 @@ pub async fn run(opts: &ChaosOptions) -> Result<Report, ChaosError> {
             tmp.path().to_owned()
         }
     };
-    let mesh = Mesh::start(&dir, &opts.node_bin, shape.nodes, shape.seeds, shape.clients).await?;
-    let result = soak(opts, &mesh).await;
-    mesh.stop().await;
     // Keep the configs and node logs for whoever looks into a violation or an error.
     let keep = |dir: &std::path::Path| -> Option<PathBuf> {
         if opts.dir.is_some() {
@@ -168,6 +165,17 @@ pub async fn run(opts: &ChaosOptions) -> Result<Report, ChaosError> {
         let _ = std::fs::remove_dir_all(&kept);
         std::fs::rename(dir, &kept).ok().map(|()| kept)
     };
+    let kept_with = |e: ChaosError| match keep(&dir) {
+        Some(d) => ChaosError::Node(format!("{e} (configs and node logs: {})", d.display())),
+        None => e,
+    };
+    // A node that fails to start is as worth a look as one that fails later.
+    let mesh = match Mesh::start(&dir, &opts.node_bin, shape.nodes, shape.seeds, shape.clients).await {
+        Ok(m) => m,
+        Err(e) => return Err(kept_with(e)),
+    };
+    let result = soak(opts, &mesh).await;
+    mesh.stop().await;
     match result {
         Ok(mut report) => {
             if !report.violations.is_empty() || opts.dir.is_some() {
@@ -175,13 +183,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<Report, ChaosError> {
             }
             Ok(report)
         }
-        Err(e) => match keep(&dir) {
-            Some(d) => Err(ChaosError::Node(format!(
-                "{e} (configs and node logs: {})",
-                d.display()
-            ))),
-            None => Err(e),
-        },
+        Err(e) => Err(kept_with(e)),
     }
 }
 

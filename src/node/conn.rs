@@ -18,7 +18,7 @@ use super::streams::handle_stream;
 use super::sync::{lock, Counted, CountedArc};
 use crate::identity::{Identity, Role};
 use crate::protocol::codes;
-use crate::transport::StreamAllowance;
+use crate::transport::{stream_release_lag, StreamAllowance};
 
 /// How often a connection's remote address is compared with the last one seen.
 const MIGRATION_CHECK: Duration = Duration::from_millis(250);
@@ -91,9 +91,17 @@ pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Ide
                             debug!(streams = more, "stream allowance raised");
                         }
                         let stream = handle_stream(shared.clone(), conn.clone(), id.clone(), send, recv);
+                        // quinn counts a stream against the allowance until the peer has
+                        // acknowledged our end of it, about a round trip and an ack delay after
+                        // the handler returns: a burst of short calls holds that many slots, so
+                        // the count holds them as long (only while the allowance may grow).
+                        let lag = (!allowance.at_limit()).then(|| stream_release_lag(conn.rtt()));
                         tokio::spawn(async move {
-                            let _open = guard;
                             stream.await;
+                            if let Some(lag) = lag {
+                                tokio::time::sleep(lag).await;
+                            }
+                            drop(guard);
                         }.in_current_span());
                     }
                     Err(e) => break e,

@@ -199,6 +199,15 @@ pub(crate) async fn splice_quic(
     result
 }
 
+/// Closes a TCP connection with a reset instead of a FIN: after a failed splice the far end
+/// must not take the bytes it got for the whole request or reply (dropping the halves would
+/// shut the write side down cleanly).
+fn reset_tcp(read: OwnedReadHalf, write: OwnedWriteHalf) {
+    if let Ok(tcp) = read.reunite(write) {
+        let _ = tcp.set_zero_linger();
+    }
+}
+
 /// Splices one of our own streams to a TCP connection (the sidecar's side of a stream to a
 /// service): TCP → stream in chunks of up to 64 KiB without copying, stream → TCP one write
 /// per batch, `TCP_NODELAY` so a small reply is not held back. Unfinished directions are
@@ -223,6 +232,9 @@ pub(crate) async fn splice_own_tcp(
     }
     if !down_ok {
         let _ = recv.stop(code);
+    }
+    if result.is_err() {
+        reset_tcp(t_read, t_write);
     }
     result
 }
@@ -250,6 +262,10 @@ pub(crate) async fn splice_tcp(
     if !down_ok {
         let _ = c_send.reset(code);
     }
-    // Dropping both TCP halves closes the backend connection either way.
+    if result.is_err() {
+        // A request cut off by a reset or a lost caller must not reach the backend as a
+        // request that ended: the backend sees a reset, not end-of-stream.
+        reset_tcp(t_read, t_write);
+    }
     result
 }
