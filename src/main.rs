@@ -612,7 +612,11 @@ async fn forward(a: ForwardArgs) -> Result<(), BoxError> {
                         warn!(%peer, error = %e, "forwarded connection failed");
                     }
                 }
-                Err(e) => warn!(%peer, error = %e, "cannot open a stream to the service"),
+                Err(e) => {
+                    warn!(%peer, error = %e, "cannot open a stream to the service");
+                    // A reset, not a FIN: the client must not read "no service" as an empty reply.
+                    let _ = tcp.set_zero_linger();
+                }
             }
         });
     }

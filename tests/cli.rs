@@ -302,6 +302,26 @@ async fn call_and_forward_through_an_in_process_node() {
     }
     fwd.kill().await.unwrap();
 
+    // A service the mesh does not offer: a reset too, not an empty reply.
+    let listen = format!("127.0.0.1:{}", common::free_tcp_port());
+    let mut args = vec!["forward".to_owned(), listen.clone(), "missing".into()];
+    args.extend(client_flags(dir.path(), &entry));
+    let mut fwd = tokio::process::Command::new(bin())
+        .args(&args)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut sock = eventually_async(Duration::from_secs(20), &format!("forward listens on {listen}"), || {
+        tokio::net::TcpStream::connect(&listen)
+    })
+    .await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut got))
+        .await
+        .expect("the forwarder neither ended nor reset the connection");
+    assert!(read.is_err(), "an unknown service looked like an empty reply");
+    fwd.kill().await.unwrap();
+
     // status --watch keeps printing the table until stopped.
     let mut args = vec!["status".to_owned(), "--watch".into(), "0.2".into()];
     args.extend(client_flags(dir.path(), &entry));
