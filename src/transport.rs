@@ -108,9 +108,11 @@ impl StreamAllowance {
 /// quinn: until the peer acknowledges our end of it (a round trip, plus its ack delay),
 /// twice the round trip to be safe. Overcounting only grows the allowance sooner.
 pub fn stream_release_lag(rtt: Duration) -> Duration {
-    const MAX_ACK_DELAY: Duration = Duration::from_millis(25);
     rtt * 2 + MAX_ACK_DELAY
 }
+
+/// The longest a QUIC peer delays an acknowledgement (quinn's default, RFC 9000's 25 ms).
+const MAX_ACK_DELAY: Duration = Duration::from_millis(25);
 
 /// Binds a UDP socket for an endpoint, reporting the address on failure, and sizes its
 /// buffers to `buffer` bytes (0: the kernel's default).
@@ -314,7 +316,6 @@ pub fn silence_bound(conn: &quinn::Connection) -> Duration {
 }
 
 fn silence_bound_for(rtt: Duration) -> Duration {
-    const MAX_ACK_DELAY: Duration = Duration::from_millis(25);
     const FLOOR: Duration = Duration::from_millis(250);
     ((rtt + MAX_ACK_DELAY) * 4).max(FLOOR)
 }

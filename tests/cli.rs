@@ -247,80 +247,46 @@ async fn call_and_forward_through_an_in_process_node() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("UnknownService"), "{}", stderr(&out));
 
-    // forward: local TCP port -> mesh service.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut args = vec!["forward".to_owned(), listen.clone(), "echo".into()];
-    args.extend(client_flags(dir.path(), &entry));
-    let mut fwd = tokio::process::Command::new(bin())
-        .args(&args)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut sock = eventually_async(Duration::from_secs(20), &format!("forward listens on {listen}"), || {
-        tokio::net::TcpStream::connect(&listen)
-    })
-    .await;
-    sock.write_all(b"tcp through the mesh").await.unwrap();
-    sock.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    sock.read_to_end(&mut got).await.unwrap();
+    // forward: local TCP port -> mesh service. One request per connection: the bytes sent,
+    // half-closed, and what came back before the end or the error.
+    let forward = |service: &'static str, request: &'static [u8]| {
+        let (dir, entry) = (dir.path().to_owned(), entry.clone());
+        async move {
+            let listen = format!("127.0.0.1:{}", common::free_tcp_port());
+            let mut args = vec!["forward".to_owned(), listen.clone(), service.into()];
+            args.extend(client_flags(&dir, &entry));
+            let mut fwd = tokio::process::Command::new(bin())
+                .args(&args)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let mut sock = eventually_async(Duration::from_secs(20), &format!("forward listens on {listen}"), || {
+                tokio::net::TcpStream::connect(&listen)
+            })
+            .await;
+            if !request.is_empty() {
+                sock.write_all(request).await.unwrap();
+                sock.shutdown().await.unwrap();
+            }
+            let mut got = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut got))
+                .await
+                .expect("the forwarder neither ended nor reset the connection");
+            fwd.kill().await.unwrap();
+            (read, got)
+        }
+    };
+    let (read, got) = forward("echo", b"tcp through the mesh").await;
+    read.unwrap();
     assert_eq!(got, b"tcp through the mesh");
-    fwd.kill().await.unwrap();
-
     // A reply the service cut off reaches the TCP client as a reset, never as a clean end.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut args = vec!["forward".to_owned(), listen.clone(), "broken".into()];
-    args.extend(client_flags(dir.path(), &entry));
-    let mut fwd = tokio::process::Command::new(bin())
-        .args(&args)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut sock = eventually_async(Duration::from_secs(20), &format!("forward listens on {listen}"), || {
-        tokio::net::TcpStream::connect(&listen)
-    })
-    .await;
-    sock.write_all(b"a request").await.unwrap();
-    sock.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut got))
-        .await
-        .expect("the forwarder neither ended nor reset the connection");
-    match read {
-        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
-        Ok(n) => panic!("a cut-off reply ended cleanly after {n} bytes: {got:?}"),
+    match forward("broken", b"a request").await {
+        (Err(e), _) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        (Ok(n), got) => panic!("a cut-off reply ended cleanly after {n} bytes: {got:?}"),
     }
-    fwd.kill().await.unwrap();
-
     // A service the mesh does not offer: a reset too, not an empty reply.
-    let listen = format!("127.0.0.1:{}", common::free_tcp_port());
-    let mut args = vec!["forward".to_owned(), listen.clone(), "missing".into()];
-    args.extend(client_flags(dir.path(), &entry));
-    let mut fwd = tokio::process::Command::new(bin())
-        .args(&args)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut sock = eventually_async(Duration::from_secs(20), &format!("forward listens on {listen}"), || {
-        tokio::net::TcpStream::connect(&listen)
-    })
-    .await;
-    let mut got = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut got))
-        .await
-        .expect("the forwarder neither ended nor reset the connection");
+    let (read, _) = forward("missing", b"").await;
     assert!(read.is_err(), "an unknown service looked like an empty reply");
-    fwd.kill().await.unwrap();
 
     // status --watch keeps printing the table until stopped.
     let mut args = vec!["status".to_owned(), "--watch".into(), "0.2".into()];
@@ -354,6 +320,7 @@ async fn call_and_forward_through_an_in_process_node() {
     assert!(table.starts_with("node n1 (quicmesh "), "{table}");
     assert!(table.contains("n1"), "{table}");
     // Pointed at something that is not an admin endpoint, it says so.
+    let listen = format!("127.0.0.1:{}", common::free_tcp_port());
     let out = run_with_stdin(&["status".into(), "--admin".into(), listen.clone()], b"").await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains(&format!("admin {listen}")), "{}", stderr(&out));
