@@ -177,11 +177,14 @@ async fn simultaneous_dials_resolve_without_a_suspicion() {
         };
         let (a, b) = tokio::join!(Node::builder(cfg(0)).start(), Node::builder(cfg(1)).start());
         let (a, b) = (a.unwrap(), b.unwrap());
-        // Settled: one connection each way, both see the other Alive.
-        eventually(LIMIT, "one connection between the two", || {
-            [&a, &b]
-                .iter()
-                .all(|n| n.stats().connections == 1 && n.peers().iter().filter(|p| p.connected).count() == 1)
+        // Settled: one connection each way, and each has the other's record (it arrives by
+        // gossip just after the connection registers); then that record must say Alive.
+        eventually(LIMIT, "one connection between the two, and each other's record", || {
+            [(&a, &b), (&b, &a)].iter().all(|(n, other)| {
+                n.stats().connections == 1
+                    && n.peers().iter().filter(|p| p.connected).count() == 1
+                    && status_of(n, other.name()).is_some()
+            })
         })
         .await;
         for (n, other) in [(&a, &b), (&b, &a)] {
