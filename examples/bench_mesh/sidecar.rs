@@ -163,19 +163,13 @@ async fn iperf(addr: SocketAddr, secs: u32) -> Result<f64, Error> {
         .ok_or_else(|| format!("iperf3 through {addr}: no end.sum_received in its JSON").into())
 }
 
-/// An HAProxy chain to `backend` with TLS on both inner legs, its three hops' `listen`
-/// sections added to `cfgs[0]`, `cfgs[1]` and `cfgs[2]` (one process, or one each); returns
-/// its entry.
-fn chain(
-    cfgs: [&mut String; 3],
-    name: &str,
-    front: &HaTls,
-    back: &HaTls,
-    backend: SocketAddr,
-) -> Result<SocketAddr, Error> {
+/// An HAProxy chain to `backend` with TLS on both inner legs: its entry, and the `listen`
+/// sections of its three hops (for one process, or one each).
+fn chain(name: &str, front: &HaTls, back: &HaTls, backend: SocketAddr) -> Result<(SocketAddr, [String; 3]), Error> {
     let (entry, relay, terminator) = (haproxy::front()?, haproxy::front()?, haproxy::front()?);
     let tls_to = |a: SocketAddr| format!("{a} {}", back.server());
-    let [c0, c1, c2] = cfgs;
+    let mut hops = [String::new(), String::new(), String::new()];
+    let [c0, c1, c2] = &mut hops;
     haproxy::listen(c0, &format!("{name}_entry"), entry, "", "first", &[tls_to(relay)]);
     haproxy::listen(
         c1,
@@ -193,7 +187,7 @@ fn chain(
         "first",
         &[backend.to_string()],
     );
-    Ok(entry)
+    Ok((entry, hops))
 }
 
 /// The echo and iperf3 entries of one path.
@@ -296,27 +290,32 @@ pub async fn run(pki: &Pki, front: &HaTls, back: &HaTls, echo: SocketAddr, o: &O
         let mut hops = [String::new(), String::new(), String::new()];
         let one = haproxy::front()?;
         haproxy::listen(&mut cfg, "sc_echo", one, "", "first", &[echo.to_string()]);
-        let chain_echo = {
-            let (mut a, mut b) = (String::new(), String::new());
-            let e = chain([&mut cfg, &mut a, &mut b], "sc_chain_echo", front, back, echo)?;
-            cfg.push_str(&a);
-            cfg.push_str(&b);
-            e
+        // One chain's hops all go into `cfg`; the other's each into a process of its own.
+        let mut both = |name: &str, to: SocketAddr| -> Result<(SocketAddr, SocketAddr), Error> {
+            let (in_one, sections) = chain(&format!("sc_chain_{name}"), front, back, to)?;
+            cfg.push_str(&sections.concat());
+            let (per_hop, sections) = chain(&format!("sc_hops_{name}"), front, back, to)?;
+            for (h, s) in hops.iter_mut().zip(sections) {
+                h.push_str(&s);
+            }
+            Ok((in_one, per_hop))
         };
-        let [h0, h1, h2] = &mut hops;
-        let hops_echo = chain([h0, h1, h2], "sc_hops_echo", front, back, echo)?;
-        let (mut one_iperf, mut chain_iperf, mut hops_iperf) = (None, None, None);
-        if let Some(i) = iperf_server {
-            let f = haproxy::front()?;
-            haproxy::listen(&mut cfg, "sc_iperf", f, "", "first", &[i.to_string()]);
-            one_iperf = Some(f);
-            let (mut a, mut b) = (String::new(), String::new());
-            chain_iperf = Some(chain([&mut cfg, &mut a, &mut b], "sc_chain_iperf", front, back, i)?);
-            cfg.push_str(&a);
-            cfg.push_str(&b);
-            let [h0, h1, h2] = &mut hops;
-            hops_iperf = Some(chain([h0, h1, h2], "sc_hops_iperf", front, back, i)?);
-        }
+        let (chain_echo, hops_echo) = both("echo", echo)?;
+        let (chain_iperf, hops_iperf) = match iperf_server {
+            Some(i) => {
+                let (c, h) = both("iperf", i)?;
+                (Some(c), Some(h))
+            }
+            None => (None, None),
+        };
+        let one_iperf = match iperf_server {
+            Some(i) => {
+                let f = haproxy::front()?;
+                haproxy::listen(&mut cfg, "sc_iperf", f, "", "first", &[i.to_string()]);
+                Some(f)
+            }
+            None => None,
+        };
         _ha.push(Haproxy::start(ha_bin, &cfg, one, pki.dir.path(), "sidecar").await?);
         for (k, h) in hops.iter().enumerate() {
             let probe = haproxy::first_bind(h).ok_or("an HAProxy hop with no listener")?;

@@ -208,35 +208,58 @@ fn reset_tcp(read: OwnedReadHalf, write: OwnedWriteHalf) {
     }
 }
 
-/// Splices one of our own streams to a TCP connection (the sidecar's side of a stream to a
-/// service): TCP → stream in chunks of up to 64 KiB without copying, stream → TCP one write
-/// per batch, `TCP_NODELAY` so a small reply is not held back. Unfinished directions are
-/// reset on failure. `up` counts what went toward the service.
-pub(crate) async fn splice_own_tcp(
+/// Which side of a stream–TCP splice is the caller: where `up` bytes come from.
+enum CallerSide {
+    /// The stream's peer calls a TCP backend (the node serving a local service).
+    Stream,
+    /// A TCP client calls through our own stream (the sidecar, `quicmesh forward`).
+    Tcp,
+}
+
+/// Pumps a stream and a TCP connection into each other: TCP → stream in chunks of up to
+/// 64 KiB without copying, stream → TCP one write per batch, `TCP_NODELAY` so a small
+/// message is not held back. On failure the stream's unfinished directions are reset and
+/// the TCP connection is reset too (a FIN would make a cut-off message look whole).
+async fn splice_stream_tcp(
     send: &mut SendStream,
     recv: &mut RecvStream,
     tcp: TcpStream,
+    caller: CallerSide,
+    conns: &[&Connection],
+    deadline: Option<Instant>,
 ) -> Result<Spliced, SpliceError> {
     let _ = tcp.set_nodelay(true);
     let (mut t_read, mut t_write) = tcp.into_split();
-    let (up_ok, down_ok, result) = run_pumps(
-        tcp_to_quic(&mut t_read, send),
-        quic_to_tcp(recv, &mut t_write),
-        &[],
-        None,
-    )
-    .await;
+    let to_tcp = quic_to_tcp(recv, &mut t_write);
+    let from_tcp = tcp_to_quic(&mut t_read, send);
+    let (to_tcp_ok, from_tcp_ok, result) = match caller {
+        CallerSide::Stream => run_pumps(to_tcp, from_tcp, conns, deadline).await,
+        CallerSide::Tcp => {
+            let (from_ok, to_ok, result) = run_pumps(from_tcp, to_tcp, conns, deadline).await;
+            (to_ok, from_ok, result)
+        }
+    };
     let code = reset_code(&result);
-    if !up_ok {
-        let _ = send.reset(code);
-    }
-    if !down_ok {
+    if !to_tcp_ok {
         let _ = recv.stop(code);
+    }
+    if !from_tcp_ok {
+        let _ = send.reset(code);
     }
     if result.is_err() {
         reset_tcp(t_read, t_write);
     }
     result
+}
+
+/// Splices one of our own streams to a TCP connection whose client is the caller (the
+/// sidecar's side of a stream to a service). `up` counts what went toward the service.
+pub(crate) async fn splice_own_tcp(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    tcp: TcpStream,
+) -> Result<Spliced, SpliceError> {
+    splice_stream_tcp(send, recv, tcp, CallerSide::Tcp, &[], None).await
 }
 
 /// Splices a caller's stream to a connected local TCP backend.
@@ -245,27 +268,6 @@ pub(crate) async fn splice_tcp(
     backend: TcpStream,
     deadline: Option<Instant>,
 ) -> Result<Spliced, SpliceError> {
-    let (conn, mut c_send, mut c_recv) = caller;
-    let _ = backend.set_nodelay(true);
-    let (mut t_read, mut t_write) = backend.into_split();
-    let (up_ok, down_ok, result) = run_pumps(
-        quic_to_tcp(&mut c_recv, &mut t_write),
-        tcp_to_quic(&mut t_read, &mut c_send),
-        &[conn],
-        deadline,
-    )
-    .await;
-    let code = reset_code(&result);
-    if !up_ok {
-        let _ = c_recv.stop(code);
-    }
-    if !down_ok {
-        let _ = c_send.reset(code);
-    }
-    if result.is_err() {
-        // A request cut off by a reset or a lost caller must not reach the backend as a
-        // request that ended: the backend sees a reset, not end-of-stream.
-        reset_tcp(t_read, t_write);
-    }
-    result
+    let (conn, mut send, mut recv) = caller;
+    splice_stream_tcp(&mut send, &mut recv, backend, CallerSide::Stream, &[conn], deadline).await
 }
