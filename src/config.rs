@@ -267,6 +267,11 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Concurrent connections (peers and clients) before new handshakes are refused. Default 10000.
     pub max_connections: usize,
+    /// Connections to other nodes kept once the mesh is larger than this. A mesh of at most
+    /// this many other nodes stays a full mesh; past it each node keeps between half this and
+    /// this many, to members drawn at random (see docs/gossip.md, "The overlay"), and dials the
+    /// nodes of a service it routes to on demand. Default 32.
+    pub max_peer_connections: usize,
     /// Relay hops a service stream may take. Default 1 (entry node → serving node).
     pub hop_limit: u8,
     /// Handshakes in progress above which a new connection attempt must first prove it owns
@@ -283,6 +288,7 @@ impl Default for Limits {
             max_inflight: 10_000,
             max_header_bytes: crate::protocol::DEFAULT_MAX_HEADER,
             max_connections: 10_000,
+            max_peer_connections: 32,
             hop_limit: 1,
             max_pending_handshakes: 256,
         }
@@ -305,6 +311,12 @@ impl Limits {
         }
         if self.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if self.max_peer_connections < 4 {
+            return Err(invalid(
+                "limits.max_peer_connections",
+                "must be at least 4 (a node in a large mesh keeps at least half of it, and fewer than 2 links each cannot keep the mesh connected)",
+            ));
         }
         if self.hop_limit > 4 {
             return Err(invalid("limits.hop_limit", "must be at most 4"));

@@ -46,6 +46,7 @@ pub mod impair;
 pub mod lbsim;
 mod logbudget;
 mod node;
+pub mod overlay;
 pub mod protocol;
 mod race;
 pub mod routing;

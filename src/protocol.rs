@@ -44,6 +44,10 @@ pub mod codes {
     /// grace ran out, or it was stopped at once): a request that got no answer may have been
     /// processed. After [`SHUTDOWN`] every stream the node took had its answer.
     pub const ABANDONED: VarInt = VarInt::from_u32(7);
+    /// Connection, between nodes: the closing node holds more peer connections than
+    /// `limits.max_peer_connections` and let this one go. Both nodes are alive; the other
+    /// keeps its remaining links (and dials new ones if it has too few).
+    pub const TRIMMED: VarInt = VarInt::from_u32(8);
 }
 
 /// The first frame of every stream.

@@ -219,6 +219,7 @@ fn the_reset_and_close_code_tables_match_the_constants() {
         (codes::DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
         (codes::IDENTITY_CLASH, "IDENTITY_CLASH"),
         (codes::ABANDONED, "ABANDONED"),
+        (codes::TRIMMED, "TRIMMED"),
     ] {
         let row = format!("| {} | `{name}` |", code.into_inner());
         assert!(doc.contains(&row), "docs/protocol.md lacks the code row {row:?}");

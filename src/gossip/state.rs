@@ -516,6 +516,18 @@ impl Gossip {
 
     /// One round: heartbeat, failure detection, garbage collection, and the digests to send.
     pub fn tick<R: Rng + ?Sized>(&mut self, now: Duration, rng: &mut R) -> Vec<(String, GossipMsg)> {
+        self.tick_among(now, rng, &|_| true)
+    }
+
+    /// Like [`Gossip::tick`], with the round's targets drawn only from the members `linked`
+    /// says this node has a connection to (past the overlay cap, a few of them): a digest to
+    /// any other member would be dropped unsent, and the round would reach fewer peers.
+    pub fn tick_among<R: Rng + ?Sized>(
+        &mut self,
+        now: Duration,
+        rng: &mut R,
+        linked: &dyn Fn(&str) -> bool,
+    ) -> Vec<(String, GossipMsg)> {
         // Lifeguard local health: a node that sent but heard nothing back doubts itself first.
         if self.sent_since_tick > 0 && self.heard_since_tick == 0 {
             self.local_health = (self.local_health + 1).min(self.cfg.max_local_health);
@@ -536,15 +548,16 @@ impl Gossip {
         let mut targets: Vec<String> = self
             .members
             .values()
-            .filter(|e| !e.member.status.is_gone())
+            .filter(|e| !e.member.status.is_gone() && linked(&e.member.name))
             .choose_multiple(rng, self.cfg.fanout)
             .into_iter()
             .map(|e| e.member.name.clone())
             .collect();
         // Now and then talk to a member we think is gone, so that a healed partition merges.
-        let gone = self.members.values().filter(|e| e.member.status.is_gone()).count();
+        let gone_linked = |e: &&Entry| e.member.status.is_gone() && linked(&e.member.name);
+        let gone = self.members.values().filter(gone_linked).count();
         if gone > 0 && rng.random_range(0..(gone + targets.len() + 1)) < gone {
-            if let Some(e) = self.members.values().filter(|e| e.member.status.is_gone()).choose(rng) {
+            if let Some(e) = self.members.values().filter(gone_linked).choose(rng) {
                 targets.push(e.member.name.clone());
             }
         }

@@ -195,7 +195,7 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
 fn metrics(shared: &State) -> String {
     let mut reg = Registry::with_prefix("quicmesh");
     let s = &shared.metrics.stats;
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 17] = [
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 18] = [
         (
             "streams_deadline_exceeded",
             "Accepted streams stopped because their deadline passed while being served or relayed",
@@ -232,6 +232,11 @@ fn metrics(shared: &State) -> String {
             "identity_clashes",
             "Connections refused because another live process holds the same node identity",
             &s.identity_clashes,
+        ),
+        (
+            "peer_links_trimmed",
+            "Peer connections closed for being past limits.max_peer_connections (a mesh past the cap keeps a bounded overlay)",
+            &s.links_trimmed,
         ),
         (
             "peer_losses",

@@ -40,9 +40,13 @@ pub(crate) fn covered(state: &State) -> HashSet<SocketAddr> {
     out
 }
 
-/// Whether `addr` still needs a dial of its own: it is in the current answers and no live
-/// connection covers it.
+/// Whether `addr` still needs a dial of its own: it is in the current answers, no live
+/// connection covers it, and the node is not past the overlay cap with links up (then DNS
+/// answers are only contact points, and the overlay picks the members to link to).
 pub(crate) fn wanted(state: &State, addr: SocketAddr) -> bool {
+    if state.contact_only() {
+        return false;
+    }
     let listed = state
         .ctx
         .discovery

@@ -9,6 +9,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::conn::run_connection;
 use super::coverage;
 use super::ended::Ended;
+use super::peers::SERVICE_LINK_KEPT;
 use super::reach::DialFailure;
 use super::state::State;
 use super::sync::lock;
@@ -27,13 +28,88 @@ fn member_wanted(shared: &State, name: &str, addr: &str) -> bool {
 
 /// Why an address is dialled, which decides for how long.
 pub(crate) enum Purpose {
-    /// A configured peer: dialled for as long as the node runs.
+    /// A configured peer: dialled for as long as the node runs, except while the node is past
+    /// the overlay cap with links up (then it is only a contact point).
     Seed,
-    /// A member learned by gossip: dialled while gossip lists it alive at that address.
+    /// A member learned by gossip: dialled while gossip lists it alive at that address and the
+    /// overlay wants a link to it.
     Member(String),
     /// An address found by DNS discovery: dialled while discovery lists it and no live
     /// connection covers it.
     Discovered,
+    /// A node that offers a service this node routes to, past the overlay cap where it may
+    /// have no link: dialled while gossip lists it alive at that address and service streams
+    /// went to it within [`SERVICE_LINK_KEPT`].
+    Service(String),
+}
+
+/// Whether the dial of `target` for `purpose` should go on now.
+fn still_wanted(shared: &State, target: &str, purpose: &Purpose, discovered: Option<SocketAddr>) -> bool {
+    match purpose {
+        Purpose::Seed => true,
+        Purpose::Member(name) => {
+            if !member_wanted(shared, name, target) {
+                debug!(member = %name, "member gone or moved; no longer dialling it");
+                return false;
+            }
+            if !lock(&shared.overlay).wants_dial(name) {
+                debug!(member = %name, "the overlay no longer wants a link to this member");
+                return false;
+            }
+            true
+        }
+        Purpose::Discovered => {
+            let wanted = discovered.is_some_and(|a| coverage::wanted(shared, a));
+            if !wanted {
+                debug!("address left DNS or is covered by a live connection; no longer dialling it");
+            }
+            wanted
+        }
+        Purpose::Service(name) => {
+            let wanted = member_wanted(shared, name, target) && shared.peers.used_within(name, SERVICE_LINK_KEPT);
+            if !wanted {
+                debug!(member = %name, "no service stream for this node lately, or it is gone; no longer dialling it");
+            }
+            wanted
+        }
+    }
+}
+
+/// Dials the service nodes streams ask for (see on_demand.rs) until shutdown.
+pub(crate) async fn service_dials(shared: Arc<State>) {
+    let mut shutdown = shared.ctx.on_shutdown();
+    loop {
+        let requests = tokio::select! {
+            r = shared.peers.dial_requests() => r,
+            _ = shutdown.changed() => return,
+        };
+        for (name, addr) in requests {
+            if shared.peers.peer_conn(&name).is_none() && shared.peers.start_dialing(&name) {
+                let span = tracing::Span::current();
+                tokio::spawn(keep_connected(shared.clone(), addr, Purpose::Service(name)).instrument(span));
+            }
+        }
+    }
+}
+
+/// Waits while the node is only using its configured peers as contact points (past the
+/// overlay cap, with links up); false on shutdown.
+async fn wait_while_contact_only(shared: &State) -> bool {
+    let mut changed = shared.peers.subscribe();
+    let mut shutdown = shared.ctx.on_shutdown();
+    let mut logged = false;
+    while shared.contact_only() {
+        if !std::mem::replace(&mut logged, true) {
+            debug!("the overlay has links up; the configured peer is dialled again once no peer is left");
+        }
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return false },
+            // The overlay can return to a full mesh without the peer table changing.
+            () = tokio::time::sleep(shared.ctx.cfg.gossip.interval * 5) => {}
+            _ = shutdown.changed() => return false,
+        }
+    }
+    !shared.ctx.is_shutting_down()
 }
 
 /// Dials `target` (`host:port`) and keeps a connection to it for as long as `purpose` says.
@@ -47,20 +123,11 @@ pub(crate) async fn keep_connected(shared: Arc<State>, target: String, purpose: 
             if shared.ctx.is_shutting_down() {
                 return;
             }
-            match &purpose {
-                Purpose::Seed => {}
-                Purpose::Member(name) => {
-                    if !member_wanted(&shared, name, &target) {
-                        debug!(member = %name, "member gone or moved; no longer dialling it");
-                        return;
-                    }
-                }
-                Purpose::Discovered => {
-                    if !discovered_addr.is_some_and(|a| coverage::wanted(&shared, a)) {
-                        debug!("address left DNS or is covered by a live connection; no longer dialling it");
-                        return;
-                    }
-                }
+            if matches!(purpose, Purpose::Seed) && !wait_while_contact_only(&shared).await {
+                return;
+            }
+            if !still_wanted(&shared, &target, &purpose, discovered_addr) {
+                return;
             }
             let failure = match dial_once(&shared, &target, &mut backoff).await {
                 Ok(DialOutcome::Ran { peer, ended }) => {
@@ -84,6 +151,9 @@ pub(crate) async fn keep_connected(shared: Arc<State>, target: String, purpose: 
                     // The tie-break may have kept the peer's own dial instead of ours; while
                     // that one lives there is nothing to redial.
                     wait_until_disconnected(&shared, &peer).await;
+                    if let Purpose::Member(name) = &purpose {
+                        lock(&shared.overlay).dial_ended(name, true, shared.ctx.now());
+                    }
                     None
                 }
                 Ok(DialOutcome::Itself) => {
@@ -105,6 +175,14 @@ pub(crate) async fn keep_connected(shared: Arc<State>, target: String, purpose: 
             };
             if let Some(e) = failure {
                 failed(&shared, &target, &e, delay);
+                if let Purpose::Member(name) = &purpose {
+                    // Past the cap the overlay draws another member rather than wait for this one.
+                    let mut overlay = lock(&shared.overlay);
+                    overlay.dial_ended(name, false, shared.ctx.now());
+                    if !overlay.wants_dial(name) {
+                        return;
+                    }
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -118,6 +196,10 @@ pub(crate) async fn keep_connected(shared: Arc<State>, target: String, purpose: 
     match purpose {
         Purpose::Seed => {}
         Purpose::Member(name) => {
+            lock(&shared.overlay).dial_dropped(&name);
+            shared.peers.stop_dialing(&name);
+        }
+        Purpose::Service(name) => {
             shared.peers.stop_dialing(&name);
         }
         Purpose::Discovered => {

@@ -19,7 +19,13 @@ pub(crate) async fn discover_loop(shared: Arc<State>, disc: Arc<Discovery>) {
     let mut shutdown = shared.ctx.on_shutdown();
     loop {
         let skip = covered(&shared);
-        for e in disc.endpoints() {
+        // Past the overlay cap with links up, DNS answers are only contact points.
+        let endpoints = if shared.contact_only() {
+            Vec::new()
+        } else {
+            disc.endpoints()
+        };
+        for e in endpoints {
             if skip.contains(&e.addr) {
                 continue;
             }

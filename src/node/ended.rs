@@ -21,6 +21,8 @@ pub(crate) enum Ended {
     PeerLeft,
     /// The peer refused it: another live process holds this node's identity there.
     Clash,
+    /// The peer let it go: it holds more peer connections than its cap. Both are alive.
+    PeerTrimmed,
     /// Anything else: a timeout, a reset, an error. The peer may be gone.
     Lost,
 }
@@ -34,6 +36,7 @@ impl Ended {
             quinn::ConnectionError::ApplicationClosed(c) if c.error_code == codes::DUPLICATE => Ended::PeerRetired,
             quinn::ConnectionError::ApplicationClosed(c) if c.error_code == codes::SHUTDOWN => Ended::PeerLeft,
             quinn::ConnectionError::ApplicationClosed(c) if c.error_code == codes::IDENTITY_CLASH => Ended::Clash,
+            quinn::ConnectionError::ApplicationClosed(c) if c.error_code == codes::TRIMMED => Ended::PeerTrimmed,
             _ => Ended::Lost,
         }
     }
@@ -64,6 +67,8 @@ mod tests {
         assert_eq!(Ended::of(&app(codes::SHUTDOWN), false), Ended::PeerLeft);
         assert_eq!(Ended::of(&app(codes::PROTOCOL), false), Ended::Lost);
         assert_eq!(Ended::of(&app(codes::IDENTITY_CLASH), false), Ended::Clash);
+        assert_eq!(Ended::of(&app(codes::TRIMMED), false), Ended::PeerTrimmed);
+        assert!(Ended::PeerTrimmed.expected());
         assert!(!Ended::Clash.expected());
         assert_eq!(Ended::of(&TimedOut, false), Ended::Lost);
         assert!(Ended::PeerRetired.expected() && !Ended::Lost.expected());

@@ -1,17 +1,21 @@
 //! The gossip driver: ticks the state machine, publishes load, sends its messages over the
-//! control streams, logs membership changes, and dials members learned by gossip.
+//! control streams, logs membership changes, and keeps the overlay: dials the members it
+//! wants links to and lets go of the links past its cap.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tokio::time::MissedTickBehavior;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::dial::{keep_connected, Purpose};
 use super::metrics::bump;
+use super::peers::SERVICE_LINK_KEPT;
 use super::state::State;
 use super::sync::lock;
 use crate::gossip::{GossipEvent, Load, Status};
-use crate::protocol::ControlMsg;
+use crate::overlay::Action;
+use crate::protocol::{codes, ControlMsg};
 use crate::sysload::SysLoad;
 
 fn current_load(shared: &State, sys: &mut SysLoad) -> Load {
@@ -42,14 +46,17 @@ pub(crate) async fn gossip_loop(shared: Arc<State>) {
         bump(&shared.metrics.stats.gossip_rounds);
         let now = shared.ctx.now();
         let load = current_load(&shared, &mut sys);
+        // Digests go only to peers with a control stream up: past the overlay cap most
+        // members have none.
+        let linked: BTreeSet<String> = shared.peers.control_peers().into_iter().collect();
         let (out, events, members) = {
             let mut g = lock(&shared.gossip);
             g.set_load(load, now);
             let out = {
                 let mut rng = lock(&shared.rng);
-                g.tick(now, &mut *rng)
+                g.tick_among(now, &mut *rng, &|n| linked.contains(n))
             };
-            let members: Vec<(String, String)> = g
+            let members: BTreeMap<String, String> = g
                 .members()
                 .filter(|m| m.name != shared.ctx.name && !m.status.is_gone())
                 .map(|m| (m.name.clone(), m.addr.clone()))
@@ -62,12 +69,39 @@ pub(crate) async fn gossip_loop(shared: Arc<State>) {
         for e in events {
             log_event(&e);
         }
-        // Keep one connection per member: of two members that learned of each other by gossip,
-        // the one with the lower name dials (configured peers are dialled regardless).
-        for (name, addr) in members {
-            if shared.ctx.name < name && shared.peers.peer_conn(&name).is_none() && shared.peers.start_dialing(&name) {
-                let span = tracing::Span::current();
-                tokio::spawn(keep_connected(shared.clone(), addr, Purpose::Member(name)).instrument(span));
+        keep_overlay(&shared, now, &members);
+    }
+}
+
+/// Asks the overlay which members to dial and which links to let go, and does it: a full
+/// mesh up to `limits.max_peer_connections` other members (of two, the lower name dials),
+/// a bounded random overlay past it.
+fn keep_overlay(shared: &Arc<State>, now: std::time::Duration, members: &BTreeMap<String, String>) {
+    let links = shared.peers.links(now, SERVICE_LINK_KEPT);
+    let names: Vec<String> = members.keys().cloned().collect();
+    let actions = {
+        let mut overlay = lock(&shared.overlay);
+        let mut rng = lock(&shared.rng);
+        overlay.tick(now, &shared.ctx.name, &links, &names, &mut *rng)
+    };
+    for action in actions {
+        match action {
+            Action::Dial(name) => {
+                let Some(addr) = members.get(&name) else { continue };
+                if shared.peers.peer_conn(&name).is_none() && shared.peers.start_dialing(&name) {
+                    let span = tracing::Span::current();
+                    tokio::spawn(keep_connected(shared.clone(), addr.clone(), Purpose::Member(name)).instrument(span));
+                }
+            }
+            Action::Close(name) => {
+                if let Some(conn) = shared.peers.peer_conn(&name) {
+                    debug!(peer = %name, links = links.len(), cap = shared.ctx.cfg.limits.max_peer_connections, "letting a peer link go: more than limits.max_peer_connections");
+                    bump(&shared.metrics.stats.links_trimmed);
+                    conn.close(
+                        codes::TRIMMED,
+                        b"more peer connections than limits.max_peer_connections",
+                    );
+                }
             }
         }
     }

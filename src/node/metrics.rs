@@ -45,6 +45,8 @@ pub(crate) struct Stats {
     pub peer_losses: AtomicU64,
     /// Connections refused because another live process holds the same node identity.
     pub identity_clashes: AtomicU64,
+    /// Peer connections this node closed for being past `limits.max_peer_connections`.
+    pub links_trimmed: AtomicU64,
     /// Accepted streams stopped because their deadline passed while being served or relayed.
     pub deadlines_exceeded: AtomicU64,
 }

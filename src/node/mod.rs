@@ -35,6 +35,7 @@ mod balance;
 mod checks;
 mod clash;
 mod coverage;
+mod on_demand;
 // Drivers (tasks and the streams they serve), above the state:
 mod admin;
 mod conn;
@@ -129,6 +130,9 @@ pub struct NodeStats {
     /// Connections refused because another live process holds the same node identity (a
     /// misconfiguration or a stolen key). Zero in a sound mesh.
     pub identity_clashes: u64,
+    /// Peer connections this node let go for being past `limits.max_peer_connections` (a
+    /// mesh larger than the cap keeps a bounded overlay). Zero in a full mesh.
+    pub peer_links_trimmed: u64,
     /// Accepted streams reset because their deadline passed while being served or relayed
     /// (refusals of streams whose deadline had passed on arrival are in `rejected`).
     pub deadlines_exceeded: u64,
@@ -298,6 +302,7 @@ impl Node {
             peer_reconnects: s.reconnects.load(Ordering::Relaxed),
             peer_losses: s.peer_losses.load(Ordering::Relaxed),
             identity_clashes: s.identity_clashes.load(Ordering::Relaxed),
+            peer_links_trimmed: s.links_trimmed.load(Ordering::Relaxed),
             deadlines_exceeded: s.deadlines_exceeded.load(Ordering::Relaxed),
             dial_failures: reach::DialFailure::ALL
                 .iter()

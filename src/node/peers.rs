@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::conn_use::{self, ConnUseTable, InUse};
 use super::sync::lock;
+use crate::overlay::Link;
 use crate::protocol::ControlMsg;
 use crate::routing::Ewma;
 use crate::transport::{keep_new_connection, DEDUP_WINDOW};
@@ -22,6 +23,10 @@ use crate::transport::{keep_new_connection, DEDUP_WINDOW};
 /// Weight of each ping in the RTT average: follows a real change in a few pings, shrugs off
 /// one outlier.
 const RTT_ALPHA: f64 = 0.3;
+
+/// A link that carried a service stream this recently is kept past the overlay cap: closing
+/// it would only make the next call dial it again.
+pub(crate) const SERVICE_LINK_KEPT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What this node knows of one peer node.
 #[derive(Debug, Clone)]
@@ -96,6 +101,12 @@ pub(crate) struct PeerTable {
     clients: Mutex<BTreeMap<usize, Connection>>,
     /// Identities held by two live processes at once, by node name.
     clashes: Mutex<BTreeMap<String, Clash>>,
+    /// When a service stream last went to or came from each peer: the overlay keeps those
+    /// links past its cap (see [`PeerTable::links`]).
+    service_use: Mutex<BTreeMap<String, Instant>>,
+    /// Dials of service nodes asked for by streams, for the dial driver.
+    dial_requests: Mutex<BTreeMap<String, String>>,
+    dial_requested: tokio::sync::Notify,
 }
 
 /// Two live processes with one node identity, as this node saw them.
@@ -124,6 +135,9 @@ impl PeerTable {
             pongs: Mutex::new(BTreeMap::new()),
             clients: Mutex::new(BTreeMap::new()),
             clashes: Mutex::new(BTreeMap::new()),
+            service_use: Mutex::new(BTreeMap::new()),
+            dial_requests: Mutex::new(BTreeMap::new()),
+            dial_requested: tokio::sync::Notify::new(),
         }
     }
 
@@ -335,6 +349,60 @@ impl PeerTable {
         lock(&self.rtt)
             .iter()
             .filter_map(|(n, e)| e.get().map(|v| (n.clone(), v)))
+            .collect()
+    }
+
+    /// A service stream goes to, or comes from, `peer` now.
+    pub fn used_for_service(&self, peer: &str) {
+        let now = Instant::now();
+        let mut used = lock(&self.service_use);
+        match used.get_mut(peer) {
+            Some(t) => *t = now,
+            None => {
+                used.insert(peer.to_owned(), now);
+            }
+        }
+    }
+
+    /// Asks the dial driver for a link to node `name` at `addr` (a service's node).
+    pub fn request_dial(&self, name: String, addr: String) {
+        lock(&self.dial_requests).insert(name, addr);
+        self.dial_requested.notify_one();
+    }
+
+    /// Waits for dial requests and takes them.
+    pub async fn dial_requests(&self) -> BTreeMap<String, String> {
+        loop {
+            let taken = std::mem::take(&mut *lock(&self.dial_requests));
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.dial_requested.notified().await;
+        }
+    }
+
+    /// Whether a service stream went to or came from `peer` within `within`.
+    pub fn used_within(&self, peer: &str, within: std::time::Duration) -> bool {
+        lock(&self.service_use).get(peer).is_some_and(|t| t.elapsed() < within)
+    }
+
+    /// The live peer links as the overlay sees them, with times on the node's clock (`now` is
+    /// [`super::context::Context::now`]); a link that carried a service stream within
+    /// `keep_within` is kept past the cap. Forgets older service use.
+    pub fn links(&self, now: std::time::Duration, keep_within: std::time::Duration) -> Vec<Link<String>> {
+        let used = {
+            let mut used = lock(&self.service_use);
+            used.retain(|_, t| t.elapsed() < keep_within);
+            used.keys().cloned().collect::<BTreeSet<String>>()
+        };
+        lock(&self.peers)
+            .iter()
+            .filter(|(_, p)| p.live().is_some())
+            .map(|(name, p)| Link {
+                peer: name.clone(),
+                since: now.saturating_sub(p.since.elapsed()),
+                keep: used.contains(name),
+            })
             .collect()
     }
 

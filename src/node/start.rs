@@ -224,6 +224,7 @@ fn spawn(state: Arc<State>, admin: Option<TcpListener>, local_addr: SocketAddr, 
     let mut tasks = JoinSet::new();
     tasks.spawn(handshake::accept_loop(state.clone()).instrument(span.clone()));
     tasks.spawn(membership::gossip_loop(state.clone()).instrument(span.clone()));
+    tasks.spawn(dial::service_dials(state.clone()).instrument(span.clone()));
     if tls_from_files {
         tasks.spawn(reload::reload_loop(state.clone()).instrument(span.clone()));
     }

@@ -15,6 +15,7 @@
 //! | [`LoadState`] | streams in flight, service time, undelivered replies | streams |
 //! | `routing` | latency estimates, pending, ejections, balancers, retry budget | streams |
 //! | `gossip` | the membership state machine | control streams, gossip loop |
+//! | `overlay` | which members to keep links to, the dials it asked for | gossip loop, dials |
 //! | [`Metrics`] | counters and gauges | everyone, lock-free |
 //!
 //! A method here that spans parts takes their locks one at a time, never two at once.
@@ -36,6 +37,7 @@ use super::services::LocalServices;
 use super::sync::lock;
 use super::tls::TlsState;
 use crate::gossip::{Gossip, Load};
+use crate::overlay::{Overlay, OverlayConfig};
 use crate::protocol::{ControlMsg, IdentityClash, MemberStatus, StatusReport, Unreachable};
 use crate::routing::Table;
 
@@ -63,6 +65,8 @@ pub(crate) struct State {
     pub load: LoadState,
     pub routing: Mutex<Table>,
     pub gossip: Mutex<Gossip>,
+    /// Which members to keep connections to (a full mesh up to `limits.max_peer_connections`).
+    pub overlay: Mutex<Overlay<String>>,
     pub metrics: Metrics,
     /// Randomness of gossip, balancing and reconnect jitter; seeded by
     /// [`crate::NodeBuilder::rng_seed`] for reproducible runs.
@@ -70,6 +74,14 @@ pub(crate) struct State {
     /// Set by [`crate::Node::drain`]: new connections are refused and new service streams
     /// rejected with `Draining`.
     draining: AtomicBool,
+}
+
+/// The overlay settings of a node's configuration: dials end within two connect timeouts.
+fn overlay_config(cfg: &crate::NodeConfig) -> OverlayConfig {
+    OverlayConfig {
+        dial_timeout: cfg.transport.connect_timeout.saturating_mul(2),
+        ..OverlayConfig::new(cfg.limits.max_peer_connections)
+    }
 }
 
 impl State {
@@ -89,6 +101,7 @@ impl State {
             load: LoadState::new(ctx.cfg.limits.max_inflight),
             routing: Mutex::new(ctx.cfg.routing.table()),
             gossip: Mutex::new(gossip),
+            overlay: Mutex::new(Overlay::new(overlay_config(&ctx.cfg))),
             metrics: Metrics::new(),
             rng: Mutex::new(rng),
             draining: AtomicBool::new(false),
@@ -102,6 +115,13 @@ impl State {
 
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this node is past the overlay cap and holds at least one peer connection: then
+    /// configured peers and discovered addresses are only contact points, dialled again once
+    /// the node has no peer left, and the overlay picks the members it links to.
+    pub fn contact_only(&self) -> bool {
+        !lock(&self.overlay).is_full_mesh() && self.peers.any_connected()
     }
 
     /// Nodes that may take a new stream for `service`: Alive or Suspect in the gossip view,

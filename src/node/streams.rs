@@ -113,6 +113,10 @@ pub(crate) async fn handle_stream(
                 );
                 return send_reject(&shared, send, recv, &caller, r).await;
             }
+            if caller.role == Role::Node {
+                // A peer routes to us over this link: the overlay keeps it past its cap.
+                shared.peers.used_for_service(&caller.name);
+            }
             // Resolves once the caller has acknowledged the whole reply (or stopped the stream).
             let delivered = send.stopped();
             let in_use = shared.peers.in_use(&conn);
@@ -331,6 +335,10 @@ impl Incoming<'_> {
     /// refused or failed before any byte flowed (within the retry budget).
     async fn dispatch(mut self, origin: &Identity, req: ServiceRequest, local: Option<Local>) {
         let shared = self.shared;
+        if local.is_none() {
+            // Past the overlay cap the service's nodes may all be beyond this node's links.
+            super::on_demand::reach(shared, &req.service, self.deadline).await;
+        }
         lock(&shared.routing).deposit();
         let mut tried: Vec<String> = Vec::new();
         let mut last: Option<Reject> = None;
@@ -344,6 +352,7 @@ impl Incoming<'_> {
                 (Some(Choice::Remote(peer, conn)), _) => (peer, conn),
                 _ => break,
             };
+            shared.peers.used_for_service(&peer);
             let remaining_ms = match self.deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now()).as_millis();

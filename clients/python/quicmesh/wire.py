@@ -60,6 +60,7 @@ class StreamCode(enum.IntEnum):
     DEADLINE_EXCEEDED = 5
     IDENTITY_CLASH = 6
     ABANDONED = 7
+    TRIMMED = 8
 
 
 # --- postcard primitives -------------------------------------------------------------------
