@@ -30,6 +30,12 @@ pub struct SimConfig {
     pub seed: u64,
     /// Count the encoded size of every message in [`Sim::bytes_sent`] (costs an encode each).
     pub count_bytes: bool,
+    /// The peer links of each node (sorted), as a bounded overlay would keep them: a round's
+    /// digests go only to linked members, as the node's do. `None`: a full mesh.
+    pub links: Option<Vec<Vec<usize>>>,
+    /// Every node publishes a new load each round (its in-flight count changes), as a node
+    /// under traffic does; the records then change every `load_interval`.
+    pub load: bool,
 }
 
 impl SimConfig {
@@ -43,6 +49,8 @@ impl SimConfig {
             jitter: Duration::from_millis(1),
             seed,
             count_bytes: false,
+            links: None,
+            load: false,
         }
     }
 }
@@ -92,6 +100,8 @@ pub struct Sim {
     pub bytes_sent: Vec<u64>,
     /// Messages sent in total.
     pub messages: u64,
+    /// The largest encoded message sent, bytes, if `count_bytes`.
+    pub max_message: u64,
     names: Vec<String>,
 }
 
@@ -105,7 +115,8 @@ fn index(name: &str) -> Option<usize> {
 }
 
 impl Sim {
-    /// Starts `cfg.nodes` nodes; each knows only `n0` and opens a round with it at once.
+    /// Starts `cfg.nodes` nodes; each knows only `n0` and opens a round with it at once (with
+    /// `cfg.links`, with each of its links).
     pub fn new(cfg: SimConfig) -> Self {
         let n = cfg.nodes;
         let mut sim = Sim {
@@ -119,6 +130,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             bytes_sent: vec![0; n],
             messages: 0,
+            max_message: 0,
             names: (0..n).map(name).collect(),
             cfg,
         };
@@ -131,9 +143,16 @@ impl Sim {
     fn start(&mut self, i: usize) {
         let me = Member::new(&name(i), &format!("10.0.0.{i}:7400"), self.incarnations[i], Vec::new());
         let mut g = Gossip::new(self.cfg.gossip.clone(), me, self.now);
-        if i != 0 {
-            let syn = g.connected("n0", self.now);
-            self.send(i, 0, syn);
+        // A node's links come up at start, and each opens a round, as a new connection does
+        // on a node. Without links (a full mesh) the only one is to the seed.
+        let first: Vec<usize> = match &self.cfg.links {
+            Some(links) => links[i].clone(),
+            None if i != 0 => vec![0],
+            None => Vec::new(),
+        };
+        for j in first {
+            let syn = g.connected(&name(j), self.now);
+            self.send(i, j, syn);
         }
         self.nodes[i] = Some(g);
         // Stagger rounds: nodes do not tick in lockstep.
@@ -153,7 +172,9 @@ impl Sim {
     fn send(&mut self, from: usize, to: usize, msg: GossipMsg) {
         self.messages += 1;
         if self.cfg.count_bytes {
-            self.bytes_sent[from] += postcard::to_allocvec(&msg).map(|v| v.len() as u64).unwrap_or(0);
+            let size = postcard::to_allocvec(&msg).map(|v| v.len() as u64).unwrap_or(0);
+            self.bytes_sent[from] += size;
+            self.max_message = self.max_message.max(size);
         }
         if self.group[from] != self.group[to] {
             return;
@@ -228,7 +249,23 @@ impl Sim {
         match ev.kind {
             Kind::Tick(i) => {
                 let Some(g) = self.nodes[i].as_mut() else { return true };
-                let mut out = g.tick(self.now, &mut self.rng);
+                if self.cfg.load {
+                    let load = crate::gossip::Load {
+                        inflight: self.rng.random_range(0..64),
+                        capacity: 1,
+                        latency_us: self.rng.random_range(100..2_000),
+                        ..Default::default()
+                    };
+                    g.set_load(load, self.now);
+                }
+                let mut out = match &self.cfg.links {
+                    None => g.tick(self.now, &mut self.rng),
+                    Some(links) => {
+                        let mine = &links[i];
+                        let linked = |n: &str| index(n).is_some_and(|j| mine.binary_search(&j).is_ok());
+                        g.tick_among(self.now, &mut self.rng, &linked)
+                    }
+                };
                 // A node that knows nobody yet keeps knocking on its seed, as the node's
                 // dialler keeps redialling its configured peers.
                 if i != 0 && g.members().count() == 1 {

@@ -156,3 +156,47 @@ fn draining_and_leaving_spread() {
     })
     .expect("left spreads");
 }
+
+/// The links a settled overlay of `n` nodes keeps with a cap of `cap`.
+fn overlay_links(n: usize, cap: usize, seed: u64) -> Vec<Vec<usize>> {
+    use quicmesh::overlay::sim::{OverlaySim, OverlaySimConfig};
+    let mut o = OverlaySim::new(OverlaySimConfig::new(n, cap, seed));
+    o.run_until(500, |s| s.settled()).expect("the overlay settles");
+    o.adjacency()
+}
+
+#[test]
+fn over_a_bounded_overlay_with_changing_load_gossip_converges_and_detects_at_ten_percent_loss() {
+    let (n, cap) = (300, 32);
+    let mut cfg = SimConfig::new(n, 21);
+    cfg.loss = 0.10;
+    cfg.load = true;
+    cfg.count_bytes = true;
+    cfg.links = Some(overlay_links(n, cap, 21));
+    assert!(cfg.links.iter().flatten().all(|l| l.len() <= cap));
+    let mut sim = Sim::new(cfg);
+    sim.run_until_true(Duration::from_secs(60), Duration::from_millis(200), |s| s.converged())
+        .expect("every node knows every other Alive");
+    // A fact reaches everyone within Serf's own round count (digests go to 3 links a round).
+    sim.node_mut(5).unwrap().set_services(vec!["new-fact".into()]);
+    let took = sim
+        .run_until_true(Duration::from_secs(30), Duration::from_millis(10), |s| {
+            s.all_see(5, |m| m.is_some_and(|m| m.services == ["new-fact"]))
+        })
+        .expect("the fact spreads");
+    let serf = ((n as f64 + 1.0) * 1e4).ln() / (3.0 / 2.0);
+    let rounds = took.as_secs_f64() / 0.2;
+    assert!(rounds <= serf, "{rounds:.1} rounds > Serf's {serf:.1}");
+    // Every record changes every load interval, and still no live member is held Dead.
+    for _ in 0..40 {
+        sim.run_for(Duration::from_secs(1));
+        assert_eq!(sim.false_deaths(), Vec::new());
+    }
+    // The control-message cap (1 MiB) is far off.
+    assert!(sim.max_message < 64 * 1024, "largest message {} B", sim.max_message);
+    sim.kill(7);
+    sim.run_until_true(Duration::from_secs(15), Duration::from_millis(100), |s| {
+        s.all_see(7, |m| m.is_none_or(|m| m.status.is_gone()))
+    })
+    .expect("a silent crash is Dead everywhere within 15 s");
+}

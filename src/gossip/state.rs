@@ -68,6 +68,10 @@ pub struct Gossip {
     load_published: Option<Duration>,
     pending_load: Option<Load>,
     events: Vec<GossipEvent>,
+    /// The last record name sent in a reply that had to be cut to `max_delta` (see
+    /// [`take_in_turn`]), and the last name asked for in one.
+    delta_cursor: String,
+    want_cursor: String,
 }
 
 fn stretch(d: Duration, factor: u32) -> Duration {
@@ -91,6 +95,8 @@ impl Gossip {
             load_published: None,
             pending_load: None,
             events: Vec::new(),
+            delta_cursor: String::new(),
+            want_cursor: String::new(),
         }
     }
 
@@ -376,13 +382,17 @@ impl Gossip {
                 want.push(d.name.clone());
             }
         }
-        want.truncate(self.cfg.max_delta);
-        if out.len() > self.cfg.max_delta {
-            // The receiver's own record first (so it can refute a suspicion), then ours, then
-            // the rest in name order; what does not fit follows in later rounds.
-            out.sort_by_key(|m| (m.name != to, m.name != self.me));
-            out.truncate(self.cfg.max_delta);
-        }
+        let max = self.cfg.max_delta;
+        take_in_turn(&mut want, max, &mut self.want_cursor, |n| n.as_str(), |_| false);
+        // The receiver's own record first (so it can refute a suspicion), then ours.
+        let me = self.me.as_str();
+        take_in_turn(
+            &mut out,
+            max,
+            &mut self.delta_cursor,
+            |m| m.name.as_str(),
+            |m| m.name == to || m.name == me,
+        );
         (out, want)
     }
 
@@ -629,6 +639,29 @@ impl Gossip {
     }
 }
 
+/// Cuts `v` (in name order) to `max` items: those `first` picks, then the names after
+/// `cursor`, wrapping around to the start, and moves `cursor` to the last name taken. A
+/// cut in plain name order would send the same leading records every round, and the
+/// members late in the alphabet would go stale for as long as more than `max` records
+/// change between rounds (every node's load changes every load interval).
+fn take_in_turn<T>(
+    v: &mut Vec<T>,
+    max: usize,
+    cursor: &mut String,
+    name: impl Fn(&T) -> &str,
+    first: impl Fn(&T) -> bool,
+) {
+    if v.len() <= max {
+        return;
+    }
+    // Stable: name order is kept within each group.
+    v.sort_by_key(|t| (!first(t), name(t) <= cursor.as_str()));
+    v.truncate(max);
+    if let Some(last) = v.iter().rev().find(|t| !first(t)) {
+        *cursor = name(last).to_owned();
+    }
+}
+
 /// Lifeguard's suspicion timeout (Dadgar et al. 2018, §4.2): `suspicion_max` with a single
 /// suspector, falling logarithmically to `suspicion_min` at `confirmations` independent ones,
 /// and stretched by this node's local-health multiplier.
@@ -760,6 +793,45 @@ mod tests {
         assert_eq!(to, "z");
         assert_eq!(want, &vec!["a".to_string(), "z".to_string()]);
         assert_eq!(delta.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn replies_cut_to_max_delta_take_every_record_in_turn() {
+        let mut a = node("a");
+        let members: Vec<Member> = (0..600)
+            .map(|i| Member::new(&format!("m{i:03}"), "127.0.0.1:1", 1, Vec::new()))
+            .collect();
+        a.handle("x", GossipMsg::Ack { delta: members }, Duration::ZERO);
+        // b knows none of them: every reply is cut to max_delta (256).
+        let digest = Arc::new(vec![entry("b", 1, 1)]);
+        let mut seen = std::collections::BTreeSet::new();
+        for round in 0..3 {
+            let replies = a.handle("b", GossipMsg::Syn { digest: digest.clone() }, Duration::ZERO);
+            let [(_, GossipMsg::SynAck { delta, .. })] = replies.as_slice() else {
+                panic!("{replies:?}")
+            };
+            assert_eq!(delta.len(), 256);
+            assert_eq!(delta[0].name, "a", "the replier's own record leads every reply");
+            seen.extend(delta.iter().map(|m| m.name.clone()));
+            if round == 0 {
+                assert_eq!(delta[255].name, "m254");
+            }
+        }
+        assert_eq!(seen.len(), 601, "three cut replies cover all 600 members and a itself");
+
+        // The names a replier asks for are taken in turn too.
+        let mut b = node("b");
+        let digest: Vec<DigestEntry> = (0..600).map(|i| entry(&format!("m{i:03}"), 1, 1)).collect();
+        let digest = Arc::new(digest);
+        let mut wanted = std::collections::BTreeSet::new();
+        for _ in 0..3 {
+            let replies = b.handle("a", GossipMsg::Syn { digest: digest.clone() }, Duration::ZERO);
+            let [(_, GossipMsg::SynAck { want, .. })] = replies.as_slice() else {
+                panic!("{replies:?}")
+            };
+            wanted.extend(want.iter().cloned());
+        }
+        assert_eq!(wanted.len(), 600);
     }
 
     #[test]

@@ -250,6 +250,18 @@ impl OverlaySim {
         }
     }
 
+    /// Every node's links as sorted peer ids (for [`crate::sim::SimConfig::links`]).
+    pub fn adjacency(&self) -> Vec<Vec<usize>> {
+        self.links
+            .iter()
+            .map(|ls| {
+                let mut v: Vec<usize> = ls.iter().map(|l| l.peer as usize).collect();
+                v.sort_unstable();
+                v
+            })
+            .collect()
+    }
+
     /// Link counts of the live nodes: (min, mean, max).
     pub fn degrees(&self) -> (usize, f64, usize) {
         let live = self.live();
