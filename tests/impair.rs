@@ -699,3 +699,83 @@ async fn partition_then_heal_the_entrys_ejections_end_with_the_new_connections()
         x.node.shutdown().await;
     }
 }
+
+/// Past the overlay cap a node draws links only among members it holds alive, and its seeds
+/// are contact points only: after a partition each side holds the other Dead and would never
+/// link to it again. The overlay's probes of gone members are what merge the two sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_overlay_cap_a_healed_partition_merges_again() {
+    init_logs();
+    let pki = Pki::new();
+    let fast = |c: &mut NodeConfig| {
+        c.limits.max_peer_connections = 4;
+        c.transport.idle_timeout = Duration::from_millis(1500);
+        c.transport.keepalive = Duration::from_millis(300);
+        c.transport.connect_timeout = Duration::from_millis(500);
+        c.reconnect.initial = Duration::from_millis(50);
+        c.reconnect.max = Duration::from_millis(300);
+        c.gossip.suspicion_max = Duration::from_secs(2);
+    };
+    // Two sides of six: each side alone is still past the cap (five others > 4).
+    let first = proxied(&pki, "n00", vec![], None::<Echo>, fast).await;
+    let seed = vec![first.proxy.local_addr().to_string()];
+    let mut nodes = vec![first];
+    for i in 1..12 {
+        nodes.push(proxied(&pki, &format!("n{i:02}"), seed.clone(), None::<Echo>, fast).await);
+    }
+    let all_alive = |nodes: &[Proxied]| {
+        nodes.iter().all(|n| {
+            let view = n.node.status().members;
+            view.len() == 12 && view.iter().all(|m| m.member.status == Status::Alive)
+        })
+    };
+    eventually(Duration::from_secs(30), "all 12 know all 12 Alive", || {
+        all_alive(&nodes)
+    })
+    .await;
+    let (left, right) = nodes.split_at(6);
+    let cut = |on: bool| {
+        for x in left {
+            for y in right {
+                if on {
+                    x.proxy.set_for(y.node.local_addr(), Impairment::blackhole());
+                    y.proxy.set_for(x.node.local_addr(), Impairment::blackhole());
+                } else {
+                    x.proxy.clear_for(y.node.local_addr());
+                    y.proxy.clear_for(x.node.local_addr());
+                }
+            }
+        }
+    };
+    cut(true);
+    let sides_apart = || {
+        let holds_gone = |side: &[Proxied], other: &[Proxied]| {
+            side.iter().all(|x| {
+                let view = x.node.status().members;
+                other.iter().all(|y| {
+                    view.iter()
+                        .any(|m| m.member.name == y.node.name() && m.member.status.is_gone())
+                })
+            })
+        };
+        holds_gone(left, right) && holds_gone(right, left)
+    };
+    eventually(Duration::from_secs(30), "each side holds the other Dead", sides_apart).await;
+    cut(false);
+    eventually(
+        Duration::from_secs(30),
+        "after the heal, all 12 know all 12 Alive again",
+        || all_alive(&nodes),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "every node back within the cap of 4 links",
+        || {
+            nodes
+                .iter()
+                .all(|n| n.node.peers().iter().filter(|p| p.connected).count() <= 4)
+        },
+    )
+    .await;
+}

@@ -68,10 +68,18 @@ pub struct Gossip {
     load_published: Option<Duration>,
     pending_load: Option<Load>,
     events: Vec<GossipEvent>,
-    /// The last record name sent in a reply that had to be cut to `max_delta` (see
-    /// [`take_in_turn`]), and the last name asked for in one.
-    delta_cursor: String,
-    want_cursor: String,
+    /// Per peer, where the last of its replies that had to be cut to `max_delta` stopped (see
+    /// [`take_in_turn`]): each peer is behind on records of its own.
+    cursors: BTreeMap<String, Cursors>,
+}
+
+/// See [`Gossip::cursors`].
+#[derive(Debug, Clone, Default)]
+struct Cursors {
+    /// The last record name sent.
+    delta: String,
+    /// The last name asked for.
+    want: String,
 }
 
 fn stretch(d: Duration, factor: u32) -> Duration {
@@ -95,8 +103,7 @@ impl Gossip {
             load_published: None,
             pending_load: None,
             events: Vec::new(),
-            delta_cursor: String::new(),
-            want_cursor: String::new(),
+            cursors: BTreeMap::new(),
         }
     }
 
@@ -383,15 +390,24 @@ impl Gossip {
             }
         }
         let max = self.cfg.max_delta;
-        take_in_turn(&mut want, max, &mut self.want_cursor, |n| n.as_str(), |_| false);
+        let cursors = self.cursors.entry(to.to_owned()).or_default();
+        take_in_turn(&mut want, max, &mut cursors.want, |n| n.as_str(), |_| 0);
         // The receiver's own record first (so it can refute a suspicion), then ours.
         let me = self.me.as_str();
         take_in_turn(
             &mut out,
             max,
-            &mut self.delta_cursor,
+            &mut cursors.delta,
             |m| m.name.as_str(),
-            |m| m.name == to || m.name == me,
+            |m| {
+                if m.name == to {
+                    0
+                } else if m.name == me {
+                    1
+                } else {
+                    2
+                }
+            },
         );
         (out, want)
     }
@@ -636,28 +652,32 @@ impl Gossip {
             self.events.push(GossipEvent::Forgotten { name });
         }
         self.tombstones.retain(|_, (_, until)| *until > now);
+        let members = &self.members;
+        self.cursors.retain(|peer, _| members.contains_key(peer));
     }
 }
 
-/// Cuts `v` (in name order) to `max` items: those `first` picks, then the names after
-/// `cursor`, wrapping around to the start, and moves `cursor` to the last name taken. A
-/// cut in plain name order would send the same leading records every round, and the
-/// members late in the alphabet would go stale for as long as more than `max` records
-/// change between rounds (every node's load changes every load interval).
+/// Cuts `v` (in name order) to `max` items: by `rank` first (lower first), and among the
+/// items of the highest rank the names after `cursor`, wrapping around to the start; moves
+/// `cursor` to the last such name taken. A cut in plain name order would send the same
+/// leading records every round, and the members late in the alphabet would go stale for as
+/// long as more than `max` records change between rounds (every node's load changes every
+/// load interval).
 fn take_in_turn<T>(
     v: &mut Vec<T>,
     max: usize,
     cursor: &mut String,
     name: impl Fn(&T) -> &str,
-    first: impl Fn(&T) -> bool,
+    rank: impl Fn(&T) -> u8,
 ) {
     if v.len() <= max {
         return;
     }
+    let Some(rest) = v.iter().map(&rank).max() else { return };
     // Stable: name order is kept within each group.
-    v.sort_by_key(|t| (!first(t), name(t) <= cursor.as_str()));
+    v.sort_by_key(|t| (rank(t), rank(t) == rest && name(t) <= cursor.as_str()));
     v.truncate(max);
-    if let Some(last) = v.iter().rev().find(|t| !first(t)) {
+    if let Some(last) = v.iter().rev().find(|t| rank(t) == rest) {
         *cursor = name(last).to_owned();
     }
 }
@@ -818,6 +838,12 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 601, "three cut replies cover all 600 members and a itself");
+        // Another peer's replies start from the beginning: each peer has its own turn.
+        let replies = a.handle("c", GossipMsg::Syn { digest: digest.clone() }, Duration::ZERO);
+        let [(_, GossipMsg::SynAck { delta, .. })] = replies.as_slice() else {
+            panic!("{replies:?}")
+        };
+        assert_eq!((delta[0].name.as_str(), delta[1].name.as_str()), ("a", "m000"));
 
         // The names a replier asks for are taken in turn too.
         let mut b = node("b");
@@ -832,6 +858,33 @@ mod tests {
             wanted.extend(want.iter().cloned());
         }
         assert_eq!(wanted.len(), 600);
+    }
+
+    #[test]
+    fn a_reply_cut_to_one_record_carries_the_receivers_own() {
+        let cfg = GossipConfig {
+            max_delta: 1,
+            ..Default::default()
+        };
+        // Named before the receiver, so name order alone would put its own record first.
+        let mut z = Gossip::new(cfg, Member::new("a", "127.0.0.1:1", 1, Vec::new()), Duration::ZERO);
+        // It holds b Suspect; b's digest lacks it and holds b itself at an older key.
+        let mut suspect = Member::new("b", "127.0.0.1:2", 1, Vec::new());
+        suspect.status = Status::Suspect;
+        suspect.suspectors = vec!["x".into()];
+        z.handle("x", GossipMsg::Ack { delta: vec![suspect] }, Duration::ZERO);
+        let replies = z.handle(
+            "b",
+            GossipMsg::Syn {
+                digest: Arc::new(vec![entry("b", 1, 1)]),
+            },
+            Duration::ZERO,
+        );
+        let [(_, GossipMsg::SynAck { delta, .. })] = replies.as_slice() else {
+            panic!("{replies:?}")
+        };
+        let names: Vec<&str> = delta.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["b"], "b must hear the suspicion to refute it");
     }
 
     #[test]

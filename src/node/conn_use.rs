@@ -1,5 +1,5 @@
-//! Streams in use per connection, so a connection that lost the duplicate tie-break is closed
-//! only once the streams already running on it are done.
+//! Streams in use per connection, so a connection that lost the duplicate tie-break, or that
+//! the overlay lets go of, is closed only once the streams already running on it are done.
 //!
 //! When two nodes dial each other at once, both keep the same one of the two connections and
 //! retire the other. Streams may already be running on the retired one (a relay opened in the
@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use quinn::Connection;
+use quinn::{Connection, VarInt};
 
 use super::sync::lock;
 use crate::protocol::codes;
@@ -19,7 +19,8 @@ use crate::protocol::codes;
 #[derive(Debug, Default)]
 pub(crate) struct ConnUse {
     counts: HashMap<usize, usize>,
-    retired: HashMap<usize, Connection>,
+    /// Retired connections, with the close code and reason they get.
+    retired: HashMap<usize, (Connection, VarInt, &'static [u8])>,
 }
 
 /// Shared handle to the table.
@@ -42,15 +43,22 @@ pub(crate) fn in_use(table: &ConnUseTable, conn: &Connection) -> InUse {
     }
 }
 
-/// Stops using `conn`: closes it now if no stream runs on it, else when the last one ends.
+/// Stops using `conn`, the loser of a duplicate tie-break: see [`retire_with`].
 pub(crate) fn retire(table: &ConnUseTable, conn: &Connection) {
+    retire_with(table, conn, codes::DUPLICATE, b"duplicate connection");
+}
+
+/// Stops using `conn`: closes it with `code` and `reason` now if no stream runs on it, else
+/// when the last one ends (also for a link the overlay lets go of: a relay that started just
+/// before is not cut).
+pub(crate) fn retire_with(table: &ConnUseTable, conn: &Connection, code: VarInt, reason: &'static [u8]) {
     let id = conn.stable_id();
     let mut t = lock(table);
     if t.counts.get(&id).copied().unwrap_or(0) == 0 {
         drop(t);
-        conn.close(codes::DUPLICATE, b"duplicate connection");
+        conn.close(code, reason);
     } else {
-        t.retired.insert(id, conn.clone());
+        t.retired.insert(id, (conn.clone(), code, reason));
     }
 }
 
@@ -66,9 +74,9 @@ impl Drop for InUse {
         };
         if left == 0 {
             t.counts.remove(&self.id);
-            if let Some(conn) = t.retired.remove(&self.id) {
+            if let Some((conn, code, reason)) = t.retired.remove(&self.id) {
                 drop(t);
-                conn.close(codes::DUPLICATE, b"duplicate connection");
+                conn.close(code, reason);
             }
         }
     }

@@ -48,7 +48,11 @@ fn still_wanted(shared: &State, target: &str, purpose: &Purpose, discovered: Opt
     match purpose {
         Purpose::Seed => true,
         Purpose::Member(name) => {
-            if !member_wanted(shared, name, target) {
+            // A probe of a member held gone (past the cap, for a healed partition) is dialled
+            // although gossip lists it gone; the overlay stops it after one failed attempt.
+            let probing = lock(&shared.overlay).is_probe(name);
+            let probe = probing && lock(&shared.gossip).member(name).is_some_and(|m| m.addr == target);
+            if !probe && !member_wanted(shared, name, target) {
                 debug!(member = %name, "member gone or moved; no longer dialling it");
                 return false;
             }
@@ -151,6 +155,14 @@ pub(crate) async fn keep_connected(shared: Arc<State>, target: String, purpose: 
                     // The tie-break may have kept the peer's own dial instead of ours; while
                     // that one lives there is nothing to redial.
                     wait_until_disconnected(&shared, &peer).await;
+                    if let (Ended::PeerTrimmed, Purpose::Service(name)) = (ended, &purpose) {
+                        // The server is past its cap and this link carried too little to be
+                        // kept: redialling would only be let go again. Streams go to the
+                        // service's other nodes for a while (on_demand.rs).
+                        debug!(member = %name, "the node let this service link go; not redialling it");
+                        shared.peers.trimmed_by(name);
+                        return;
+                    }
                     if let Purpose::Member(name) = &purpose {
                         lock(&shared.overlay).dial_ended(name, true, shared.ctx.now());
                     }

@@ -15,7 +15,7 @@ use super::state::State;
 use super::sync::lock;
 use crate::gossip::{GossipEvent, Load, Status};
 use crate::overlay::Action;
-use crate::protocol::{codes, ControlMsg};
+use crate::protocol::ControlMsg;
 use crate::sysload::SysLoad;
 
 fn current_load(shared: &State, sys: &mut SysLoad) -> Load {
@@ -56,11 +56,15 @@ pub(crate) async fn gossip_loop(shared: Arc<State>) {
                 let mut rng = lock(&shared.rng);
                 g.tick_among(now, &mut *rng, &|n| linked.contains(n))
             };
-            let members: BTreeMap<String, String> = g
-                .members()
-                .filter(|m| m.name != shared.ctx.name && !m.status.is_gone())
-                .map(|m| (m.name.clone(), m.addr.clone()))
-                .collect();
+            let mut members = Members::default();
+            for m in g.members().filter(|m| m.name != shared.ctx.name) {
+                let into = if m.status.is_gone() {
+                    &mut members.gone
+                } else {
+                    &mut members.alive
+                };
+                into.insert(m.name.clone(), m.addr.clone());
+            }
             (out, g.take_events(), members)
         };
         for (to, msg) in out {
@@ -73,34 +77,45 @@ pub(crate) async fn gossip_loop(shared: Arc<State>) {
     }
 }
 
+/// The other members by name, with their addresses: those gossip lists alive, and those it
+/// holds Dead or Left (not yet forgotten).
+#[derive(Default)]
+struct Members {
+    alive: BTreeMap<String, String>,
+    gone: BTreeMap<String, String>,
+}
+
 /// Asks the overlay which members to dial and which links to let go, and does it: a full
 /// mesh up to `limits.max_peer_connections` other members (of two, the lower name dials),
 /// a bounded random overlay past it.
-fn keep_overlay(shared: &Arc<State>, now: std::time::Duration, members: &BTreeMap<String, String>) {
+fn keep_overlay(shared: &Arc<State>, now: std::time::Duration, members: &Members) {
     let links = shared.peers.links(now, SERVICE_LINK_KEPT);
-    let names: Vec<String> = members.keys().cloned().collect();
+    let alive: Vec<String> = members.alive.keys().cloned().collect();
+    let gone: Vec<String> = members.gone.keys().cloned().collect();
     let actions = {
         let mut overlay = lock(&shared.overlay);
         let mut rng = lock(&shared.rng);
-        overlay.tick(now, &shared.ctx.name, &links, &names, &mut *rng)
+        overlay.tick(now, &shared.ctx.name, &links, &alive, &gone, &mut *rng)
     };
+    let grace = lock(&shared.overlay).config().grace;
     for action in actions {
         match action {
             Action::Dial(name) => {
-                let Some(addr) = members.get(&name) else { continue };
+                let Some(addr) = members.alive.get(&name).or_else(|| members.gone.get(&name)) else {
+                    continue;
+                };
+                if members.gone.contains_key(&name) {
+                    debug!(member = %name, "dialling a member held gone, in case a partition healed");
+                }
                 if shared.peers.peer_conn(&name).is_none() && shared.peers.start_dialing(&name) {
                     let span = tracing::Span::current();
                     tokio::spawn(keep_connected(shared.clone(), addr.clone(), Purpose::Member(name)).instrument(span));
                 }
             }
             Action::Close(name) => {
-                if let Some(conn) = shared.peers.peer_conn(&name) {
+                if shared.peers.trim(&name, grace, SERVICE_LINK_KEPT) {
                     debug!(peer = %name, links = links.len(), cap = shared.ctx.cfg.limits.max_peer_connections, "letting a peer link go: more than limits.max_peer_connections");
                     bump(&shared.metrics.stats.links_trimmed);
-                    conn.close(
-                        codes::TRIMMED,
-                        b"more peer connections than limits.max_peer_connections",
-                    );
                 }
             }
         }

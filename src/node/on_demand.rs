@@ -6,6 +6,7 @@
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::peers::SERVICE_LINK_KEPT;
 use super::state::State;
 use super::sync::lock;
 use crate::routing::fnv1a;
@@ -40,8 +41,20 @@ pub(crate) async fn reach(shared: &State, service: &str, deadline: Option<Instan
         .map(|m| (rank(&shared.ctx.name, &m.name), m.name.clone(), m.addr.clone()))
         .collect();
     offering.sort();
+    // Passed over unless nothing else is left: a node whose dial is failing (a stream would
+    // wait out the connect timeout for it) and one that let our link go for its cap within
+    // the last 30 s (it would again, and the link would flap).
+    let (fine, passed): (Vec<_>, Vec<_>) = offering.into_iter().partition(|(_, name, addr)| {
+        shared.peers.peer_conn(name).is_some()
+            || !(shared.reach.in_trouble(addr) || shared.peers.trimmed_within(name, SERVICE_LINK_KEPT))
+    });
+    let pick = if fine.is_empty() && live.is_empty() {
+        passed
+    } else {
+        fine
+    };
     let mut asked = 0;
-    for (_, name, addr) in offering.into_iter().take(SERVICE_LINKS) {
+    for (_, name, addr) in pick.into_iter().take(SERVICE_LINKS) {
         // Marked before the dial starts, so the dial and the overlay keep the new link.
         shared.peers.used_for_service(&name);
         if shared.peers.peer_conn(&name).is_none() {

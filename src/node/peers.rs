@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::conn_use::{self, ConnUseTable, InUse};
 use super::sync::lock;
 use crate::overlay::Link;
-use crate::protocol::ControlMsg;
+use crate::protocol::{codes, ControlMsg};
 use crate::routing::Ewma;
 use crate::transport::{keep_new_connection, DEDUP_WINDOW};
 
@@ -104,6 +104,9 @@ pub(crate) struct PeerTable {
     /// When a service stream last went to or came from each peer: the overlay keeps those
     /// links past its cap (see [`PeerTable::links`]).
     service_use: Mutex<BTreeMap<String, Instant>>,
+    /// Nodes that let this node's service link go (`TRIMMED`: they are past their own cap),
+    /// and when: on_demand.rs prefers other nodes of the service for a while.
+    trimmed_by: Mutex<BTreeMap<String, Instant>>,
     /// Dials of service nodes asked for by streams, for the dial driver.
     dial_requests: Mutex<BTreeMap<String, String>>,
     dial_requested: tokio::sync::Notify,
@@ -136,6 +139,7 @@ impl PeerTable {
             clients: Mutex::new(BTreeMap::new()),
             clashes: Mutex::new(BTreeMap::new()),
             service_use: Mutex::new(BTreeMap::new()),
+            trimmed_by: Mutex::new(BTreeMap::new()),
             dial_requests: Mutex::new(BTreeMap::new()),
             dial_requested: tokio::sync::Notify::new(),
         }
@@ -381,6 +385,19 @@ impl PeerTable {
         }
     }
 
+    /// `peer` closed this node's service link to it for its own cap.
+    pub fn trimmed_by(&self, peer: &str) {
+        let mut t = lock(&self.trimmed_by);
+        // Bounded by the members this node routes to; old entries go at each insert.
+        t.retain(|_, at| at.elapsed() < SERVICE_LINK_KEPT);
+        t.insert(peer.to_owned(), Instant::now());
+    }
+
+    /// Whether `peer` closed this node's service link to it within `within`.
+    pub fn trimmed_within(&self, peer: &str, within: std::time::Duration) -> bool {
+        lock(&self.trimmed_by).get(peer).is_some_and(|t| t.elapsed() < within)
+    }
+
     /// Whether a service stream went to or came from `peer` within `within`.
     pub fn used_within(&self, peer: &str, within: std::time::Duration) -> bool {
         lock(&self.service_use).get(peer).is_some_and(|t| t.elapsed() < within)
@@ -404,6 +421,29 @@ impl PeerTable {
                 keep: used.contains(name),
             })
             .collect()
+    }
+
+    /// Lets the link to `peer` go for the overlay cap (close code `TRIMMED`, once the streams
+    /// on it are done), unless it is younger than `grace` (a new connection replaced the one
+    /// the overlay saw) or a service stream used it within `kept`; true if it goes.
+    pub fn trim(&self, peer: &str, grace: std::time::Duration, kept: std::time::Duration) -> bool {
+        if self.used_within(peer, kept) {
+            return false;
+        }
+        let peers = lock(&self.peers);
+        let Some((conn, since)) = peers.get(peer).and_then(|p| p.live().map(|c| (c, p.since))) else {
+            return false;
+        };
+        if since.elapsed() < grace {
+            return false;
+        }
+        conn_use::retire_with(
+            &self.conn_use,
+            conn,
+            codes::TRIMMED,
+            b"more peer connections than limits.max_peer_connections",
+        );
+        true
     }
 
     /// Counts a stream on `conn` until the guard drops.

@@ -159,6 +159,11 @@ impl Reach {
         lock(&self.troubles).remove(target)
     }
 
+    /// Whether the last dial of `target` failed (and it is still being dialled).
+    pub fn in_trouble(&self, target: &str) -> bool {
+        lock(&self.troubles).contains_key(target)
+    }
+
     /// Forgets `target`: it is no longer dialled.
     pub fn forget(&self, target: &str) {
         lock(&self.troubles).remove(target);

@@ -70,7 +70,8 @@ pub struct Link<P> {
     pub peer: P,
     /// When the link came up.
     pub since: Duration,
-    /// Never closed by the overlay (a configured peer, or a link routing needs).
+    /// Never closed by the overlay: a link that carried a service stream lately (routing needs
+    /// it). Configured peers are not kept past the cap: they are contact points.
     pub keep: bool,
 }
 

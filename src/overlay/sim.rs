@@ -201,7 +201,9 @@ impl OverlaySim {
         let mut later = Vec::new();
         for i in order {
             let actions =
-                self.overlays[i as usize].tick(now, &i, &self.links[i as usize], &self.members, &mut self.rng);
+                // No gone members: the simulator models crashes, not partitions, and a crashed
+                // node is simply left out of the membership once detected.
+                self.overlays[i as usize].tick(now, &i, &self.links[i as usize], &self.members, &[], &mut self.rng);
             for a in actions {
                 match a {
                     Action::Dial(to) => {

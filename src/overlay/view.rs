@@ -18,6 +18,8 @@ pub struct Overlay<P> {
     dialing: BTreeMap<P, Duration>,
     /// Members whose last dial failed, and until when they are not drawn.
     avoid: BTreeMap<P, Duration>,
+    /// The dials in `dialing` that go to members gossip holds gone (see [`Overlay::tick`]).
+    probes: BTreeSet<P>,
     /// Whether the last tick found a mesh small enough to keep whole.
     full_mesh: bool,
 }
@@ -29,6 +31,7 @@ impl<P: Ord + Clone> Overlay<P> {
             cfg,
             dialing: BTreeMap::new(),
             avoid: BTreeMap::new(),
+            probes: BTreeSet::new(),
             full_mesh: true,
         }
     }
@@ -49,6 +52,12 @@ impl<P: Ord + Clone> Overlay<P> {
         self.full_mesh || self.dialing.contains_key(peer)
     }
 
+    /// Whether the dial to `peer` is a probe of a member gossip holds gone: the node dials it
+    /// although gossip lists it Dead or Left.
+    pub fn is_probe(&self, peer: &P) -> bool {
+        self.probes.contains(peer)
+    }
+
     /// Number of dials asked for and not yet reported.
     pub fn dials_in_flight(&self) -> usize {
         self.dialing.len()
@@ -58,6 +67,7 @@ impl<P: Ord + Clone> Overlay<P> {
     /// case the member is not drawn again for `avoid_for`.
     pub fn dial_ended(&mut self, peer: &P, connected: bool, now: Duration) {
         self.dialing.remove(peer);
+        self.probes.remove(peer);
         if connected {
             self.avoid.remove(peer);
         } else {
@@ -69,16 +79,24 @@ impl<P: Ord + Clone> Overlay<P> {
     /// without avoiding the member.
     pub fn dial_dropped(&mut self, peer: &P) {
         self.dialing.remove(peer);
+        self.probes.remove(peer);
     }
 
-    /// One round: given this node's `links` and the `members` it believes alive (this node
-    /// may be among them), the dials to start and the links to close.
+    /// One round: given this node's `links`, the `members` it believes alive (this node may
+    /// be among them) and those it holds `gone` (Dead or Left, not yet forgotten), the dials
+    /// to start and the links to close.
+    ///
+    /// Past the cap, a node with room for a link also dials a gone member now and then, with
+    /// the probability gossip contacts one (gone / (alive + gone + 1) a round): after a
+    /// partition heals, nothing else would ever link the two sides, since each holds the other
+    /// Dead and draws only live members. The probe's gossip exchange lets the far side refute.
     pub fn tick<R: Rng + ?Sized>(
         &mut self,
         now: Duration,
         me: &P,
         links: &[Link<P>],
         members: &[P],
+        gone: &[P],
         rng: &mut R,
     ) -> Vec<Action<P>> {
         let cfg = &self.cfg;
@@ -87,6 +105,8 @@ impl<P: Ord + Clone> Overlay<P> {
         self.avoid.retain(|_, until| *until > now);
         let linked: BTreeSet<&P> = links.iter().map(|l| &l.peer).collect();
         self.dialing.retain(|p, _| !linked.contains(p));
+        let dialing = &self.dialing;
+        self.probes.retain(|p| dialing.contains_key(p));
         let others = members.len() - usize::from(members.contains(me));
         self.full_mesh = others <= cfg.max_links;
         let mut out = Vec::new();
@@ -115,6 +135,15 @@ impl<P: Ord + Clone> Overlay<P> {
             self.dialing.insert(m.clone(), now);
             out.push(Action::Dial(m.clone()));
             started += 1;
+        }
+        let room = linked.len() + self.dialing.len() < cfg.max_links;
+        if room && !gone.is_empty() && rng.random_range(0..members.len() + gone.len() + 1) < gone.len() {
+            let m = &gone[rng.random_range(0..gone.len())];
+            if m != me && !linked.contains(m) && !self.dialing.contains_key(m) && !self.avoid.contains_key(m) {
+                self.dialing.insert(m.clone(), now);
+                self.probes.insert(m.clone());
+                out.push(Action::Dial(m.clone()));
+            }
         }
         if links.len() > cfg.max_links {
             let mut spare: Vec<&Link<P>> = links
@@ -160,11 +189,11 @@ mod tests {
         let mut o = Overlay::new(OverlayConfig::new(4));
         let mut rng = StdRng::seed_from_u64(1);
         let members = [0, 1, 2, 3, 4];
-        let out = o.tick(S, &2, &[link(0, S)], &members, &mut rng);
+        let out = o.tick(S, &2, &[link(0, S)], &members, &[], &mut rng);
         assert_eq!(out, vec![Action::Dial(3), Action::Dial(4)]);
         assert!(o.is_full_mesh() && o.wants_dial(&1));
         // Asked once: the node's dialler keeps at it while the member lives.
-        assert!(o.tick(S * 2, &2, &[link(0, S)], &members, &mut rng).is_empty());
+        assert!(o.tick(S * 2, &2, &[link(0, S)], &members, &[], &mut rng).is_empty());
     }
 
     #[test]
@@ -173,17 +202,19 @@ mod tests {
         let mut o = Overlay::new(cfg.clone());
         let mut rng = StdRng::seed_from_u64(2);
         let members: Vec<u32> = (0..100).collect();
-        let out = o.tick(S, &7, &[], &members, &mut rng);
+        let out = o.tick(S, &7, &[], &members, &[], &mut rng);
         let d = dials(&out);
         assert_eq!(d.len(), cfg.low());
         assert!(!d.contains(&7), "never dials itself");
-        assert!(!o.wants_dial(&99) || d.contains(&99));
+        let other = (0..100).find(|p| !d.contains(p) && *p != 7).unwrap_or(0);
+        assert!(!o.wants_dial(&other), "past the cap only the drawn members are wanted");
+        assert!(o.wants_dial(&d[0]));
         // Dials in flight count: no more until they end.
-        assert!(o.tick(S * 2, &7, &[], &members, &mut rng).is_empty());
+        assert!(o.tick(S * 2, &7, &[], &members, &[], &mut rng).is_empty());
         for p in &d[..2] {
             o.dial_ended(p, false, S * 2);
         }
-        let again = dials(&o.tick(S * 3, &7, &[], &members, &mut rng));
+        let again = dials(&o.tick(S * 3, &7, &[], &members, &[], &mut rng));
         assert_eq!(again.len(), 2);
         assert!(again.iter().all(|p| !d[..2].contains(p)), "a failed member is avoided");
 
@@ -192,7 +223,7 @@ mod tests {
         links.extend((30..34).map(|p| link(p, S * 10)));
         links[0].keep = true;
         let mut o = Overlay::new(cfg);
-        let out = o.tick(S * 11, &7, &links, &members, &mut rng);
+        let out = o.tick(S * 11, &7, &links, &members, &[], &mut rng);
         let closed: Vec<u32> = out
             .iter()
             .filter_map(|a| match a {
@@ -205,16 +236,54 @@ mod tests {
     }
 
     #[test]
+    fn past_the_cap_a_node_with_room_probes_gone_members_now_and_then() {
+        let mut o = Overlay::new(OverlayConfig::new(8));
+        let mut rng = StdRng::seed_from_u64(4);
+        let members: Vec<u32> = (0..50).collect();
+        let gone: Vec<u32> = (50..100).collect();
+        let links: Vec<Link<u32>> = (1..7).map(|p| link(p, Duration::ZERO)).collect();
+        let mut probed = Vec::new();
+        // Rounds of 100 ms: the dials stay in flight (the dial timeout is 10 s).
+        let round = Duration::from_millis(100);
+        for r in 1..=40u32 {
+            let out = o.tick(round * r, &0, &links, &members, &gone, &mut rng);
+            probed.extend(dials(&out).into_iter().filter(|p| gone.contains(p)));
+        }
+        // Half the membership gone: a probe about every other round, while there is room.
+        assert!(!probed.is_empty(), "a healed partition needs a probe");
+        assert!(probed.len() <= 2, "no more than the room: {probed:?}");
+        let p = probed[0];
+        assert!(o.is_probe(&p) && o.wants_dial(&p));
+        o.dial_ended(&p, false, round * 41);
+        assert!(!o.is_probe(&p) && !o.wants_dial(&p));
+        // No room: no probe. Nothing gone: no probe. A small mesh: no probe.
+        let full: Vec<Link<u32>> = (1..9).map(|p| link(p, Duration::ZERO)).collect();
+        let mut o = Overlay::new(OverlayConfig::new(8));
+        for round in 1..=40u32 {
+            let out = o.tick(S * round, &0, &full, &members, &gone, &mut rng);
+            assert!(dials(&out).iter().all(|p| !gone.contains(p)));
+        }
+        let mut o = Overlay::new(OverlayConfig::new(8));
+        let small: Vec<u32> = (0..5).collect();
+        for round in 1..=40u32 {
+            let out = o.tick(S * round, &0, &[], &small, &gone, &mut rng);
+            assert!(dials(&out).iter().all(|p| !gone.contains(p)));
+        }
+    }
+
+    #[test]
     fn a_dial_never_reported_is_forgotten_after_the_timeout() {
         let cfg = OverlayConfig::new(2);
         let mut o = Overlay::new(cfg.clone());
         let mut rng = StdRng::seed_from_u64(3);
         let members: Vec<u32> = (0..10).collect();
-        assert_eq!(dials(&o.tick(S, &0, &[], &members, &mut rng)).len(), 1);
+        assert_eq!(dials(&o.tick(S, &0, &[], &members, &[], &mut rng)).len(), 1);
         assert_eq!(o.dials_in_flight(), 1);
-        assert!(o.tick(S + cfg.dial_timeout / 2, &0, &[], &members, &mut rng).is_empty());
+        assert!(o
+            .tick(S + cfg.dial_timeout / 2, &0, &[], &members, &[], &mut rng)
+            .is_empty());
         assert_eq!(
-            dials(&o.tick(S + cfg.dial_timeout, &0, &[], &members, &mut rng)).len(),
+            dials(&o.tick(S + cfg.dial_timeout, &0, &[], &members, &[], &mut rng)).len(),
             1
         );
     }
