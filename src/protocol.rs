@@ -200,6 +200,26 @@ pub enum ControlMsg {
     },
 }
 
+/// Kinds of [`ControlMsg`] this build knows (`Gossip`, `Ping`, `Pong`), and of
+/// [`crate::gossip::GossipMsg`] (`Syn`, `SynAck`, `Ack`).
+const CONTROL_KINDS: u32 = 3;
+const GOSSIP_KINDS: u32 = 3;
+
+/// Whether a control message that did not decode is of a kind a newer node added (its enum
+/// index, or that of the gossip message inside it, is past the ones this build knows). The
+/// node skips such a message instead of closing the control stream, so later releases can
+/// add control messages without breaking a mesh that runs this one. Anything else that does
+/// not decode is a protocol violation.
+pub fn is_newer_control_kind(body: &[u8]) -> bool {
+    let Ok((kind, rest)) = postcard::take_from_bytes::<u32>(body) else {
+        return false;
+    };
+    if kind >= CONTROL_KINDS {
+        return true;
+    }
+    kind == 0 && postcard::take_from_bytes::<u32>(rest).is_ok_and(|(inner, _)| inner >= GOSSIP_KINDS)
+}
+
 /// The reply of the built-in [`STATUS_SERVICE`]: a node's view of the mesh.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {

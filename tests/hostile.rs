@@ -217,3 +217,60 @@ async fn a_deadline_that_passes_on_a_locally_served_stream_is_answered_as_such()
     assert!(matches!(err, quicmesh::CallError::Timeout(_)), "{err}");
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_control_message_of_a_newer_kind_is_skipped_and_garbage_closes_the_connection() {
+    use quicmesh::protocol::{read_frame_bytes, ControlMsg, MAX_CONTROL_MESSAGE};
+    let pki = Pki::new();
+    let nodes = mesh(&pki, &["a"], &[&["echo"]]).await;
+    let frame = |body: &[u8]| {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    };
+    // Reads control messages until a Pong with `nonce` (the node also sends gossip and pings).
+    async fn pong(recv: &mut quinn::RecvStream, nonce: u64) -> Result<(), String> {
+        loop {
+            let body = read_frame_bytes(recv, MAX_CONTROL_MESSAGE)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Ok(ControlMsg::Pong { nonce: n }) = postcard::from_bytes::<ControlMsg>(&body) {
+                if n == nonce {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let conn = raw_conn(&pki, Role::Node, "newer", nodes[0].local_addr()).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encode_frame(&StreamHeader::control()).unwrap())
+        .await
+        .unwrap();
+    let accept = read_frame_bytes(&mut recv, 64 * 1024).await.unwrap();
+    let (r, _) = postcard::take_from_bytes::<Response>(&accept).unwrap();
+    assert_eq!(r, Response::Accept { node: "a".into() });
+    // A kind this build does not know (index 9), and a gossip message of an unknown kind,
+    // then a ping: the node skips the first two and answers the ping on the same stream.
+    send.write_all(&frame(&[9, 1, 2, 3])).await.unwrap();
+    send.write_all(&frame(&[0, 7, 1])).await.unwrap();
+    send.write_all(&encode_frame(&ControlMsg::Ping { nonce: 77 }).unwrap())
+        .await
+        .unwrap();
+    within(LIMIT, "the pong after the newer messages", pong(&mut recv, 77))
+        .await
+        .unwrap();
+    assert!(conn.close_reason().is_none());
+    // A known kind that does not decode is a protocol violation: the connection closes.
+    send.write_all(&frame(&[1, 0x80])).await.unwrap();
+    let err = within(LIMIT, "the close after garbage", pong(&mut recv, 78)).await;
+    assert!(err.is_err(), "{err:?}");
+    let closed = within(LIMIT, "the close", conn.closed()).await;
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quicmesh::protocol::codes::PROTOCOL),
+        "{closed}"
+    );
+    // The node keeps serving.
+    let conn = raw_conn(&pki, Role::Client, "web", nodes[0].local_addr()).await;
+    let r = send_raw(&conn, &service_header("echo", 0, None)).await;
+    assert_eq!(r, Response::Accept { node: "a".into() });
+}

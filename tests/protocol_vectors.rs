@@ -229,3 +229,26 @@ fn the_reset_and_close_code_tables_match_the_constants() {
         "the ALPN is named"
     );
 }
+
+#[test]
+fn a_control_message_of_a_kind_a_newer_node_added_is_told_from_garbage() {
+    use quicmesh::gossip::GossipMsg;
+    use quicmesh::protocol::{is_newer_control_kind, ControlMsg};
+    let known = [
+        postcard::to_allocvec(&ControlMsg::Gossip(GossipMsg::Ack { delta: vec![] })).unwrap(),
+        postcard::to_allocvec(&ControlMsg::Ping { nonce: 1 }).unwrap(),
+        postcard::to_allocvec(&ControlMsg::Pong { nonce: 1 }).unwrap(),
+    ];
+    for body in &known {
+        // A known kind cut short is garbage, not a newer kind.
+        assert!(!is_newer_control_kind(&body[..1]), "{body:?}");
+        assert!(!is_newer_control_kind(body), "{body:?}");
+    }
+    // The last known kinds are Pong (2) and, inside Gossip, Ack (2).
+    assert_eq!((known[2][0], known[0][1]), (2, 2));
+    assert!(is_newer_control_kind(&[3]));
+    assert!(is_newer_control_kind(&[0x80, 0x01, 0xff]), "kind 128, as a varint");
+    assert!(is_newer_control_kind(&[0, 3, 0xff]));
+    assert!(!is_newer_control_kind(&[]));
+    assert!(!is_newer_control_kind(&[0x80]), "an unfinished varint");
+}

@@ -13,8 +13,8 @@ use super::peers::ControlHandle;
 use super::state::State;
 use super::sync::lock;
 use crate::protocol::{
-    codes, decode_with_trailer, encode_frame, read_frame_bytes, write_frame, ControlMsg, FrameError, Hello, Response,
-    StreamHeader, MAX_CONTROL_MESSAGE,
+    codes, decode_with_trailer, encode_frame, is_newer_control_kind, read_frame_bytes, write_frame, ControlMsg,
+    FrameError, Hello, Response, StreamHeader, MAX_CONTROL_MESSAGE,
 };
 
 /// Errors on a control stream; any of them ends the stream (the connection stays).
@@ -130,6 +130,14 @@ pub(crate) async fn run_control(
         };
         let msg: ControlMsg = match postcard::from_bytes(&body) {
             Ok(m) => m,
+            Err(_) if is_newer_control_kind(&body) => {
+                debug!(
+                    peer,
+                    bytes = body.len(),
+                    "skipping a control message of a kind a newer quicmesh added"
+                );
+                continue;
+            }
             Err(e) => break Err(ControlError::from(FrameError::from(e))),
         };
         if matches!(msg, ControlMsg::Gossip(_)) {
