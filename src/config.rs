@@ -455,7 +455,9 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Certificate files.
     pub tls: TlsPaths,
-    /// Static peers (seeds), `host:port`, dialled and kept connected. Default none.
+    /// Static peers (seeds), `host:port`, dialled and kept connected; past
+    /// `limits.max_peer_connections`, contact points only (dialled at start and when no peer
+    /// link is left). Default none.
     #[serde(default, alias = "seeds")]
     pub peers: Vec<String>,
     /// SRV names to discover peers by, `"srv:_quicmesh._udp.mesh.example"`; merged with

@@ -17,7 +17,8 @@ use crate::protocol::{
     FrameError, Hello, Response, StreamHeader, MAX_CONTROL_MESSAGE,
 };
 
-/// Errors on a control stream; any of them ends the stream (the connection stays).
+/// Errors on a control stream; any of them ends the stream, and [`end_control`] closes the
+/// connection with `PROTOCOL` unless the stream simply ended or the connection was closing.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ControlError {
     #[error("opening the control stream: {0}")]

@@ -12,8 +12,8 @@
 //!   links drawn at random (never one marked `keep`, nor one younger than `grace`, so a new
 //!   member gets its first gossip exchange before a full node lets it go). Random links of
 //!   degree at least `low` make a random graph, connected with high probability and of
-//!   diameter about log N / log `low`; a node that loses links to crashes dials new ones within
-//!   a round.
+//!   diameter about log N / log `low`; a node that loses links to crashes dials new members at
+//!   the next round once it is below `low`.
 //!
 //! HyParView (Leitão et al., 2007) is the reference. Its active view is this set of links, and
 //! its rule that a join is admitted even by a full node (which then drops a random link) is

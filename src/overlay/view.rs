@@ -87,7 +87,7 @@ impl<P: Ord + Clone> Overlay<P> {
     /// to start and the links to close.
     ///
     /// Past the cap, a node with room for a link also dials a gone member now and then, with
-    /// the probability gossip contacts one (gone / (alive + gone + 1) a round): after a
+    /// probability gone / (alive + gone + 1) a round: after a
     /// partition heals, nothing else would ever link the two sides, since each holds the other
     /// Dead and draws only live members. The probe's gossip exchange lets the far side refute.
     pub fn tick<R: Rng + ?Sized>(
