@@ -67,6 +67,7 @@ pub fn render_status(report: &crate::protocol::StatusReport) -> String {
         "rtt",
         "link",
     ]);
+    let mut unlinked = 0;
     for row in &report.members {
         let m = &row.member;
         let link = if m.name == report.node {
@@ -74,8 +75,13 @@ pub fn render_status(report: &crate::protocol::StatusReport) -> String {
         } else if row.connected {
             "up"
         } else {
-            "down"
+            if !m.status.is_gone() {
+                unlinked += 1;
+            }
+            "-"
         };
+        // An RTT is only current while there is a link to measure it on.
+        let rtt = row.rtt_us.filter(|_| row.connected);
         t.row([
             m.name.clone(),
             m.addr.clone(),
@@ -87,13 +93,21 @@ pub fn render_status(report: &crate::protocol::StatusReport) -> String {
             format!("{:.1}%", f64::from(m.load.cpu_permille) / 10.0),
             format!("{:.1}%", f64::from(m.load.mem_permille) / 10.0),
             format!("{:.2} ms", f64::from(m.load.latency_us) / 1000.0),
-            row.rtt_us
-                .map(|us| format!("{:.2} ms", us as f64 / 1000.0))
+            rtt.map(|us| format!("{:.2} ms", us as f64 / 1000.0))
                 .unwrap_or_else(|| "-".into()),
             link.to_owned(),
         ]);
     }
     let mut out = t.render();
+    if unlinked > 0 {
+        out.push_str(&format!(
+            "link -: {} has no connection to {unlinked} live member(s) now. In a mesh larger than \
+             limits.max_peer_connections (32 by default) that is normal: a node links to a bounded \
+             set of members and dials a service's nodes when it needs them. Failing dials are listed \
+             below, if any.\n",
+            report.node
+        ));
+    }
     if !report.routes.is_empty() {
         let mut r = Table::new(["service", "recent share of streams by node"]);
         for (svc, shares) in &report.routes {
@@ -151,5 +165,43 @@ mod tests {
         let mut t = super::Table::new(["a", "long"]);
         t.row(["xyz", "1"]);
         assert_eq!(t.render(), "a    long\n---  ----\nxyz  1\n");
+    }
+
+    #[test]
+    fn a_member_without_a_link_is_explained_not_called_down() {
+        use crate::gossip::{Member, Status};
+        use crate::protocol::{MemberStatus, StatusReport};
+        let row = |name: &str, connected: bool, status: Status| {
+            let mut member = Member::new(name, "127.0.0.1:1", 1, Vec::new());
+            member.status = status;
+            MemberStatus {
+                member,
+                connected,
+                rtt_us: Some(2_930),
+            }
+        };
+        let report = StatusReport {
+            node: "a".into(),
+            version: "0".into(),
+            members: vec![
+                row("a", false, Status::Alive),
+                row("b", true, Status::Alive),
+                row("c", false, Status::Alive),
+                row("d", false, Status::Dead),
+            ],
+            routes: Vec::new(),
+            unreachable: Vec::new(),
+            identity_clashes: Vec::new(),
+        };
+        let out = super::render_status(&report);
+        let line = |n: &str| out.lines().find(|l| l.starts_with(n)).unwrap_or_default().to_owned();
+        assert!(line("b ").ends_with("2.93 ms  up"), "{out}");
+        assert!(
+            line("c ").ends_with("-        -"),
+            "an old RTT is not shown without a link: {out}"
+        );
+        assert!(!out.contains("down"), "{out}");
+        assert!(out.contains("a has no connection to 1 live member(s)"), "{out}");
+        assert!(out.contains("limits.max_peer_connections"), "{out}");
     }
 }
