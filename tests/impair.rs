@@ -64,6 +64,20 @@ fn connected(n: &Node, peer: &str) -> bool {
     n.peers().iter().any(|p| p.name == peer && p.connected)
 }
 
+/// Cuts (`on`) or restores the link between each pair: each side's proxy drops, or again
+/// passes, the other side's datagrams.
+fn cut_between<'a>(pairs: impl IntoIterator<Item = (&'a Proxied, &'a Proxied)>, on: bool) {
+    for (x, y) in pairs {
+        if on {
+            x.proxy.set_for(y.node.local_addr(), Impairment::blackhole());
+            y.proxy.set_for(x.node.local_addr(), Impairment::blackhole());
+        } else {
+            x.proxy.clear_for(y.node.local_addr());
+            y.proxy.clear_for(x.node.local_addr());
+        }
+    }
+}
+
 /// Runs `calls` echo calls through `client`, `workers` at a time; every one must succeed
 /// and echo its body. Meanwhile checks that no node declares another dead.
 async fn calls_all_succeed(client: &Client, calls: usize, workers: usize, watch: &[&Node]) {
@@ -524,19 +538,7 @@ async fn partition_then_heal_under_load_the_far_sides_stale_deaths_do_not_stop_r
     let client = pki.client("web", &a.node).await;
     // Cut d and e off (two, so they hear each other and keep their local health): each
     // side's proxies drop the other side's datagrams.
-    let cut = |on: bool| {
-        for x in majority {
-            for y in minority {
-                if on {
-                    x.proxy.set_for(y.node.local_addr(), Impairment::blackhole());
-                    y.proxy.set_for(x.node.local_addr(), Impairment::blackhole());
-                } else {
-                    x.proxy.clear_for(y.node.local_addr());
-                    y.proxy.clear_for(x.node.local_addr());
-                }
-            }
-        }
-    };
+    let cut = |on: bool| cut_between(majority.iter().flat_map(|x| minority.iter().map(move |y| (*x, *y))), on);
     cut(true);
     let far_side_gave_up = || {
         minority.iter().all(|y| {
@@ -655,17 +657,7 @@ async fn partition_then_heal_the_entrys_ejections_end_with_the_new_connections()
         ..CallOptions::default()
     };
     client.request("echo", "before", &opts).await.unwrap();
-    let cut = |on: bool| {
-        for (x, y) in [(&a, &b), (&a, &c)] {
-            if on {
-                x.proxy.set_for(y.node.local_addr(), Impairment::blackhole());
-                y.proxy.set_for(x.node.local_addr(), Impairment::blackhole());
-            } else {
-                x.proxy.clear_for(y.node.local_addr());
-                y.proxy.clear_for(x.node.local_addr());
-            }
-        }
-    };
+    let cut = |on: bool| cut_between([(&a, &b), (&a, &c)], on);
     cut(true);
     // Calls into the silence eject b and c (each is tried and fails); the connections then
     // time out.
@@ -734,19 +726,7 @@ async fn past_the_overlay_cap_a_healed_partition_merges_again() {
     })
     .await;
     let (left, right) = nodes.split_at(6);
-    let cut = |on: bool| {
-        for x in left {
-            for y in right {
-                if on {
-                    x.proxy.set_for(y.node.local_addr(), Impairment::blackhole());
-                    y.proxy.set_for(x.node.local_addr(), Impairment::blackhole());
-                } else {
-                    x.proxy.clear_for(y.node.local_addr());
-                    y.proxy.clear_for(x.node.local_addr());
-                }
-            }
-        }
-    };
+    let cut = |on: bool| cut_between(left.iter().flat_map(|x| right.iter().map(move |y| (x, y))), on);
     cut(true);
     let sides_apart = || {
         let holds_gone = |side: &[Proxied], other: &[Proxied]| {
