@@ -64,6 +64,16 @@ fn connected(n: &Node, peer: &str) -> bool {
     n.peers().iter().any(|p| p.name == peer && p.connected)
 }
 
+/// Timers that notice a cut link in about a second and redial within a few hundred
+/// milliseconds, for the partition tests.
+fn quick_timers(c: &mut NodeConfig) {
+    c.transport.idle_timeout = Duration::from_millis(1500);
+    c.transport.keepalive = Duration::from_millis(300);
+    c.transport.connect_timeout = Duration::from_millis(500);
+    c.reconnect.initial = Duration::from_millis(50);
+    c.reconnect.max = Duration::from_millis(300);
+}
+
 /// Cuts (`on`) or restores the link between each pair: each side's proxy drops, or again
 /// passes, the other side's datagrams.
 fn cut_between<'a>(pairs: impl IntoIterator<Item = (&'a Proxied, &'a Proxied)>, on: bool) {
@@ -515,11 +525,7 @@ async fn partition_then_heal_under_load_the_far_sides_stale_deaths_do_not_stop_r
     init_logs();
     let pki = Pki::new();
     let fast = |c: &mut NodeConfig| {
-        c.transport.idle_timeout = Duration::from_millis(1500);
-        c.transport.keepalive = Duration::from_millis(300);
-        c.transport.connect_timeout = Duration::from_millis(500);
-        c.reconnect.initial = Duration::from_millis(50);
-        c.reconnect.max = Duration::from_millis(300);
+        quick_timers(c);
         c.gossip.suspicion_max = Duration::from_secs(2);
     };
     let b = proxied(&pki, "b", vec![], Some(Echo), fast).await;
@@ -633,11 +639,7 @@ async fn partition_then_heal_the_entrys_ejections_end_with_the_new_connections()
     init_logs();
     let pki = Pki::new();
     let fast = |c: &mut NodeConfig| {
-        c.transport.idle_timeout = Duration::from_millis(1500);
-        c.transport.keepalive = Duration::from_millis(300);
-        c.transport.connect_timeout = Duration::from_millis(500);
-        c.reconnect.initial = Duration::from_millis(50);
-        c.reconnect.max = Duration::from_millis(300);
+        quick_timers(c);
         // One failure ejects, for far longer than the partition: only the new connections
         // can end the ejections.
         c.routing.eject_after = 1;
@@ -701,11 +703,7 @@ async fn past_the_overlay_cap_a_healed_partition_merges_again() {
     let pki = Pki::new();
     let fast = |c: &mut NodeConfig| {
         c.limits.max_peer_connections = 4;
-        c.transport.idle_timeout = Duration::from_millis(1500);
-        c.transport.keepalive = Duration::from_millis(300);
-        c.transport.connect_timeout = Duration::from_millis(500);
-        c.reconnect.initial = Duration::from_millis(50);
-        c.reconnect.max = Duration::from_millis(300);
+        quick_timers(c);
         c.gossip.suspicion_max = Duration::from_secs(2);
     };
     // Two sides of six: each side alone is still past the cap (five others > 4).

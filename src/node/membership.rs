@@ -2,7 +2,7 @@
 //! control streams, logs membership changes, and keeps the overlay: dials the members it
 //! wants links to and lets go of the links past its cap.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tokio::time::MissedTickBehavior;
@@ -56,6 +56,7 @@ pub(crate) async fn gossip_loop(shared: Arc<State>) {
                 let mut rng = lock(&shared.rng);
                 g.tick_among(now, &mut *rng, &|n| linked.contains(n))
             };
+            // Names only: an address is looked up for the few members the overlay dials.
             let mut members = Members::default();
             for m in g.members().filter(|m| m.name != shared.ctx.name) {
                 let into = if m.status.is_gone() {
@@ -63,7 +64,7 @@ pub(crate) async fn gossip_loop(shared: Arc<State>) {
                 } else {
                     &mut members.alive
                 };
-                into.insert(m.name.clone(), m.addr.clone());
+                into.push(m.name.clone());
             }
             (out, g.take_events(), members)
         };
@@ -77,12 +78,12 @@ pub(crate) async fn gossip_loop(shared: Arc<State>) {
     }
 }
 
-/// The other members by name, with their addresses: those gossip lists alive, and those it
-/// holds Dead or Left (not yet forgotten).
+/// The other members by name: those gossip lists alive, and those it holds Dead or Left (not
+/// yet forgotten).
 #[derive(Default)]
 struct Members {
-    alive: BTreeMap<String, String>,
-    gone: BTreeMap<String, String>,
+    alive: Vec<String>,
+    gone: Vec<String>,
 }
 
 /// Asks the overlay which members to dial and which links to let go, and does it: a full
@@ -90,26 +91,24 @@ struct Members {
 /// a bounded random overlay past it.
 fn keep_overlay(shared: &Arc<State>, now: std::time::Duration, members: &Members) {
     let links = shared.peers.links(now, SERVICE_LINK_KEPT);
-    let alive: Vec<String> = members.alive.keys().cloned().collect();
-    let gone: Vec<String> = members.gone.keys().cloned().collect();
     let actions = {
         let mut overlay = lock(&shared.overlay);
         let mut rng = lock(&shared.rng);
-        overlay.tick(now, &shared.ctx.name, &links, &alive, &gone, &mut *rng)
+        overlay.tick(now, &shared.ctx.name, &links, &members.alive, &members.gone, &mut *rng)
     };
     let grace = lock(&shared.overlay).config().grace;
     for action in actions {
         match action {
             Action::Dial(name) => {
-                let Some(addr) = members.alive.get(&name).or_else(|| members.gone.get(&name)) else {
+                let Some(addr) = lock(&shared.gossip).member(&name).map(|m| m.addr.clone()) else {
                     continue;
                 };
-                if members.gone.contains_key(&name) {
+                if lock(&shared.overlay).is_probe(&name) {
                     debug!(member = %name, "dialling a member held gone, in case a partition healed");
                 }
                 if shared.peers.peer_conn(&name).is_none() && shared.peers.start_dialing(&name) {
                     let span = tracing::Span::current();
-                    tokio::spawn(keep_connected(shared.clone(), addr.clone(), Purpose::Member(name)).instrument(span));
+                    tokio::spawn(keep_connected(shared.clone(), addr, Purpose::Member(name)).instrument(span));
                 }
             }
             Action::Close(name) => {
