@@ -39,7 +39,7 @@ pub(super) fn leased_of(i: usize) -> String {
 /// A port is handed out once per process: nodes start one after another, so a port checked
 /// free for one node and not yet bound could otherwise be handed to another (a soak of 12
 /// nodes drew such a pair in about one run of forty, and the second node exited at start).
-fn free_port(udp: bool) -> Result<u16, ChaosError> {
+pub fn free_port(udp: bool) -> Result<u16, ChaosError> {
     use rand::Rng;
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::from_os_rng();

@@ -20,6 +20,7 @@ mod nemesis;
 mod report;
 pub mod schedule;
 
+pub use mesh::free_port;
 pub use report::Report;
 
 use ledger::{Resurrections, Usage};

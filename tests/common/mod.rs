@@ -137,12 +137,35 @@ pub async fn mesh(pki: &Pki, names: &[&str], services: &[&[&str]]) -> Vec<Node> 
 }
 
 /// A UDP port that was free a moment ago (for nodes that must restart on the same address).
+/// Drawn below the ephemeral range and handed out once per process, as the chaos soak's
+/// ([`quicmesh::chaos::free_port`]): a port from `bind(0)` could be taken, before the node
+/// binds it, by the ephemeral socket of a client or a `quicmesh call` process of a test
+/// running alongside (a node that then exits at start fails its test by timing out).
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port(true)
+}
+
+#[cfg(feature = "testkit")]
+fn free_port(udp: bool) -> u16 {
+    quicmesh::chaos::free_port(udp).unwrap()
+}
+
+/// Without the testkit feature (the README's test command has it), the kernel's pick.
+#[cfg(not(feature = "testkit"))]
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
 }
 
 /// A TCP backend on loopback: reads each connection to its end and answers `reply(request)`.
@@ -234,13 +257,10 @@ pub async fn http_with_body(
     (code, body.to_owned())
 }
 
-/// A TCP port on loopback that was free a moment ago (for admin listeners of node processes).
+/// A TCP port on loopback that was free a moment ago (for admin listeners of node processes);
+/// drawn as [`free_udp_port`]'s.
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port(false)
 }
 
 /// The value of the Prometheus sample line starting with `series ` (name and labels, exactly).
