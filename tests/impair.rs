@@ -242,16 +242,19 @@ async fn a_blackholed_peer_times_out_traffic_reroutes_and_it_reconnects_within_t
             .is_some_and(|v| v.contains(&"b".to_string()))
     })
     .await;
-    let mut served_by_b = 0;
-    for i in 0..200 {
+    // Polled with a deadline: the balancer may keep to c for a while (a stream caught in the
+    // retirement of a duplicate connection used to charge b a penalty it never worked off).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 0.. {
         if client.request("echo", format!("y{i}"), &opts).await.unwrap().served_by == "b" {
-            served_by_b += 1;
-        }
-        if served_by_b > 0 {
+            println!("b served again at call {i}");
             break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "b never served again after the link healed ({i} calls)"
+        );
     }
-    assert!(served_by_b > 0, "b never served again after the link healed");
     client.close().await;
     for n in [&a.node, &b.node, &c.node] {
         n.shutdown().await;

@@ -41,6 +41,13 @@ impl Ended {
         }
     }
 
+    /// Whether both nodes are alive after this end: a duplicate retired by either side, a link
+    /// trimmed under the cap. A stream that failed with such a connection was caught in the
+    /// swap and says nothing about the peer's health.
+    pub fn both_alive(self) -> bool {
+        matches!(self, Ended::Retired | Ended::PeerRetired | Ended::PeerTrimmed)
+    }
+
     /// Whether this end is part of normal operation (logged at debug).
     pub fn expected(self) -> bool {
         !matches!(self, Ended::Lost | Ended::Clash)
@@ -72,5 +79,7 @@ mod tests {
         assert!(!Ended::Clash.expected());
         assert_eq!(Ended::of(&TimedOut, false), Ended::Lost);
         assert!(Ended::PeerRetired.expected() && !Ended::Lost.expected());
+        assert!(Ended::PeerRetired.both_alive() && Ended::Retired.both_alive() && Ended::PeerTrimmed.both_alive());
+        assert!(!Ended::Lost.both_alive() && !Ended::PeerLeft.both_alive() && !Ended::Clash.both_alive());
     }
 }

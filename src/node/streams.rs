@@ -11,6 +11,7 @@ use tracing::{debug, info};
 
 use super::balance::{self, Choice};
 use super::control::{end_control, run_control};
+use super::ended::Ended;
 use super::metrics::bump;
 use super::route::{reject, route, Reject, Route};
 use super::services::{Local, ServiceSet};
@@ -415,13 +416,23 @@ impl Incoming<'_> {
                     return;
                 }
                 Err(Downstream::Rejected(code, reason)) if code.is_retryable() => {
+                    debug!(via = %peer, %code, %reason, "relay attempt refused; charged to the node");
                     balance::record_failure(shared, &peer);
                     last = Some(reject(code, reason));
                 }
                 Err(Downstream::Rejected(code, reason)) => return self.reject(reject(code, reason)).await,
                 Err(Downstream::Failed(e)) => {
-                    balance::record_failure(shared, &peer);
                     last = Some(reject(RejectCode::Unavailable, format!("relay to node {peer}: {e}")));
+                    // A duplicate connection retired (by either side) or a link trimmed under
+                    // the cap closes while both nodes are healthy: no penalty, and the peer
+                    // stays eligible over the connection it keeps. (Charged, a node back
+                    // from a partition lost every comparison to a measured one.)
+                    if pconn.close_reason().is_some_and(|r| Ended::of(&r, false).both_alive()) {
+                        debug!(via = %peer, error = %e, "stream caught in a connection's retirement; retrying");
+                        continue;
+                    }
+                    debug!(via = %peer, error = %e, "relay attempt failed; charged to the node");
+                    balance::record_failure(shared, &peer);
                 }
                 Err(Downstream::Silent(e)) => {
                     // Ejected at once: every stream sent there would wait the same way until

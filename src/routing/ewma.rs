@@ -37,9 +37,19 @@ impl PeakEwma {
         self.stamp = self.stamp.max(now);
     }
 
-    /// The current estimate, seconds.
+    /// The estimate as of the last sample, seconds.
     pub fn get(&self) -> f64 {
         self.value
+    }
+
+    /// The estimate at `now`, seconds, decayed toward zero with time constant `tau` over the
+    /// time since the last sample. For an estimate that is a failure penalty: a node nobody
+    /// sends to is never measured again, so only time can bring it back. (Not for a real
+    /// latency: a slow node with a long queue answers rarely, and decaying its estimate
+    /// between answers sends it more work the longer its queue grows.)
+    pub fn at(&self, now: Duration, tau: Duration) -> f64 {
+        let dt = now.saturating_sub(self.stamp).as_secs_f64();
+        self.value * (-dt / tau.as_secs_f64().max(1e-9)).exp()
     }
 }
 
@@ -101,5 +111,21 @@ mod tests {
             "three time constants later it is mostly forgotten: {}",
             e.get()
         );
+    }
+
+    #[test]
+    fn a_penalty_read_at_a_time_decays_toward_zero() {
+        let s = Duration::from_secs;
+        let mut e = PeakEwma::new(0.001, s(10), s(0));
+        e.observe(1.0, s(5));
+        let tau = s(2);
+        assert_eq!(e.at(s(5), tau), 1.0, "read at the sample: the sample");
+        assert!(
+            (e.at(s(7), tau) - (-1.0f64).exp()).abs() < 1e-9,
+            "one time constant: 1/e"
+        );
+        assert!(e.at(s(25), tau) < 1e-4, "ten time constants: about gone");
+        assert_eq!(e.at(s(1), tau), 1.0, "a read from before the sample does not grow it");
+        assert_eq!(e.get(), 1.0, "reading changes nothing");
     }
 }

@@ -21,6 +21,12 @@ pub const TAU: Duration = Duration::from_secs(10);
 /// sequential load it could lose every comparison to a measured node and never be tried.
 const FRESH_LATENCY: f64 = 0.0;
 
+/// Time constant over which a failure penalty fades while the node gets no streams. Without
+/// it a node charged one penalty (1 s) beside a fast measured node under sequential load loses
+/// every comparison and, never measured again, stays out for good; with it, it is tried again
+/// once the penalty has faded below the other's latency: ~16 s against a 300 µs node.
+const PENALTY_TAU: Duration = Duration::from_secs(2);
+
 /// How often the recent-share counts are halved.
 const SHARE_HALF_LIFE: Duration = Duration::from_secs(60);
 
@@ -58,6 +64,8 @@ pub struct Ejection {
 pub struct Table {
     balancers: BTreeMap<String, Balancer>,
     latency: BTreeMap<String, PeakEwma>,
+    /// Nodes whose latency estimate is a failure penalty (the last sample was a failure).
+    penalised: std::collections::BTreeSet<String>,
     pending: BTreeMap<String, u32>,
     ejector: Ejector,
     ejection: Ejection,
@@ -75,6 +83,7 @@ impl Table {
         Table {
             balancers: BTreeMap::new(),
             latency: BTreeMap::new(),
+            penalised: std::collections::BTreeSet::new(),
             pending: BTreeMap::new(),
             ejector: Ejector::default(),
             ejection,
@@ -111,7 +120,7 @@ impl Table {
                     weight: o.weight,
                     gossiped_inflight: o.gossiped_inflight,
                     local_inflight: self.pending.get(&o.name).copied().unwrap_or(0),
-                    latency: self.latency.get(&o.name).map_or(FRESH_LATENCY, PeakEwma::get),
+                    latency: self.estimate(&o.name, now),
                 }
             })
             .collect();
@@ -161,10 +170,26 @@ impl Table {
     pub fn record_success(&mut self, node: &str, latency: Duration, now: Duration) {
         self.ejector.success(node);
         let secs = latency.as_secs_f64();
-        self.latency
+        let e = self
+            .latency
             .entry(node.to_owned())
-            .or_insert_with(|| PeakEwma::new(secs, TAU, now))
-            .observe(secs, now);
+            .or_insert_with(|| PeakEwma::new(secs, TAU, now));
+        if self.penalised.remove(node) {
+            // The penalty is served: the estimate goes on from what is left of it, not
+            // from the whole second (that would shut the node out again at once).
+            *e = PeakEwma::new(e.at(now, PENALTY_TAU), TAU, now);
+        }
+        e.observe(secs, now);
+    }
+
+    /// The latency a pick compares for `node` at `now`: its estimate, or what is left of its
+    /// failure penalty.
+    fn estimate(&self, node: &str, now: Duration) -> f64 {
+        match self.latency.get(node) {
+            None => FRESH_LATENCY,
+            Some(e) if self.penalised.contains(node) => e.at(now, PENALTY_TAU),
+            Some(e) => e.get(),
+        }
     }
 
     /// A stream to `node` was refused or failed before any byte flowed: its latency jumps to a
@@ -176,8 +201,13 @@ impl Table {
             .latency
             .entry(node.to_owned())
             .or_insert_with(|| PeakEwma::new(0.001, TAU, now));
-        let penalty = FAILURE_PENALTY.max(4.0 * e.get());
-        e.observe(penalty, now);
+        let current = if self.penalised.contains(node) {
+            e.at(now, PENALTY_TAU)
+        } else {
+            e.get()
+        };
+        *e = PeakEwma::new(FAILURE_PENALTY.max(4.0 * current), TAU, now);
+        self.penalised.insert(node.to_owned());
     }
 
     /// Ejects `node` at once for the ejection period (it does not answer at all), and
@@ -196,6 +226,7 @@ impl Table {
         self.ejector.success(node);
         // Its failure penalty belongs to the old connection too.
         self.latency.remove(node);
+        self.penalised.remove(node);
     }
 
     /// The latency estimate of `node`, seconds, if measured.
@@ -296,6 +327,59 @@ mod tests {
             "back after eject_for"
         );
         assert!(!t.is_ejected("a", s(7)));
+    }
+
+    /// Two nodes, sequential streams (nothing pending): a node charged one failure penalty
+    /// loses every comparison to a fast measured one, so only decay with time brings it back.
+    #[test]
+    fn a_penalised_node_that_gets_no_streams_is_tried_again_in_time() {
+        let mut t = Table::new(0.2, EJECT);
+        let mut rng = StdRng::seed_from_u64(9);
+        let offers = [offer("a"), offer("b")];
+        let ms = Duration::from_millis;
+        t.record_failure("a", ms(0));
+        let mut first_a = None;
+        for i in 0..200_000u64 {
+            let now = ms(i);
+            let picked = t.pick("svc", P2C, &offers, None, now, &mut rng);
+            if picked == Some(0) {
+                first_a = Some(now);
+                break;
+            }
+            t.record_success("b", Duration::from_micros(300), now);
+        }
+        let back = first_a.expect("a was never tried again");
+        // Penalty 1 s against 300 µs fades past it after PENALTY_TAU·ln(1 / 0.0003) ≈ 16 s.
+        assert!(
+            back > Duration::from_secs(12) && back < Duration::from_secs(20),
+            "a back after {back:?}"
+        );
+        // Its first success ends the penalty: a fast answer makes it a peer of b again.
+        t.record_success("a", Duration::from_micros(300), back);
+        let later = back + Duration::from_secs(1);
+        let picks: Vec<_> = (0..400)
+            .filter_map(|_| t.pick("svc", P2C, &offers, None, later, &mut rng))
+            .collect();
+        let to_a = picks.iter().filter(|&&i| i == 0).count();
+        assert!(
+            (100..300).contains(&to_a),
+            "a takes a fair share once measured again: {to_a} of 400"
+        );
+    }
+
+    #[test]
+    fn a_real_slow_estimate_does_not_fade_while_unmeasured() {
+        let mut t = Table::new(0.2, EJECT);
+        let s = Duration::from_secs;
+        t.record_success("slow", Duration::from_millis(500), s(0));
+        assert_eq!(
+            t.estimate("slow", s(600)),
+            0.5,
+            "a slow node with a long queue answers rarely; fading it would feed the queue"
+        );
+        t.record_failure("slow", s(600));
+        assert!(t.estimate("slow", s(600)) >= 2.0, "4x the estimate");
+        assert!(t.estimate("slow", s(640)) < 1e-6, "a penalty fades");
     }
 
     #[test]
