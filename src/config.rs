@@ -875,6 +875,11 @@ key = "node-a.key"
             ("[transport]\nmax_udp_payload = 8952", "transport.max_udp_payload"),
             ("[transport]\nmax_udp_payload = 1000", "transport.max_udp_payload"),
             ("[transport]\nmax_udp_payload = 70000", "max_udp_payload"),
+            ("[gossip]\nload_interval = \"1ms\"", "gossip.load_interval"),
+            (
+                "[gossip]\nload_gossip_interval = \"100ms\"",
+                "gossip.load_gossip_interval",
+            ),
         ] {
             let text = if extra.starts_with('[') {
                 format!("{BASE}\n{extra}\n")

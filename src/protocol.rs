@@ -198,11 +198,17 @@ pub enum ControlMsg {
         /// The ping's nonce.
         nonce: u64,
     },
+    /// The sender's load now, pushed over the link every `gossip.load_interval` while it
+    /// changes (and once when the control stream comes up), for the receiver's routing; the
+    /// gossip record carries it only every `gossip.load_gossip_interval`. Sent only to a
+    /// peer known to take it: one whose `Hello` lists [`features::LOAD_PUSH`], or that pushed
+    /// its own.
+    Load(crate::gossip::Load),
 }
 
-/// Kinds of [`ControlMsg`] this build knows (`Gossip`, `Ping`, `Pong`), and of
+/// Kinds of [`ControlMsg`] this build knows (`Gossip`, `Ping`, `Pong`, `Load`), and of
 /// [`crate::gossip::GossipMsg`] (`Syn`, `SynAck`, `Ack`).
-const CONTROL_KINDS: u32 = 3;
+const CONTROL_KINDS: u32 = 4;
 const GOSSIP_KINDS: u32 = 3;
 
 /// Whether a control message that did not decode is of a kind a newer node added (its enum
@@ -433,9 +439,40 @@ where
 pub struct Hello {
     /// The process's boot id.
     pub boot: u64,
+    /// What the process takes beyond the control messages every node of protocol version 1
+    /// takes (bits of [`features`]; absent from older nodes, read as 0).
+    pub features: u64,
+}
+
+/// Bits of [`Hello::features`].
+pub mod features {
+    /// Takes [`super::ControlMsg::Load`].
+    pub const LOAD_PUSH: u64 = 1;
+    /// Everything this build takes.
+    pub const ALL: u64 = LOAD_PUSH;
 }
 
 impl Hello {
+    /// This process's hello.
+    pub fn new(boot: u64) -> Self {
+        Hello {
+            boot,
+            features: features::ALL,
+        }
+    }
+
+    /// Decodes a hello, from an older node too (its boot id alone: no features).
+    pub fn decode(body: &[u8]) -> Option<Hello> {
+        let (boot, rest) = postcard::take_from_bytes::<u64>(body).ok()?;
+        let features = postcard::take_from_bytes::<u64>(rest).map_or(0, |(f, _)| f);
+        Some(Hello { boot, features })
+    }
+
+    /// Whether the process takes `feature` (a bit of [`features`]).
+    pub fn takes(&self, feature: u64) -> bool {
+        self.features & feature != 0
+    }
+
     /// The TLS server name a node dials with, carrying its boot id.
     pub fn server_name(boot: u64) -> String {
         format!("n{boot:016x}.quicmesh")

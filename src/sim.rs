@@ -33,8 +33,10 @@ pub struct SimConfig {
     /// The peer links of each node (sorted), as a bounded overlay would keep them: a round's
     /// digests go only to linked members, as the node's do. `None`: a full mesh.
     pub links: Option<Vec<Vec<usize>>>,
-    /// Every node publishes a new load each round (its in-flight count changes), as a node
-    /// under traffic does; the records then change every `load_interval`.
+    /// Every node has a new load each round (its in-flight count changes), as a node under
+    /// traffic does: it pushes it to each linked peer every `load_interval` (counted in
+    /// [`Sim::bytes_sent`] as the node's `ControlMsg::Load`; not delivered, nothing here
+    /// reads it), and its record changes every `load_gossip_interval`.
     pub load: bool,
 }
 
@@ -96,8 +98,11 @@ pub struct Sim {
     group: Vec<u32>,
     recv_loss: Vec<f64>,
     queue: BinaryHeap<Reverse<Event>>,
-    /// Bytes each node has sent (postcard-encoded gossip messages), if `count_bytes`.
+    /// Bytes each node has sent (postcard-encoded gossip messages, and load pushes with
+    /// `load`), if `count_bytes`.
     pub bytes_sent: Vec<u64>,
+    /// When each node last pushed its load.
+    load_pushed: Vec<Option<Duration>>,
     /// Messages sent in total.
     pub messages: u64,
     /// The largest encoded message sent, bytes, if `count_bytes`.
@@ -129,6 +134,7 @@ impl Sim {
             recv_loss: vec![0.0; n],
             queue: BinaryHeap::new(),
             bytes_sent: vec![0; n],
+            load_pushed: vec![None; n],
             messages: 0,
             max_message: 0,
             names: (0..n).map(name).collect(),
@@ -256,6 +262,19 @@ impl Sim {
                         latency_us: self.rng.random_range(100..2_000),
                         ..Default::default()
                     };
+                    let due =
+                        self.load_pushed[i].is_none_or(|t| self.now.saturating_sub(t) >= self.cfg.gossip.load_interval);
+                    if due && self.cfg.count_bytes {
+                        self.load_pushed[i] = Some(self.now);
+                        let links = match &self.cfg.links {
+                            Some(links) => links[i].len(),
+                            None => g.members().filter(|m| !m.status.is_gone()).count().saturating_sub(1),
+                        } as u64;
+                        let msg = crate::protocol::ControlMsg::Load(load.clone());
+                        let size = postcard::to_allocvec(&msg).map(|v| v.len() as u64).unwrap_or(0);
+                        self.bytes_sent[i] += size * links;
+                        self.max_message = self.max_message.max(size);
+                    }
                     g.set_load(load, self.now);
                 }
                 let mut out = match &self.cfg.links {

@@ -274,3 +274,55 @@ async fn a_control_message_of_a_newer_kind_is_skipped_and_garbage_closes_the_con
     let r = send_raw(&conn, &service_header("echo", 0, None)).await;
     assert_eq!(r, Response::Accept { node: "a".into() });
 }
+
+/// The control stream's `Accept` says the node takes pushed load; a peer that pushes its own
+/// gets the node's back on the same stream at once, and a push that does not decode closes
+/// the connection like any other garbage of a known kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_pushes_its_load_gets_the_nodes_back() {
+    use quicmesh::gossip::Load;
+    use quicmesh::protocol::{features, read_frame_bytes, ControlMsg, Hello, MAX_CONTROL_MESSAGE};
+    let pki = Pki::new();
+    let nodes = mesh(&pki, &["a"], &[&["echo"]]).await;
+    let conn = raw_conn(&pki, Role::Node, "pusher", nodes[0].local_addr()).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encode_frame(&StreamHeader::control()).unwrap())
+        .await
+        .unwrap();
+    let accept = read_frame_bytes(&mut recv, 64 * 1024).await.unwrap();
+    let (r, rest) = postcard::take_from_bytes::<Response>(&accept).unwrap();
+    assert_eq!(r, Response::Accept { node: "a".into() });
+    let hello = Hello::decode(rest).expect("a hello after the accept");
+    assert!(hello.takes(features::LOAD_PUSH), "{hello:?}");
+    let ours = Load {
+        inflight: 5,
+        capacity: 1,
+        ..Load::default()
+    };
+    send.write_all(&encode_frame(&ControlMsg::Load(ours)).unwrap())
+        .await
+        .unwrap();
+    let theirs = within(LIMIT, "the node's load back", async {
+        loop {
+            let body = read_frame_bytes(&mut recv, MAX_CONTROL_MESSAGE).await.unwrap();
+            if let Ok(ControlMsg::Load(l)) = postcard::from_bytes::<ControlMsg>(&body) {
+                return l;
+            }
+        }
+    })
+    .await;
+    assert_eq!(theirs.inflight, 0, "an idle node: {theirs:?}");
+    // A Load that does not decode (its kind, then a cut-off varint) is garbage.
+    let mut bad = 4u32.to_be_bytes().to_vec();
+    bad.extend_from_slice(&[3, 0x80, 0x80, 0x80]);
+    send.write_all(&bad).await.unwrap();
+    let closed = within(LIMIT, "the close", conn.closed()).await;
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quicmesh::protocol::codes::PROTOCOL),
+        "{closed}"
+    );
+    // The node keeps serving.
+    let conn = raw_conn(&pki, Role::Client, "web", nodes[0].local_addr()).await;
+    let r = send_raw(&conn, &service_header("echo", 0, None)).await;
+    assert_eq!(r, Response::Accept { node: "a".into() });
+}

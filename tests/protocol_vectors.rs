@@ -238,17 +238,33 @@ fn a_control_message_of_a_kind_a_newer_node_added_is_told_from_garbage() {
         postcard::to_allocvec(&ControlMsg::Gossip(GossipMsg::Ack { delta: vec![] })).unwrap(),
         postcard::to_allocvec(&ControlMsg::Ping { nonce: 1 }).unwrap(),
         postcard::to_allocvec(&ControlMsg::Pong { nonce: 1 }).unwrap(),
+        postcard::to_allocvec(&ControlMsg::Load(quicmesh::gossip::Load::default())).unwrap(),
     ];
     for body in &known {
         // A known kind cut short is garbage, not a newer kind.
         assert!(!is_newer_control_kind(&body[..1]), "{body:?}");
         assert!(!is_newer_control_kind(body), "{body:?}");
     }
-    // The last known kinds are Pong (2) and, inside Gossip, Ack (2).
-    assert_eq!((known[2][0], known[0][1]), (2, 2));
-    assert!(is_newer_control_kind(&[3]));
+    // The last known kinds are Load (3) and, inside Gossip, Ack (2).
+    assert_eq!((known[3][0], known[0][1]), (3, 2));
+    assert!(is_newer_control_kind(&[4]));
     assert!(is_newer_control_kind(&[0x80, 0x01, 0xff]), "kind 128, as a varint");
     assert!(is_newer_control_kind(&[0, 3, 0xff]));
     assert!(!is_newer_control_kind(&[]));
     assert!(!is_newer_control_kind(&[0x80]), "an unfinished varint");
+}
+
+#[test]
+fn a_hello_says_what_a_node_takes_and_one_from_an_older_node_reads_as_nothing_extra() {
+    use quicmesh::protocol::{features, Hello};
+    let ours = Hello::new(7);
+    assert!(ours.takes(features::LOAD_PUSH));
+    let bytes = postcard::to_allocvec(&ours).unwrap();
+    assert_eq!(Hello::decode(&bytes), Some(ours));
+    // An older node reads its boot id and ignores the features after it.
+    assert_eq!(postcard::take_from_bytes::<u64>(&bytes).unwrap().0, 7);
+    // An older node's hello is its boot id alone.
+    let old = Hello::decode(&postcard::to_allocvec(&7u64).unwrap()).unwrap();
+    assert_eq!((old.boot, old.takes(features::LOAD_PUSH)), (7, false));
+    assert_eq!(Hello::decode(&[]), None);
 }

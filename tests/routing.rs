@@ -216,3 +216,61 @@ async fn a_client_that_routes_for_itself_skips_the_relay_hop() {
     assert_eq!(b.stats().served_local + c.stats().served_local, 40, "{served:?}");
     assert_eq!(served.len(), 2, "both nodes served: {served:?}");
 }
+
+/// A server's load reaches the node routing to it over their link every
+/// `gossip.load_interval`, not in its gossip record: with the record's load held back for an
+/// hour, the entry still sees b's streams in flight come and go within a few pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_load_reaches_the_entry_over_its_link_not_through_gossip() {
+    common::init_logs();
+    let pki = Pki::new();
+    let entry = node_with(&pki, "entry", None, Strategy::P2c, None).await;
+    let (release, held) = tokio::sync::watch::channel(false);
+    let mut cfg = pki.node_config("b");
+    cfg.peers = vec![entry.local_addr().to_string()];
+    cfg.gossip.load_interval = Duration::from_millis(50);
+    cfg.gossip.load_gossip_interval = Duration::from_secs(3600);
+    let b = Node::builder(cfg)
+        .handler(
+            "hold",
+            quicmesh::request_handler(1024, move |req: Bytes, _| {
+                let mut held = held.clone();
+                async move {
+                    let _ = held.wait_for(|go| *go).await;
+                    Ok(req)
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually(LIMIT, "entry sees hold on b", || {
+        entry.service_map().get("hold").is_some_and(|v| v == &["b".to_string()])
+    })
+    .await;
+    let b_inflight = |n: &Node| {
+        n.status()
+            .members
+            .iter()
+            .find(|m| m.member.name == "b")
+            .map(|m| m.member.load.inflight)
+    };
+    let client = pki.client("web", &entry).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        let c = client.clone();
+        calls.spawn(async move { c.request("hold", format!("{i}"), &Default::default()).await });
+    }
+    eventually(LIMIT, "entry sees b's 3 streams in flight", || {
+        b_inflight(&entry) == Some(3)
+    })
+    .await;
+    release.send_replace(true);
+    while let Some(r) = calls.join_next().await {
+        assert_eq!(r.unwrap().unwrap().served_by, "b");
+    }
+    eventually(LIMIT, "entry sees b idle again", || b_inflight(&entry) == Some(0)).await;
+    client.close().await;
+    entry.shutdown().await;
+    b.shutdown().await;
+}

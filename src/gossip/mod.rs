@@ -221,9 +221,14 @@ pub struct GossipConfig {
     pub dead_ttl: Duration,
     /// Most records in one message; the rest follow in later rounds. Default 256.
     pub max_delta: usize,
-    /// Least time between two publications of this node's load. Default 500 ms.
+    /// How often a node pushes its load (when it changed) to the peers it has links to, for
+    /// their routing. Default 500 ms.
     #[serde(with = "crate::config::duration_str")]
     pub load_interval: Duration,
+    /// Least time between two publications of this node's load in its gossip record (for
+    /// status views of members without a link; routing uses the pushed load). Default 10 s.
+    #[serde(with = "crate::config::duration_str")]
+    pub load_gossip_interval: Duration,
     /// Highest local-health multiplier (Lifeguard); timeouts stretch by up to this factor + 1
     /// while this node hears from nobody. Default 8.
     pub max_local_health: u32,
@@ -241,6 +246,7 @@ impl Default for GossipConfig {
             dead_ttl: Duration::from_secs(60),
             max_delta: 256,
             load_interval: Duration::from_millis(500),
+            load_gossip_interval: Duration::from_secs(10),
             max_local_health: 8,
         }
     }
@@ -270,6 +276,12 @@ impl GossipConfig {
         }
         if self.max_delta == 0 {
             return Err(bad("max_delta", "must be at least 1"));
+        }
+        if self.load_interval < Duration::from_millis(10) {
+            return Err(bad("load_interval", "must be at least 10ms"));
+        }
+        if self.load_gossip_interval < self.load_interval {
+            return Err(bad("load_gossip_interval", "must be at least gossip.load_interval"));
         }
         Ok(())
     }

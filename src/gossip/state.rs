@@ -167,8 +167,8 @@ impl Gossip {
         }
     }
 
-    /// Publishes this node's load, at most once per `load_interval` (later values wait for
-    /// the next tick).
+    /// Publishes this node's load in its record, at most once per `load_gossip_interval`
+    /// (later values wait for the next tick). Routing reads load pushed over links instead.
     pub fn set_load(&mut self, load: Load, now: Duration) {
         if self.me().load == load {
             self.pending_load = None;
@@ -176,7 +176,7 @@ impl Gossip {
         }
         if self
             .load_published
-            .is_none_or(|t| now.saturating_sub(t) >= self.cfg.load_interval)
+            .is_none_or(|t| now.saturating_sub(t) >= self.cfg.load_gossip_interval)
         {
             self.own_mut().load = load;
             self.load_published = Some(now);
@@ -898,10 +898,12 @@ mod tests {
         a.set_load(load(1), Duration::from_secs(1));
         a.set_load(load(2), Duration::from_millis(1100));
         a.set_load(load(3), Duration::from_millis(1200));
-        assert_eq!(a.me().version, v0 + 1, "one publication per load_interval");
+        assert_eq!(a.me().version, v0 + 1, "one publication per load_gossip_interval");
         assert_eq!(a.me().load.inflight, 1);
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
-        a.tick(Duration::from_millis(1600), &mut rng);
+        a.tick(Duration::from_millis(10_900), &mut rng);
+        assert_eq!(a.me().load.inflight, 1, "not before load_gossip_interval (10 s)");
+        a.tick(Duration::from_millis(11_000), &mut rng);
         assert_eq!(
             a.me().load.inflight,
             3,

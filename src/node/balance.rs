@@ -50,7 +50,11 @@ pub(crate) fn choose(
     let mut offers = Vec::with_capacity(remote.len() + 1);
     let mut conns = Vec::with_capacity(remote.len() + 1);
     if local && !exclude.contains(me) {
-        let own = lock(&state.gossip).me().load.clone();
+        // As last measured (the gossip record has it only every load_gossip_interval).
+        let own = state
+            .pushed
+            .mine()
+            .unwrap_or_else(|| lock(&state.gossip).me().load.clone());
         // This stream already holds a permit; it should not count against this node.
         let others = state.load.in_flight().saturating_sub(1);
         offers.push(Offer {

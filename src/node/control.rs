@@ -13,8 +13,8 @@ use super::peers::ControlHandle;
 use super::state::State;
 use super::sync::lock;
 use crate::protocol::{
-    codes, decode_with_trailer, encode_frame, is_newer_control_kind, read_frame_bytes, write_frame, ControlMsg,
-    FrameError, Hello, Response, StreamHeader, MAX_CONTROL_MESSAGE,
+    codes, encode_frame, features, is_newer_control_kind, read_frame_bytes, write_frame, ControlMsg, FrameError, Hello,
+    Response, StreamHeader, MAX_CONTROL_MESSAGE,
 };
 
 /// Errors on a control stream; any of them ends the stream, and [`end_control`] closes the
@@ -42,14 +42,16 @@ pub(crate) async fn open_control(shared: Arc<State>, conn: Connection, peer: Str
         )
         .await
         .map_err(|_| ControlError::Timeout)??;
-        let (resp, hello) = decode_with_trailer::<Response, Hello>(&body)?;
+        let (resp, rest) = postcard::take_from_bytes::<Response>(&body).map_err(FrameError::from)?;
         if let Response::Reject { code, reason } = resp {
             return Err(ControlError::Refused(format!("{code}: {reason}")));
         }
+        let hello = Hello::decode(rest);
         if let Some(h) = hello {
             shared.peers.set_boot(&peer, &conn, h.boot);
         }
-        run_control(&shared, &conn, &peer, send, recv).await
+        let takes_load = hello.is_some_and(|h| h.takes(features::LOAD_PUSH));
+        run_control(&shared, &conn, &peer, send, recv, takes_load).await
     }
     .await;
     end_control(&conn, result);
@@ -79,6 +81,7 @@ pub(crate) async fn run_control(
     peer: &str,
     send: SendStream,
     mut recv: RecvStream,
+    takes_load: bool,
 ) -> Result<(), ControlError> {
     let (tx, mut rx) = mpsc::channel::<ControlMsg>(256);
     let conn_id = conn.stable_id();
@@ -110,6 +113,13 @@ pub(crate) async fn run_control(
     };
     let syn = lock(&shared.gossip).connected(peer, shared.ctx.now());
     let _ = tx.try_send(ControlMsg::Gossip(syn));
+    shared.pushed.control_up(peer, conn_id, takes_load);
+    if takes_load {
+        // The peer routes on pushed load: it gets ours now, not at the next change.
+        if let Some(load) = shared.pushed.mine() {
+            let _ = tx.try_send(ControlMsg::Load(load));
+        }
+    }
     let pinger = {
         let tx = tx.clone();
         let shared = shared.clone();
@@ -160,6 +170,14 @@ pub(crate) async fn run_control(
             ControlMsg::Ping { nonce } => {
                 let _ = tx.try_send(ControlMsg::Pong { nonce });
             }
+            ControlMsg::Load(load) => {
+                // The first push is also how a peer that dialled says it takes ours.
+                if shared.pushed.received(peer, conn_id, load) {
+                    if let Some(mine) = shared.pushed.mine() {
+                        let _ = tx.try_send(ControlMsg::Load(mine));
+                    }
+                }
+            }
             ControlMsg::Pong { nonce } => {
                 let now = u64::try_from(shared.ctx.now().as_micros()).unwrap_or(u64::MAX);
                 let sample = Duration::from_micros(now.saturating_sub(nonce)).as_secs_f64();
@@ -171,5 +189,6 @@ pub(crate) async fn run_control(
     pinger.abort();
     writer.abort();
     shared.peers.drop_control(peer, conn_id);
+    shared.pushed.control_down(peer, conn_id);
     result
 }

@@ -1,5 +1,5 @@
-//! The gossip driver: ticks the state machine, publishes load, sends its messages over the
-//! control streams, logs membership changes, and keeps the overlay: dials the members it
+//! The gossip driver: ticks the state machine, measures load and pushes it to linked peers
+//! (`pushed_load.rs`), sends gossip messages over the control streams, logs membership changes, and keeps the overlay: dials the members it
 //! wants links to and lets go of the links past its cap.
 
 use std::collections::BTreeSet;
@@ -32,20 +32,40 @@ fn current_load(shared: &State, sys: &mut SysLoad) -> Load {
     }
 }
 
-/// Runs gossip rounds until shutdown.
+/// Measures this node's load and, if it changed, pushes it to the linked peers that take it.
+fn push_load(shared: &State, sys: &mut SysLoad) -> Load {
+    let load = current_load(shared, sys);
+    if shared.pushed.set_mine(&load) {
+        for peer in shared.pushed.takers() {
+            shared.peers.send_control(&peer, ControlMsg::Load(load.clone()));
+        }
+    }
+    load
+}
+
+/// Runs gossip rounds, and pushes this node's load every `gossip.load_interval`, until
+/// shutdown.
 pub(crate) async fn gossip_loop(shared: Arc<State>) {
     let mut every = tokio::time::interval(shared.ctx.cfg.gossip.interval);
     every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut push = tokio::time::interval(shared.ctx.cfg.gossip.load_interval);
+    push.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut shutdown = shared.ctx.on_shutdown();
     let mut sys = SysLoad::default();
+    let mut load = push_load(&shared, &mut sys);
     loop {
         tokio::select! {
             _ = every.tick() => {}
+            _ = push.tick() => {
+                load = push_load(&shared, &mut sys);
+                continue;
+            }
             _ = shutdown.changed() => return,
         }
         bump(&shared.metrics.stats.gossip_rounds);
         let now = shared.ctx.now();
-        let load = current_load(&shared, &mut sys);
+        // The record takes it at most every gossip.load_gossip_interval.
+        let load = load.clone();
         // Digests go only to peers with a control stream up: past the overlay cap most
         // members have none.
         let linked: BTreeSet<String> = shared.peers.control_peers().into_iter().collect();

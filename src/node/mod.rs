@@ -21,6 +21,7 @@ mod health_table;
 mod load;
 mod metrics;
 mod peers;
+mod pushed_load;
 mod reach;
 mod rebuild;
 mod registry;

@@ -13,6 +13,7 @@
 //! | `health` | the health of checked backends | the check driver |
 //! | `pools` | warm backend connections | the preconnect driver, streams |
 //! | [`LoadState`] | streams in flight, service time, undelivered replies | streams |
+//! | [`PushedLoads`] | the load linked peers pushed, who takes ours, ours as last pushed | control streams, gossip loop |
 //! | `routing` | latency estimates, pending, ejections, balancers, retry budget | streams |
 //! | `gossip` | the membership state machine | control streams, gossip loop |
 //! | `overlay` | which members to keep links to, the dials it asked for | gossip loop, dials |
@@ -31,6 +32,7 @@ use super::context::Context;
 use super::load::LoadState;
 use super::metrics::Metrics;
 use super::peers::PeerTable;
+use super::pushed_load::PushedLoads;
 use super::reach::Reach;
 use super::registry::Registry;
 use super::services::LocalServices;
@@ -63,6 +65,7 @@ pub(crate) struct State {
     /// rebuilds never interleave.
     pub rebuilding: Mutex<()>,
     pub load: LoadState,
+    pub pushed: PushedLoads,
     pub routing: Mutex<Table>,
     pub gossip: Mutex<Gossip>,
     /// Which members to keep connections to (a full mesh up to `limits.max_peer_connections`).
@@ -99,6 +102,7 @@ impl State {
             dashboard: super::sync::Recent::new(),
             rebuilding: Mutex::new(()),
             load: LoadState::new(ctx.cfg.limits.max_inflight),
+            pushed: PushedLoads::default(),
             routing: Mutex::new(ctx.cfg.routing.table()),
             gossip: Mutex::new(gossip),
             overlay: Mutex::new(Overlay::new(overlay_config(&ctx.cfg))),
@@ -138,7 +142,11 @@ impl State {
         let mut offline = false;
         for (name, takes_work, load) in offering {
             match self.peers.peer_conn(&name).filter(|_| takes_work) {
-                Some(c) => live.push((name, c, load)),
+                Some(c) => {
+                    // Pushed over this link: fresher than the gossip record's.
+                    let load = self.pushed.of(&name, c.stable_id()).unwrap_or(load);
+                    live.push((name, c, load));
+                }
                 None => offline = true,
             }
         }
@@ -186,9 +194,20 @@ impl State {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             members: members
                 .into_iter()
-                .map(|m| {
-                    let connected = m.name == self.ctx.name || self.peers.peer_conn(&m.name).is_some();
+                .map(|mut m| {
+                    let conn = self.peers.peer_conn(&m.name);
+                    let connected = m.name == self.ctx.name || conn.is_some();
                     let rtt_us = rtt.get(&m.name).map(|s| (s * 1e6) as u64);
+                    // A linked peer's pushed load is fresher than its record's (and this
+                    // node's own is as last measured, the record's only as last gossiped).
+                    let pushed = match conn {
+                        Some(c) => self.pushed.of(&m.name, c.stable_id()),
+                        None if m.name == self.ctx.name => self.pushed.mine(),
+                        None => None,
+                    };
+                    if let Some(load) = pushed {
+                        m.load = load;
+                    }
                     MemberStatus {
                         member: m,
                         connected,

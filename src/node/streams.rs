@@ -98,12 +98,13 @@ pub(crate) async fn handle_stream(
                 Response::Accept {
                     node: shared.ctx.name.clone(),
                 },
-                crate::protocol::Hello { boot: shared.ctx.boot },
+                crate::protocol::Hello::new(shared.ctx.boot),
             );
             if !respond(&shared, &mut send, &accept).await {
                 return;
             }
-            let result = run_control(&shared, &conn, &caller.name, send, recv).await;
+            // Whether the dialler takes pushed load is known once it pushes its own.
+            let result = run_control(&shared, &conn, &caller.name, send, recv, false).await;
             end_control(&conn, result);
         }
         StreamKind::Service(req) => {
