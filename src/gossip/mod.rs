@@ -281,7 +281,11 @@ impl GossipConfig {
             return Err(bad("load_interval", "must be at least 10ms"));
         }
         if self.load_gossip_interval < self.load_interval {
-            return Err(bad("load_gossip_interval", "must be at least gossip.load_interval"));
+            let reason = format!(
+                "must be at least gossip.load_interval ({}): the record would change more often than the load is measured",
+                crate::config::format_duration(self.load_interval)
+            );
+            return Err(bad("load_gossip_interval", &reason));
         }
         Ok(())
     }

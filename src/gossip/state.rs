@@ -67,6 +67,7 @@ pub struct Gossip {
     /// When the load was last published (None: never, so the first value goes out at once).
     load_published: Option<Duration>,
     pending_load: Option<Load>,
+    load_every: Duration,
     events: Vec<GossipEvent>,
     /// Per peer, where the last of its replies that had to be cut to `max_delta` stopped (see
     /// [`take_in_turn`]): each peer is behind on records of its own.
@@ -91,6 +92,7 @@ impl Gossip {
     /// across restarts (the node uses its start time in milliseconds).
     pub fn new(cfg: GossipConfig, me: Member, now: Duration) -> Self {
         let _ = now;
+        let load_every = cfg.load_gossip_interval;
         Gossip {
             cfg,
             me: me.name.clone(),
@@ -102,6 +104,7 @@ impl Gossip {
             heard_since_tick: 0,
             load_published: None,
             pending_load: None,
+            load_every,
             events: Vec::new(),
             cursors: BTreeMap::new(),
         }
@@ -167,6 +170,12 @@ impl Gossip {
         }
     }
 
+    /// Sets the least time between two publications of this node's load in its record
+    /// (`load_gossip_interval` at first).
+    pub fn publish_load_every(&mut self, every: Duration) {
+        self.load_every = every;
+    }
+
     /// Publishes this node's load in its record, at most once per `load_gossip_interval`
     /// (later values wait for the next tick). Routing reads load pushed over links instead.
     pub fn set_load(&mut self, load: Load, now: Duration) {
@@ -176,7 +185,7 @@ impl Gossip {
         }
         if self
             .load_published
-            .is_none_or(|t| now.saturating_sub(t) >= self.cfg.load_gossip_interval)
+            .is_none_or(|t| now.saturating_sub(t) >= self.load_every)
         {
             self.own_mut().load = load;
             self.load_published = Some(now);

@@ -1,5 +1,5 @@
 //! The choice of a node for each stream: the node's view of the candidates (its own load,
-//! the connected peers' gossiped load) offered to its [`crate::routing::Table`].
+//! the connected peers' pushed load) offered to its [`crate::routing::Table`].
 
 use std::time::Duration;
 

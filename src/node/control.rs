@@ -113,13 +113,10 @@ pub(crate) async fn run_control(
     };
     let syn = lock(&shared.gossip).connected(peer, shared.ctx.now());
     let _ = tx.try_send(ControlMsg::Gossip(syn));
-    shared.pushed.control_up(peer, conn_id, takes_load);
-    if takes_load {
-        // The peer routes on pushed load: it gets ours now, not at the next change.
-        if let Some(load) = shared.pushed.mine() {
-            let _ = tx.try_send(ControlMsg::Load(load));
-        }
-    }
+    // A peer whose hello says it takes pushed load gets ours now, not at the next change.
+    shared
+        .pushed
+        .control_up(peer, conn_id, tx.clone(), takes_load, shared.ctx.now());
     let pinger = {
         let tx = tx.clone();
         let shared = shared.clone();
@@ -170,14 +167,8 @@ pub(crate) async fn run_control(
             ControlMsg::Ping { nonce } => {
                 let _ = tx.try_send(ControlMsg::Pong { nonce });
             }
-            ControlMsg::Load(load) => {
-                // The first push is also how a peer that dialled says it takes ours.
-                if shared.pushed.received(peer, conn_id, load) {
-                    if let Some(mine) = shared.pushed.mine() {
-                        let _ = tx.try_send(ControlMsg::Load(mine));
-                    }
-                }
-            }
+            // The first push is also how a peer that dialled says it takes ours.
+            ControlMsg::Load(load) => shared.pushed.received(peer, conn_id, load),
             ControlMsg::Pong { nonce } => {
                 let now = u64::try_from(shared.ctx.now().as_micros()).unwrap_or(u64::MAX);
                 let sample = Duration::from_micros(now.saturating_sub(nonce)).as_secs_f64();

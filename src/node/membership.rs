@@ -32,14 +32,15 @@ fn current_load(shared: &State, sys: &mut SysLoad) -> Load {
     }
 }
 
-/// Measures this node's load and, if it changed, pushes it to the linked peers that take it.
+/// How long a peer's control stream may run without the peer pushing its load before it is
+/// taken for an older node that cannot take pushes (a dialler that can pushes at once).
+const PUSH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Measures this node's load and pushes it to the linked peers that take it and have not had
+/// it.
 fn push_load(shared: &State, sys: &mut SysLoad) -> Load {
     let load = current_load(shared, sys);
-    if shared.pushed.set_mine(&load) {
-        for peer in shared.pushed.takers() {
-            shared.peers.send_control(&peer, ControlMsg::Load(load.clone()));
-        }
-    }
+    shared.pushed.push(load.clone());
     load
 }
 
@@ -64,13 +65,21 @@ pub(crate) async fn gossip_loop(shared: Arc<State>) {
         }
         bump(&shared.metrics.stats.gossip_rounds);
         let now = shared.ctx.now();
-        // The record takes it at most every gossip.load_gossip_interval.
+        // The record takes it at most every gossip.load_gossip_interval, or as often as it is
+        // measured while a linked older node routes on records.
         let load = load.clone();
+        let cfg = &shared.ctx.cfg.gossip;
+        let every = if shared.pushed.any_without_pushes(now, PUSH_GRACE) {
+            cfg.load_interval
+        } else {
+            cfg.load_gossip_interval
+        };
         // Digests go only to peers with a control stream up: past the overlay cap most
         // members have none.
         let linked: BTreeSet<String> = shared.peers.control_peers().into_iter().collect();
         let (out, events, members) = {
             let mut g = lock(&shared.gossip);
+            g.publish_load_every(every);
             g.set_load(load, now);
             let out = {
                 let mut rng = lock(&shared.rng);

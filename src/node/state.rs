@@ -131,7 +131,7 @@ impl State {
     /// Nodes that may take a new stream for `service`: Alive or Suspect in the gossip view,
     /// offering it, and connected. The flag says whether some node offers it but cannot take
     /// it now (disconnected, draining, dead), which makes the answer Unavailable rather than
-    /// UnknownService. Each live candidate comes with its gossiped load.
+    /// UnknownService. Each live candidate comes with its load as it pushed it over the link (its gossip record's if it does not push).
     pub fn candidates(&self, service: &str) -> (Vec<(String, Connection, Load)>, bool) {
         let offering: Vec<(String, bool, Load)> = lock(&self.gossip)
             .members()

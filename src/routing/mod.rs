@@ -19,10 +19,10 @@
 //!
 //! **Failure awareness.** A refusal or reset is fast, and a fast answer would make a broken node
 //! look cheap. So a failure is recorded as a latency sample of `FAILURE_PENALTY` (or four times
-//! the current estimate, if larger). While no stream succeeds there the penalty fades toward
-//! zero on its own (time constant 2 s), so a node that lost every comparison since is tried
-//! again; its first success ends the penalty. After `eject_after` consecutive failures a node
-//! is ejected for a back-off.
+//! the current estimate, if larger), kept apart from the latency estimate: it fades back to
+//! the node's measured latency with a time constant of 2 s, whether or not streams go there,
+//! so a node that lost every comparison since is tried again. After `eject_after` consecutive
+//! failures a node is ejected for a back-off.
 
 #![deny(clippy::disallowed_methods)]
 

@@ -21,10 +21,11 @@ pub const TAU: Duration = Duration::from_secs(10);
 /// sequential load it could lose every comparison to a measured node and never be tried.
 const FRESH_LATENCY: f64 = 0.0;
 
-/// Time constant over which a failure penalty fades while the node gets no streams. Without
-/// it a node charged one penalty (1 s) beside a fast measured node under sequential load loses
-/// every comparison and, never measured again, stays out for good; with it, it is tried again
-/// once the penalty has faded below the other's latency: ~16 s against a 300 µs node.
+/// Time constant over which a failure penalty fades back to the node's latency estimate.
+/// Held until successes pulled it down, a node charged one penalty (1 s) beside a fast
+/// measured node under sequential load lost every comparison and, never measured again,
+/// stayed out for good; fading, it is tried again once the penalty is below the other's
+/// latency: ~16 s against a 300 µs node.
 const PENALTY_TAU: Duration = Duration::from_secs(2);
 
 /// How often the recent-share counts are halved.
@@ -64,8 +65,9 @@ pub struct Ejection {
 pub struct Table {
     balancers: BTreeMap<String, Balancer>,
     latency: BTreeMap<String, PeakEwma>,
-    /// Nodes whose latency estimate is a failure penalty (the last sample was a failure).
-    penalised: std::collections::BTreeSet<String>,
+    /// Failure penalties, fading with `PENALTY_TAU` (read with [`PeakEwma::at`]); kept apart
+    /// from the latency estimates so a penalty fades back to the node's real latency.
+    penalty: BTreeMap<String, PeakEwma>,
     pending: BTreeMap<String, u32>,
     ejector: Ejector,
     ejection: Ejection,
@@ -83,7 +85,7 @@ impl Table {
         Table {
             balancers: BTreeMap::new(),
             latency: BTreeMap::new(),
-            penalised: std::collections::BTreeSet::new(),
+            penalty: BTreeMap::new(),
             pending: BTreeMap::new(),
             ejector: Ejector::default(),
             ejection,
@@ -170,26 +172,18 @@ impl Table {
     pub fn record_success(&mut self, node: &str, latency: Duration, now: Duration) {
         self.ejector.success(node);
         let secs = latency.as_secs_f64();
-        let e = self
-            .latency
+        self.latency
             .entry(node.to_owned())
-            .or_insert_with(|| PeakEwma::new(secs, TAU, now));
-        if self.penalised.remove(node) {
-            // The penalty is served: the estimate goes on from what is left of it, not
-            // from the whole second (that would shut the node out again at once).
-            *e = PeakEwma::new(e.at(now, PENALTY_TAU), TAU, now);
-        }
-        e.observe(secs, now);
+            .or_insert_with(|| PeakEwma::new(secs, TAU, now))
+            .observe(secs, now);
     }
 
-    /// The latency a pick compares for `node` at `now`: its estimate, or what is left of its
-    /// failure penalty.
+    /// The latency a pick compares for `node` at `now`: its latency estimate, or what is left
+    /// of its failure penalty if that is more.
     fn estimate(&self, node: &str, now: Duration) -> f64 {
-        match self.latency.get(node) {
-            None => FRESH_LATENCY,
-            Some(e) if self.penalised.contains(node) => e.at(now, PENALTY_TAU),
-            Some(e) => e.get(),
-        }
+        let latency = self.latency.get(node).map_or(FRESH_LATENCY, PeakEwma::get);
+        let penalty = self.penalty.get(node).map_or(0.0, |p| p.at(now, PENALTY_TAU));
+        latency.max(penalty)
     }
 
     /// A stream to `node` was refused or failed before any byte flowed: its latency jumps to a
@@ -197,17 +191,9 @@ impl Table {
     pub fn record_failure(&mut self, node: &str, now: Duration) {
         self.ejector
             .failure(node, now, self.ejection.after, self.ejection.eject_for);
-        let e = self
-            .latency
-            .entry(node.to_owned())
-            .or_insert_with(|| PeakEwma::new(0.001, TAU, now));
-        let current = if self.penalised.contains(node) {
-            e.at(now, PENALTY_TAU)
-        } else {
-            e.get()
-        };
-        *e = PeakEwma::new(FAILURE_PENALTY.max(4.0 * current), TAU, now);
-        self.penalised.insert(node.to_owned());
+        let charge = FAILURE_PENALTY.max(4.0 * self.estimate(node, now));
+        self.penalty
+            .insert(node.to_owned(), PeakEwma::new(charge, PENALTY_TAU, now));
     }
 
     /// Ejects `node` at once for the ejection period (it does not answer at all), and
@@ -226,7 +212,7 @@ impl Table {
         self.ejector.success(node);
         // Its failure penalty belongs to the old connection too.
         self.latency.remove(node);
-        self.penalised.remove(node);
+        self.penalty.remove(node);
     }
 
     /// The latency estimate of `node`, seconds, if measured.
@@ -354,7 +340,7 @@ mod tests {
             back > Duration::from_secs(12) && back < Duration::from_secs(20),
             "a back after {back:?}"
         );
-        // Its first success ends the penalty: a fast answer makes it a peer of b again.
+        // Measured again, it is a peer of b: its real latency and a faded penalty.
         t.record_success("a", Duration::from_micros(300), back);
         let later = back + Duration::from_secs(1);
         let picks: Vec<_> = (0..400)
@@ -379,7 +365,26 @@ mod tests {
         );
         t.record_failure("slow", s(600));
         assert!(t.estimate("slow", s(600)) >= 2.0, "4x the estimate");
-        assert!(t.estimate("slow", s(640)) < 1e-6, "a penalty fades");
+        assert_eq!(
+            t.estimate("slow", s(640)),
+            0.5,
+            "the penalty fades back to its real latency, not to zero"
+        );
+    }
+
+    #[test]
+    fn a_success_soon_after_a_failure_does_not_hold_the_penalty() {
+        let mut t = Table::new(0.2, EJECT);
+        let ms = Duration::from_millis;
+        t.record_failure("a", ms(0));
+        // A stream that was already in flight answers fast.
+        t.record_success("a", Duration::from_micros(300), ms(100));
+        assert!(t.estimate("a", ms(100)) > 0.9, "the penalty still counts at first");
+        let later = t.estimate("a", ms(20_000));
+        assert!(
+            (later - 0.0003).abs() < 1e-5,
+            "it fades to the measured 300 us: {later}"
+        );
     }
 
     #[test]
