@@ -23,6 +23,7 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn certs_commands_make_files_refuse_overwrites_and_bad_names() {
     let dir = tempfile::tempdir().unwrap();
+    let _logs = common::LogsOnPanic(dir.path().to_owned());
     let d = dir.path().to_str().unwrap();
     common::cli_certs(
         dir.path(),
@@ -59,6 +60,7 @@ fn certs_commands_make_files_refuse_overwrites_and_bad_names() {
 #[test]
 fn node_config_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
+    let _logs = common::LogsOnPanic(dir.path().to_owned());
     let base = "name = \"n1\"\n[tls]\nca = \"ca.crt\"\ncert = \"c.crt\"\nkey = \"c.key\"\n";
     for (extra, key) in [
         ("[transport]\nkeepalive = \"20s\"\n", "transport.keepalive"),
@@ -208,6 +210,7 @@ impl quicmesh::Handler for Broken {
 #[tokio::test]
 async fn call_and_forward_through_an_in_process_node() {
     let dir = tempfile::tempdir().unwrap();
+    let _logs = common::LogsOnPanic(dir.path().to_owned());
     common::cli_certs(
         dir.path(),
         "cli.test",
@@ -329,6 +332,7 @@ async fn call_and_forward_through_an_in_process_node() {
 #[tokio::test]
 async fn two_node_processes_from_config_files() {
     let dir = tempfile::tempdir().unwrap();
+    let _logs = common::LogsOnPanic(dir.path().to_owned());
     common::cli_certs(
         dir.path(),
         "cli.test",
@@ -458,6 +462,7 @@ fn args(list: &[&str]) -> Vec<String> {
 #[tokio::test]
 async fn every_subcommand_exits_quietly_on_a_closed_stdout_and_ca_takes_a_file_or_a_directory() {
     let dir = tempfile::tempdir().unwrap();
+    let _logs = common::LogsOnPanic(dir.path().to_owned());
     let d = dir.path().to_str().unwrap();
     let ca_file = dir.path().join("ca.crt").to_str().unwrap().to_owned();
     let quiet = |o: &Output, what: &str| {
@@ -499,6 +504,7 @@ async fn every_subcommand_exits_quietly_on_a_closed_stdout_and_ca_takes_a_file_o
 #[tokio::test]
 async fn a_call_whose_deadline_passes_on_the_serving_node_says_so() {
     let dir = tempfile::tempdir().unwrap();
+    let _logs = common::LogsOnPanic(dir.path().to_owned());
     common::cli_certs(
         dir.path(),
         "cli.test",

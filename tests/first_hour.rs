@@ -88,6 +88,7 @@ fn node_args(dir: &Path, name: &str, port: u16, admin: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_node_that_reaches_no_peer_says_so_with_the_last_error() {
     let dir = tempfile::tempdir().unwrap();
+    let _logs = common::LogsOnPanic(dir.path().to_owned());
     certs(dir.path(), &["n1"]);
     // A node with a certificate from another CA of the same trust domain.
     let other = dir.path().join("other");
@@ -185,6 +186,7 @@ async fn a_node_that_reaches_no_peer_says_so_with_the_last_error() {
 #[test]
 fn certificate_and_required_key_errors_name_the_key_the_flag_and_the_file() {
     let dir = tempfile::tempdir().unwrap();
+    let _logs = common::LogsOnPanic(dir.path().to_owned());
     certs(dir.path(), &["n1", "n2"]);
     let p = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
     let node = |cert: &str, key: &str| {
@@ -346,6 +348,7 @@ async fn status_reads_the_local_node_by_default() {
         "{e}"
     );
     let dir = tempfile::tempdir().unwrap();
+    let _logs = common::LogsOnPanic(dir.path().to_owned());
     certs(dir.path(), &["n1"]);
     let n1 = NodeProc::start(
         dir.path(),
@@ -430,6 +433,7 @@ async fn a_silent_first_entry_does_not_hold_up_a_fresh_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_relayed_to_a_crashed_node_moves_on_quickly() {
     let dir = tempfile::tempdir().unwrap();
+    let _logs = common::LogsOnPanic(dir.path().to_owned());
     certs(dir.path(), &["n1", "n2", "n3"]);
     {
         let d = dir.path().to_str().unwrap();

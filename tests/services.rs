@@ -87,6 +87,7 @@ async fn put(admin: &str, path: &str, body: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_service_is_served_until_its_lease_runs_out() {
     let dir = tempfile::tempdir().unwrap();
+    let _logs = common::LogsOnPanic(dir.path().to_owned());
     common::cli_certs(
         dir.path(),
         "svc.test",
@@ -273,6 +274,7 @@ async fn a_registered_service_is_served_until_its_lease_runs_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_reload_changes_services_and_refuses_the_rest() {
     let dir = tempfile::tempdir().unwrap();
+    let _logs = common::LogsOnPanic(dir.path().to_owned());
     common::cli_certs(
         dir.path(),
         "svc.test",
@@ -417,6 +419,7 @@ async fn health_of(admin: &str, service: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_fails_its_checks_gets_no_calls_until_it_passes_again() {
     let dir = tempfile::tempdir().unwrap();
+    let _logs = common::LogsOnPanic(dir.path().to_owned());
     common::cli_certs(
         dir.path(),
         "svc.test",

@@ -93,6 +93,32 @@ pub struct Load {
     pub per_service: Vec<(String, u32)>,
 }
 
+impl Load {
+    /// Whether `self` differs from `old` in what routing compares, beyond sampling noise:
+    /// in-flight counts, weight or services changed, or the service latency moved by more
+    /// than a tenth (and 50 µs).
+    pub fn routing_differs(&self, old: &Load) -> bool {
+        let latency = self.latency_us.abs_diff(old.latency_us);
+        self.inflight != old.inflight
+            || self.capacity != old.capacity
+            || self.per_service != old.per_service
+            || (latency > old.latency_us / 10 && latency > 50)
+    }
+
+    /// Whether the host's CPU or memory use moved by at least 2 points (20 permille). The
+    /// host's CPU reading moves nearly every sample (it counts every process on the host);
+    /// only `routing.dynamic_weights` routes on it.
+    pub fn host_differs(&self, old: &Load) -> bool {
+        let moved = |a: u16, b: u16| a.abs_diff(b) >= 20;
+        moved(self.cpu_permille, old.cpu_permille) || moved(self.mem_permille, old.mem_permille)
+    }
+
+    /// Either of the above.
+    pub fn differs_from(&self, old: &Load) -> bool {
+        self.routing_differs(old) || self.host_differs(old)
+    }
+}
+
 /// One member's record: owned and versioned by the member, except for the Suspect/Dead
 /// opinions other members attach to it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

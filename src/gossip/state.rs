@@ -179,7 +179,7 @@ impl Gossip {
     /// Publishes this node's load in its record, at most once per `load_gossip_interval`
     /// (later values wait for the next tick). Routing reads load pushed over links instead.
     pub fn set_load(&mut self, load: Load, now: Duration) {
-        if self.me().load == load {
+        if !load.differs_from(&self.me().load) {
             self.pending_load = None;
             return;
         }

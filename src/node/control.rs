@@ -168,7 +168,7 @@ pub(crate) async fn run_control(
                 let _ = tx.try_send(ControlMsg::Pong { nonce });
             }
             // The first push is also how a peer that dialled says it takes ours.
-            ControlMsg::Load(load) => shared.pushed.received(peer, conn_id, load),
+            ControlMsg::Load(load) => shared.pushed.received(peer, conn_id, load, shared.ctx.now()),
             ControlMsg::Pong { nonce } => {
                 let now = u64::try_from(shared.ctx.now().as_micros()).unwrap_or(u64::MAX);
                 let sample = Duration::from_micros(now.saturating_sub(nonce)).as_secs_f64();

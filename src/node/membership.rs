@@ -40,7 +40,7 @@ const PUSH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// it.
 fn push_load(shared: &State, sys: &mut SysLoad) -> Load {
     let load = current_load(shared, sys);
-    shared.pushed.push(load.clone());
+    shared.pushed.push(load.clone(), shared.ctx.now());
     load
 }
 

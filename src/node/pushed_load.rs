@@ -29,9 +29,13 @@ use crate::gossip::Load;
 use crate::protocol::ControlMsg;
 
 /// See the module docs.
-#[derive(Default)]
 pub(crate) struct PushedLoads {
     inner: Mutex<Inner>,
+    /// Least time between two pushes to one peer that change only the host's CPU and memory
+    /// use (`gossip.load_gossip_interval`): that reading moves nearly every sample, and
+    /// pushing each move to every linked peer twice a second cost an idle 40-node mesh on
+    /// one host ~0.15 cores of 2 (`examples/bench_idle`, both versions in one run).
+    host_every: Duration,
 }
 
 #[derive(Default)]
@@ -54,21 +58,38 @@ struct Stream {
     since: Duration,
     /// What the peer pushed last on it.
     theirs: Option<Load>,
-    /// What this node last queued on it (a push dropped on a full queue goes again).
-    sent: Option<Load>,
+    /// What this node last queued on it, and when (a push dropped on a full queue goes
+    /// again; one that differs from it only by noise does not go).
+    sent: Option<(Load, Duration)>,
 }
 
 impl Stream {
-    /// Queues this node's load if the peer takes it and has not been sent it.
-    fn offer(&mut self, mine: Option<&Load>) {
+    /// Queues this node's load if the peer takes it and it differs from what the peer has:
+    /// in what routing compares, or in the host's CPU and memory use once `host_every` has
+    /// passed since the last push.
+    fn offer(&mut self, mine: Option<&Load>, now: Duration, host_every: Duration) {
         let Some(load) = mine else { return };
-        if self.takes && self.sent.as_ref() != Some(load) && self.tx.try_send(ControlMsg::Load(load.clone())).is_ok() {
-            self.sent = Some(load.clone());
+        let due = match &self.sent {
+            None => true,
+            Some((sent, at)) => {
+                load.routing_differs(sent) || (load.host_differs(sent) && now.saturating_sub(*at) >= host_every)
+            }
+        };
+        if self.takes && due && self.tx.try_send(ControlMsg::Load(load.clone())).is_ok() {
+            self.sent = Some((load.clone(), now));
         }
     }
 }
 
 impl PushedLoads {
+    /// No control streams yet; see [`PushedLoads::host_every`](Self) for `host_every`.
+    pub fn new(host_every: Duration) -> Self {
+        PushedLoads {
+            inner: Mutex::new(Inner::default()),
+            host_every,
+        }
+    }
+
     /// A control stream to `peer` on connection `conn_id` is up, written through `tx`;
     /// `takes` if the peer's `Hello` said it takes pushed load (it then gets ours at once).
     pub fn control_up(&self, peer: &str, conn_id: usize, tx: mpsc::Sender<ControlMsg>, takes: bool, now: Duration) {
@@ -84,7 +105,7 @@ impl PushedLoads {
             theirs: None,
             sent: None,
         };
-        stream.offer(mine.as_ref());
+        stream.offer(mine.as_ref(), now, self.host_every);
         streams.push(stream);
     }
 
@@ -101,7 +122,7 @@ impl PushedLoads {
 
     /// `peer` pushed `load` on `conn_id`. A peer that pushes takes pushes: the first time,
     /// it gets this node's load back on the same stream.
-    pub fn received(&self, peer: &str, conn_id: usize, load: Load) {
+    pub fn received(&self, peer: &str, conn_id: usize, load: Load, now: Duration) {
         let mut inner = lock(&self.inner);
         let Inner { peers, mine } = &mut *inner;
         if let Some(s) = peers
@@ -110,7 +131,7 @@ impl PushedLoads {
         {
             s.theirs = Some(load);
             s.takes = true;
-            s.offer(mine.as_ref());
+            s.offer(mine.as_ref(), now, self.host_every);
         }
     }
 
@@ -127,12 +148,12 @@ impl PushedLoads {
 
     /// Records this node's load now and queues it on every control stream that takes it and
     /// has not had it (a change, or an earlier push dropped on a full queue).
-    pub fn push(&self, load: Load) {
+    pub fn push(&self, load: Load, now: Duration) {
         let mut inner = lock(&self.inner);
         let Inner { peers, mine } = &mut *inner;
         *mine = Some(load);
         for s in peers.values_mut().flatten() {
-            s.offer(mine.as_ref());
+            s.offer(mine.as_ref(), now, self.host_every);
         }
     }
 
@@ -178,18 +199,18 @@ mod tests {
 
     #[test]
     fn a_peer_gets_pushes_once_it_is_known_to_take_them_and_only_changes() {
-        let p = PushedLoads::default();
-        p.push(load(1));
+        let p = PushedLoads::new(S * 10);
+        p.push(load(1), S);
         let (tx, mut rx) = mpsc::channel(8);
         p.control_up("b", 1, tx, false, S);
-        p.push(load(2));
+        p.push(load(2), S);
         assert!(pushed(&mut rx).is_empty(), "not known to take pushes yet");
-        p.received("b", 1, load(7));
+        p.received("b", 1, load(7), S);
         assert_eq!(pushed(&mut rx), vec![2], "its first push: ours back at once");
         assert_eq!(p.of("b", 1), Some(load(7)));
-        p.push(load(2));
+        p.push(load(2), S);
         assert!(pushed(&mut rx).is_empty(), "unchanged: nothing");
-        p.push(load(3));
+        p.push(load(3), S);
         assert_eq!(pushed(&mut rx), vec![3]);
         // A hello that says it takes them: ours at once.
         let (tx2, mut rx2) = mpsc::channel(8);
@@ -198,33 +219,72 @@ mod tests {
     }
 
     #[test]
+    fn sampling_noise_is_not_pushed() {
+        let p = PushedLoads::new(S * 10);
+        let (tx, mut rx) = mpsc::channel(8);
+        p.control_up("b", 1, tx, true, S);
+        let at = |cpu: u16, latency_us: u32| Load {
+            cpu_permille: cpu,
+            latency_us,
+            ..Load::default()
+        };
+        let cpus = |rx: &mut mpsc::Receiver<ControlMsg>| {
+            let mut out = Vec::new();
+            while let Ok(ControlMsg::Load(l)) = rx.try_recv() {
+                out.push(l.cpu_permille);
+            }
+            out
+        };
+        p.push(at(100, 1000), S);
+        p.push(at(110, 1040), S * 2);
+        assert_eq!(
+            cpus(&mut rx),
+            vec![100],
+            "under 2 points of CPU and a tenth of latency: noise"
+        );
+        p.push(at(400, 1040), S * 3);
+        assert!(
+            cpus(&mut rx).is_empty(),
+            "the host's CPU alone waits for host_every (10 s)"
+        );
+        p.push(at(400, 1040), S * 11);
+        assert_eq!(cpus(&mut rx), vec![400], "and then goes");
+        p.push(at(100, 1150), S * 12);
+        assert_eq!(cpus(&mut rx), vec![100], "latency up by more than a tenth goes at once");
+        let mut busy = at(100, 1150);
+        busy.inflight = 1;
+        p.push(busy, S * 12);
+        assert_eq!(cpus(&mut rx), vec![100], "any change of in-flight streams goes at once");
+    }
+
+    #[test]
     fn a_push_dropped_on_a_full_queue_goes_again() {
-        let p = PushedLoads::default();
+        let p = PushedLoads::new(S * 10);
         let (tx, mut rx) = mpsc::channel(1);
         p.control_up("b", 1, tx.clone(), true, S);
         tx.try_send(ControlMsg::Ping { nonce: 1 }).unwrap();
-        p.push(load(4));
+        p.push(load(4), S);
         let _ = rx.try_recv();
         assert!(rx.try_recv().is_err(), "dropped: the queue was full");
-        p.push(load(4));
+        p.push(load(4), S);
         assert_eq!(pushed(&mut rx), vec![4], "the same load again, since it was never sent");
     }
 
     #[test]
     fn two_control_streams_to_one_peer_each_keep_their_own_entry() {
-        let p = PushedLoads::default();
+        let p = PushedLoads::new(S * 10);
         let (x, _rx_x) = mpsc::channel(8);
         let (y, mut rx_y) = mpsc::channel(8);
         // The retired connection's stream comes up last and ends first.
         p.control_up("b", 2, y, true, S);
         p.control_up("b", 1, x, true, S);
-        p.received("b", 2, load(5));
-        p.received("b", 1, load(9));
+        p.received("b", 2, load(5), S);
+        p.received("b", 1, load(9), S);
         assert_eq!((p.of("b", 1), p.of("b", 2)), (Some(load(9)), Some(load(5))));
         p.control_down("b", 1);
         assert_eq!(p.of("b", 1), None);
         assert_eq!(p.of("b", 2), Some(load(5)), "the kept connection's entry stays");
-        p.push(load(6));
+        p.push(load(6), S);
         assert_eq!(pushed(&mut rx_y), vec![6], "pushes go on the kept connection");
         p.control_down("b", 2);
         assert_eq!(p.of("b", 2), None);
@@ -232,7 +292,7 @@ mod tests {
 
     #[test]
     fn a_peer_that_never_pushes_is_an_older_node_after_the_grace() {
-        let p = PushedLoads::default();
+        let p = PushedLoads::new(S * 10);
         let (tx, _rx) = mpsc::channel(8);
         p.control_up("old", 1, tx, false, S);
         assert!(
@@ -240,7 +300,7 @@ mod tests {
             "within the grace a dialler may not have pushed yet"
         );
         assert!(p.any_without_pushes(S * 6, S * 5));
-        p.received("old", 1, load(0));
+        p.received("old", 1, load(0), S);
         assert!(!p.any_without_pushes(S * 9, S * 5), "it pushed: it takes pushes");
     }
 }

@@ -102,7 +102,7 @@ impl State {
             dashboard: super::sync::Recent::new(),
             rebuilding: Mutex::new(()),
             load: LoadState::new(ctx.cfg.limits.max_inflight),
-            pushed: PushedLoads::default(),
+            pushed: PushedLoads::new(ctx.cfg.gossip.load_gossip_interval),
             routing: Mutex::new(ctx.cfg.routing.table()),
             gossip: Mutex::new(gossip),
             overlay: Mutex::new(Overlay::new(overlay_config(&ctx.cfg))),

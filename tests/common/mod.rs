@@ -326,3 +326,25 @@ pub fn cli_certs(dir: &Path, trust_domain: &str, holders: &[(&str, &str)]) {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
 }
+
+/// Prints every `*.log` file in a directory if the test panics while this is alive: the logs
+/// of node processes would otherwise go with their temp dir, and a failure in CI would say
+/// only what the test saw. Declare it after the temp dir, so it is dropped first.
+pub struct LogsOnPanic(pub PathBuf);
+
+impl Drop for LogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.0) else {
+            return;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                eprintln!("---- {} ----\n{text}", path.display());
+            }
+        }
+    }
+}
