@@ -218,6 +218,39 @@ async fn a_deadline_that_passes_on_a_locally_served_stream_is_answered_as_such()
     node.shutdown().await;
 }
 
+/// A raw connection as node `name` to `node`, with a control stream opened and accepted by
+/// node "a"; returns the stream and what followed the `Accept` in its frame (the hello).
+async fn control_stream(
+    pki: &Pki,
+    name: &str,
+    node: &Node,
+) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream, Vec<u8>) {
+    let conn = raw_conn(pki, Role::Node, name, node.local_addr()).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encode_frame(&StreamHeader::control()).unwrap())
+        .await
+        .unwrap();
+    let accept = quicmesh::protocol::read_frame_bytes(&mut recv, 64 * 1024)
+        .await
+        .unwrap();
+    let (r, rest) = postcard::take_from_bytes::<Response>(&accept).unwrap();
+    assert_eq!(r, Response::Accept { node: "a".into() });
+    let rest = rest.to_vec();
+    (conn, send, recv, rest)
+}
+
+/// `conn` closes with PROTOCOL, and node "a" still serves echo to a new client.
+async fn closed_for_protocol_and_still_serving(pki: &Pki, conn: &quinn::Connection, node: &Node) {
+    let closed = within(LIMIT, "the close", conn.closed()).await;
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quicmesh::protocol::codes::PROTOCOL),
+        "{closed}"
+    );
+    let conn = raw_conn(pki, Role::Client, "web", node.local_addr()).await;
+    let r = send_raw(&conn, &service_header("echo", 0, None)).await;
+    assert_eq!(r, Response::Accept { node: "a".into() });
+}
+
 #[tokio::test]
 async fn a_control_message_of_a_newer_kind_is_skipped_and_garbage_closes_the_connection() {
     use quicmesh::protocol::{read_frame_bytes, ControlMsg, MAX_CONTROL_MESSAGE};
@@ -241,14 +274,7 @@ async fn a_control_message_of_a_newer_kind_is_skipped_and_garbage_closes_the_con
             }
         }
     }
-    let conn = raw_conn(&pki, Role::Node, "newer", nodes[0].local_addr()).await;
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&encode_frame(&StreamHeader::control()).unwrap())
-        .await
-        .unwrap();
-    let accept = read_frame_bytes(&mut recv, 64 * 1024).await.unwrap();
-    let (r, _) = postcard::take_from_bytes::<Response>(&accept).unwrap();
-    assert_eq!(r, Response::Accept { node: "a".into() });
+    let (conn, mut send, mut recv, _) = control_stream(&pki, "newer", &nodes[0]).await;
     // A kind this build does not know (index 9), and a gossip message of an unknown kind,
     // then a ping: the node skips the first two and answers the ping on the same stream.
     send.write_all(&frame(&[9, 1, 2, 3])).await.unwrap();
@@ -264,15 +290,7 @@ async fn a_control_message_of_a_newer_kind_is_skipped_and_garbage_closes_the_con
     send.write_all(&frame(&[1, 0x80])).await.unwrap();
     let err = within(LIMIT, "the close after garbage", pong(&mut recv, 78)).await;
     assert!(err.is_err(), "{err:?}");
-    let closed = within(LIMIT, "the close", conn.closed()).await;
-    assert!(
-        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quicmesh::protocol::codes::PROTOCOL),
-        "{closed}"
-    );
-    // The node keeps serving.
-    let conn = raw_conn(&pki, Role::Client, "web", nodes[0].local_addr()).await;
-    let r = send_raw(&conn, &service_header("echo", 0, None)).await;
-    assert_eq!(r, Response::Accept { node: "a".into() });
+    closed_for_protocol_and_still_serving(&pki, &conn, &nodes[0]).await;
 }
 
 /// The control stream's `Accept` says the node takes pushed load; a peer that pushes its own
@@ -284,15 +302,8 @@ async fn a_peer_that_pushes_its_load_gets_the_nodes_back() {
     use quicmesh::protocol::{features, read_frame_bytes, ControlMsg, Hello, MAX_CONTROL_MESSAGE};
     let pki = Pki::new();
     let nodes = mesh(&pki, &["a"], &[&["echo"]]).await;
-    let conn = raw_conn(&pki, Role::Node, "pusher", nodes[0].local_addr()).await;
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&encode_frame(&StreamHeader::control()).unwrap())
-        .await
-        .unwrap();
-    let accept = read_frame_bytes(&mut recv, 64 * 1024).await.unwrap();
-    let (r, rest) = postcard::take_from_bytes::<Response>(&accept).unwrap();
-    assert_eq!(r, Response::Accept { node: "a".into() });
-    let hello = Hello::decode(rest).expect("a hello after the accept");
+    let (conn, mut send, mut recv, rest) = control_stream(&pki, "pusher", &nodes[0]).await;
+    let hello = Hello::decode(&rest).expect("a hello after the accept");
     assert!(hello.takes(features::LOAD_PUSH), "{hello:?}");
     let ours = Load {
         inflight: 5,
@@ -316,13 +327,5 @@ async fn a_peer_that_pushes_its_load_gets_the_nodes_back() {
     let mut bad = 4u32.to_be_bytes().to_vec();
     bad.extend_from_slice(&[3, 0x80, 0x80, 0x80]);
     send.write_all(&bad).await.unwrap();
-    let closed = within(LIMIT, "the close", conn.closed()).await;
-    assert!(
-        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quicmesh::protocol::codes::PROTOCOL),
-        "{closed}"
-    );
-    // The node keeps serving.
-    let conn = raw_conn(&pki, Role::Client, "web", nodes[0].local_addr()).await;
-    let r = send_raw(&conn, &service_header("echo", 0, None)).await;
-    assert_eq!(r, Response::Accept { node: "a".into() });
+    closed_for_protocol_and_still_serving(&pki, &conn, &nodes[0]).await;
 }
