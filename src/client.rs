@@ -675,22 +675,18 @@ async fn finish_open(
             sent: false,
         }),
         Response::Accept { node } => {
-            match wrote {
-                Ok(()) => {}
+            let finished = match wrote {
+                Ok(()) => sent,
                 // Stopped with code 0 after accepting: the node (or its service) answered
                 // without reading the rest of the request, as the status service does, and
                 // dropped its end (quinn stops a dropped stream with 0). Its reply stands. (Seen
                 // as "stream failed: sending stopped by peer: error 0" from `quicmesh status`
                 // when the client was descheduled between writing the header and the body.)
-                Err(quinn::WriteError::Stopped(code)) if code == quinn::VarInt::from_u32(0) => {
-                    let mut stream = ServiceStream::new(send, recv, node);
-                    stream.mark_finished();
-                    return Ok(stream);
-                }
+                Err(quinn::WriteError::Stopped(code)) if code == quinn::VarInt::from_u32(0) => true,
                 Err(e) => return Err(failed(CallError::Stream(e.into()))),
-            }
+            };
             let mut stream = ServiceStream::new(send, recv, node);
-            if sent {
+            if finished {
                 stream.mark_finished();
             }
             Ok(stream)

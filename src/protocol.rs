@@ -488,14 +488,6 @@ impl Hello {
     }
 }
 
-/// Decodes a frame body as `T`, followed by an optional trailing `U` (absent from older peers).
-pub fn decode_with_trailer<T: DeserializeOwned, U: DeserializeOwned>(
-    body: &[u8],
-) -> Result<(T, Option<U>), FrameError> {
-    let (t, rest) = postcard::take_from_bytes::<T>(body)?;
-    Ok((t, postcard::from_bytes::<U>(rest).ok()))
-}
-
 /// Reads one frame and decodes it as `T`.
 pub async fn read_frame<R, T>(r: &mut R, max: usize) -> Result<T, FrameError>
 where

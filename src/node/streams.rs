@@ -428,7 +428,11 @@ impl Incoming<'_> {
                     // the cap closes while both nodes are healthy: no penalty, and the peer
                     // stays eligible over the connection it keeps. (Charged, a node back
                     // from a partition lost every comparison to a measured one.)
-                    if pconn.close_reason().is_some_and(|r| Ended::of(&r, false).both_alive()) {
+                    let stopping = shared.ctx.is_shutting_down();
+                    if pconn
+                        .close_reason()
+                        .is_some_and(|r| Ended::of(&r, stopping).both_alive())
+                    {
                         debug!(via = %peer, error = %e, "stream caught in a connection's retirement; retrying");
                         continue;
                     }
