@@ -207,9 +207,9 @@ pub enum ControlMsg {
 }
 
 /// Kinds of [`ControlMsg`] this build knows (`Gossip`, `Ping`, `Pong`, `Load`), and of
-/// [`crate::gossip::GossipMsg`] (`Syn`, `SynAck`, `Ack`).
+/// [`crate::gossip::GossipMsg`] (`Syn`, `SynAck`, `Ack`, `Sums`, `Buckets`).
 const CONTROL_KINDS: u32 = 4;
-const GOSSIP_KINDS: u32 = 3;
+const GOSSIP_KINDS: u32 = 5;
 
 /// Whether a control message that did not decode is of a kind a newer node added (its enum
 /// index, or that of the gossip message inside it, is past the ones this build knows). The
@@ -448,8 +448,11 @@ pub struct Hello {
 pub mod features {
     /// Takes [`super::ControlMsg::Load`].
     pub const LOAD_PUSH: u64 = 1;
+    /// Takes the bounded gossip rounds ([`crate::gossip::GossipMsg::Sums`] and
+    /// [`crate::gossip::GossipMsg::Buckets`]); without it a peer gets full-digest rounds.
+    pub const GOSSIP_SUMS: u64 = 2;
     /// Everything this build takes.
-    pub const ALL: u64 = LOAD_PUSH;
+    pub const ALL: u64 = LOAD_PUSH | GOSSIP_SUMS;
 }
 
 impl Hello {

@@ -38,6 +38,9 @@ pub struct SimConfig {
     /// [`Sim::bytes_sent`] as the node's `ControlMsg::Load`; not delivered, nothing here
     /// reads it), and its record changes every `load_gossip_interval`.
     pub load: bool,
+    /// How often each node pings each of its links (`transport.ping_interval`); the ping and
+    /// its pong are what failure detection reads, with the gossip a link carries.
+    pub ping_interval: Duration,
 }
 
 impl SimConfig {
@@ -53,6 +56,7 @@ impl SimConfig {
             count_bytes: false,
             links: None,
             load: false,
+            ping_interval: Duration::from_secs(1),
         }
     }
 }
@@ -60,6 +64,7 @@ impl SimConfig {
 #[derive(Debug)]
 enum Kind {
     Tick(usize),
+    Ping(usize),
     Deliver { to: usize, from: usize, msg: GossipMsg },
 }
 
@@ -108,6 +113,8 @@ pub struct Sim {
     /// The largest encoded message sent, bytes, if `count_bytes`.
     pub max_message: u64,
     names: Vec<String>,
+    /// Each node's links by name, sorted as strings (as the node's control table keeps them).
+    link_names: Option<Vec<Vec<String>>>,
 }
 
 /// The name of node `i`.
@@ -138,6 +145,16 @@ impl Sim {
             messages: 0,
             max_message: 0,
             names: (0..n).map(name).collect(),
+            link_names: cfg.links.as_ref().map(|links| {
+                links
+                    .iter()
+                    .map(|l| {
+                        let mut v: Vec<String> = l.iter().map(|&j| name(j)).collect();
+                        v.sort();
+                        v
+                    })
+                    .collect()
+            }),
             cfg,
         };
         for i in 0..n {
@@ -164,6 +181,42 @@ impl Sim {
         // Stagger rounds: nodes do not tick in lockstep.
         let offset = self.rng.random_range(Duration::ZERO..self.cfg.gossip.interval);
         self.push(self.now + offset, Kind::Tick(i));
+        let offset = self.rng.random_range(Duration::ZERO..self.cfg.ping_interval);
+        self.push(self.now + offset, Kind::Ping(i));
+    }
+
+    /// Whether a message to `to` is lost (loss, slow receiver, or partition from `from`).
+    fn lost(&mut self, from: usize, to: usize) -> bool {
+        if self.group[from] != self.group[to] || self.nodes[to].is_none() {
+            return true;
+        }
+        let loss = 1.0 - (1.0 - self.cfg.loss) * (1.0 - self.recv_loss[to]);
+        loss > 0.0 && self.rng.random_bool(loss.min(1.0))
+    }
+
+    /// Node `i` pings each of its links, and each that hears it answers.
+    fn ping(&mut self, i: usize) {
+        let Some(g) = self.nodes[i].as_ref() else { return };
+        let peers: Vec<usize> = match &self.cfg.links {
+            Some(links) => links[i].clone(),
+            None => g.members().filter_map(|m| index(&m.name)).filter(|&j| j != i).collect(),
+        };
+        let me = name(i);
+        for j in peers {
+            if self.lost(i, j) {
+                continue;
+            }
+            if let Some(peer) = self.nodes[j].as_mut() {
+                peer.heard(&me, self.now);
+            }
+            if !self.lost(j, i) {
+                let peer = name(j);
+                if let Some(g) = self.nodes[i].as_mut() {
+                    g.heard(&peer, self.now);
+                }
+            }
+        }
+        self.push(self.now + self.cfg.ping_interval, Kind::Ping(i));
     }
 
     fn push(&mut self, at: Duration, kind: Kind) {
@@ -182,11 +235,7 @@ impl Sim {
             self.bytes_sent[from] += size;
             self.max_message = self.max_message.max(size);
         }
-        if self.group[from] != self.group[to] {
-            return;
-        }
-        let loss = 1.0 - (1.0 - self.cfg.loss) * (1.0 - self.recv_loss[to]);
-        if loss > 0.0 && self.rng.random_bool(loss.min(1.0)) {
+        if self.lost(from, to) {
             return;
         }
         let jitter = if self.cfg.jitter.is_zero() {
@@ -277,18 +326,14 @@ impl Sim {
                     }
                     g.set_load(load, self.now);
                 }
-                let mut out = match &self.cfg.links {
+                let mut out = match &self.link_names {
                     None => g.tick(self.now, &mut self.rng),
-                    Some(links) => {
-                        let mine = &links[i];
-                        let linked = |n: &str| index(n).is_some_and(|j| mine.binary_search(&j).is_ok());
-                        g.tick_among(self.now, &mut self.rng, &linked)
-                    }
+                    Some(links) => g.tick_among(self.now, &mut self.rng, &links[i]),
                 };
                 // A node that knows nobody yet keeps knocking on its seed, as the node's
                 // dialler keeps redialling its configured peers.
                 if i != 0 && g.members().count() == 1 {
-                    out.push(("n0".to_owned(), g.syn()));
+                    out.push(("n0".to_owned(), g.opener()));
                 }
                 let next = self.now + self.cfg.gossip.interval;
                 self.push(next, Kind::Tick(i));
@@ -298,6 +343,7 @@ impl Sim {
                     }
                 }
             }
+            Kind::Ping(i) => self.ping(i),
             Kind::Deliver { to, from, msg } => {
                 let Some(g) = self.nodes[to].as_mut() else { return true };
                 let out = g.handle(&name(from), msg, self.now);

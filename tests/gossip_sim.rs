@@ -200,3 +200,57 @@ fn over_a_bounded_overlay_with_changing_load_gossip_converges_and_detects_at_ten
     })
     .expect("a silent crash is Dead everywhere within 15 s");
 }
+
+/// Over a cap-32 overlay at 10% loss with load changing every round: the bytes each node sends
+/// per round stay flat from 100 to 1,000 nodes (they grew tenfold while every round carried a
+/// digest of every member), no message comes near the control-message cap, and at 1,000 nodes
+/// a fact still reaches everyone within Serf's round count and a silent crash is Dead
+/// everywhere, with no live member held Dead meanwhile.
+#[test]
+fn at_a_thousand_nodes_gossip_bytes_stay_flat_facts_spread_and_crashes_are_found() {
+    let run = |n: usize| {
+        let mut cfg = SimConfig::new(n, 31);
+        cfg.loss = 0.10;
+        cfg.load = true;
+        cfg.count_bytes = true;
+        cfg.links = Some(overlay_links(n, 32, 31));
+        let mut sim = Sim::new(cfg);
+        sim.run_until_true(Duration::from_secs(60), Duration::from_secs(1), |s| s.converged())
+            .expect("every node knows every other Alive");
+        let mark = sim.bytes_sent.clone();
+        sim.run_for(Duration::from_secs(4));
+        let per_node: Vec<f64> = sim
+            .bytes_sent
+            .iter()
+            .zip(&mark)
+            .map(|(a, b)| (a - b) as f64 / 20.0)
+            .collect();
+        let mean = per_node.iter().sum::<f64>() / n as f64;
+        let max = per_node.iter().copied().fold(0.0, f64::max);
+        (sim, mean, max)
+    };
+    let (_, mean_100, max_100) = run(100);
+    let (mut sim, mean_1000, max_1000) = run(1000);
+    assert!(
+        mean_1000 <= 2.0 * mean_100 && max_1000 <= 2.0 * max_100,
+        "bytes per node per round: mean {mean_100:.0} -> {mean_1000:.0}, max {max_100:.0} -> {max_1000:.0}"
+    );
+    assert!(sim.max_message <= 64 * 1024, "largest message {} B", sim.max_message);
+
+    sim.node_mut(5).unwrap().set_services(vec!["new-fact".into()]);
+    let took = sim
+        .run_until_true(Duration::from_secs(30), Duration::from_millis(20), |s| {
+            s.all_see(5, |m| m.is_some_and(|m| m.services == ["new-fact"]))
+        })
+        .expect("the fact spreads");
+    let serf = (1001.0f64 * 1e4).ln() / (3.0 / 2.0);
+    let rounds = took.as_secs_f64() / 0.2;
+    assert!(rounds <= serf, "{rounds:.1} rounds > Serf's {serf:.1}");
+
+    sim.kill(7);
+    sim.run_until_true(Duration::from_secs(30), Duration::from_millis(500), |s| {
+        assert_eq!(s.false_deaths(), Vec::new(), "a live member held Dead");
+        s.all_see(7, |m| m.is_none_or(|m| m.status.is_gone()))
+    })
+    .expect("a silent crash is Dead everywhere within 30 s");
+}

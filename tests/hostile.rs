@@ -329,3 +329,100 @@ async fn a_peer_that_pushes_its_load_gets_the_nodes_back() {
     send.write_all(&bad).await.unwrap();
     closed_for_protocol_and_still_serving(&pki, &conn, &nodes[0]).await;
 }
+
+/// A peer that opens with a full digest (an older node) gets full-digest rounds; one that
+/// opens with sums (this build) gets the differing buckets back, and sums rounds after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_peer_gets_full_digest_rounds_and_a_newer_one_gets_sums() {
+    use quicmesh::gossip::{DigestEntry, GossipMsg, Member, BUCKETS};
+    use quicmesh::protocol::{features, read_frame_bytes, ControlMsg, Hello, MAX_CONTROL_MESSAGE};
+    use std::sync::Arc;
+    let pki = Pki::new();
+    let nodes = mesh(&pki, &["a"], &[&["echo"]]).await;
+    // The next gossip message the node sends on this stream that `pick` keeps.
+    async fn next<T>(recv: &mut quinn::RecvStream, pick: impl Fn(GossipMsg) -> Option<T>) -> T {
+        loop {
+            let body = read_frame_bytes(recv, MAX_CONTROL_MESSAGE).await.unwrap();
+            if let Ok(ControlMsg::Gossip(g)) = postcard::from_bytes::<ControlMsg>(&body) {
+                if let Some(t) = pick(g) {
+                    return t;
+                }
+            }
+        }
+    }
+    let send_gossip = |msg: GossipMsg| encode_frame(&ControlMsg::Gossip(msg)).unwrap();
+
+    let (_old_conn, mut send, mut recv, rest) = control_stream(&pki, "old", &nodes[0]).await;
+    assert!(Hello::decode(&rest).is_some_and(|h| h.takes(features::GOSSIP_SUMS)));
+    let me = Member::new("old", "127.0.0.1:9", 1, Vec::new());
+    let digest = vec![DigestEntry {
+        name: me.name.clone(),
+        key: me.key(),
+        heartbeat: 1,
+        suspectors: Vec::new(),
+    }];
+    send.write_all(&send_gossip(GossipMsg::Syn {
+        digest: Arc::new(digest),
+    }))
+    .await
+    .unwrap();
+    let want = within(LIMIT, "the reply to a full digest", async {
+        next(&mut recv, |g| match g {
+            GossipMsg::SynAck { want, delta } if delta.iter().any(|m| m.name == "a") => Some(want),
+            GossipMsg::Sums { .. } | GossipMsg::Buckets { .. } => panic!("a round an older node cannot read"),
+            _ => None,
+        })
+        .await
+    })
+    .await;
+    assert_eq!(want, ["old"]);
+    send.write_all(&send_gossip(GossipMsg::Ack {
+        delta: vec![me.clone()],
+    }))
+    .await
+    .unwrap();
+    // The node's own rounds to this peer are full digests, naming it and this peer.
+    let names = within(LIMIT, "a full-digest round from the node", async {
+        next(&mut recv, |g| match g {
+            GossipMsg::Syn { digest } => Some(digest.iter().map(|d| d.name.clone()).collect::<Vec<_>>()),
+            GossipMsg::Sums { .. } | GossipMsg::Buckets { .. } => panic!("a round an older node cannot read"),
+            _ => None,
+        })
+        .await
+    })
+    .await;
+    assert!(names.contains(&"a".to_string()), "{names:?}");
+
+    let (_new_conn, mut send, mut recv, _) = control_stream(&pki, "new", &nodes[0]).await;
+    let me = Member::new("new", "127.0.0.1:10", 1, Vec::new());
+    send.write_all(&send_gossip(GossipMsg::Sums {
+        heartbeat: 1,
+        sums: vec![0; BUCKETS * 4],
+        news: vec![me],
+    }))
+    .await
+    .unwrap();
+    let digest = within(LIMIT, "the buckets that differ", async {
+        next(&mut recv, |g| match g {
+            GossipMsg::Buckets { digest, .. } => Some(digest),
+            GossipMsg::Syn { .. } => panic!("a full digest to a peer that opened with sums"),
+            _ => None,
+        })
+        .await
+    })
+    .await;
+    assert!(
+        digest.iter().any(|d| d.name == "a") && digest.iter().any(|d| d.name == "new"),
+        "{digest:?}"
+    );
+    let sums = within(LIMIT, "a sums round from the node", async {
+        next(&mut recv, |g| match g {
+            GossipMsg::Sums { sums, .. } => Some(sums),
+            GossipMsg::Syn { .. } => panic!("a full digest to a peer that opened with sums"),
+            _ => None,
+        })
+        .await
+    })
+    .await;
+    assert_eq!(sums.len(), BUCKETS * 4);
+}

@@ -708,6 +708,8 @@ async fn past_the_overlay_cap_a_healed_partition_merges_again() {
         c.limits.max_peer_connections = 4;
         quick_timers(c);
         c.gossip.suspicion_max = Duration::from_secs(2);
+        // Members no node of a side is linked to are found by their leases running out.
+        c.gossip.lease = Duration::from_secs(6);
     };
     // Two sides of six: each side alone is still past the cap (five others > 4).
     let first = proxied(&pki, "n00", vec![], None::<Echo>, fast).await;

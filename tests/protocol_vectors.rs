@@ -235,7 +235,11 @@ fn a_control_message_of_a_kind_a_newer_node_added_is_told_from_garbage() {
     use quicmesh::gossip::GossipMsg;
     use quicmesh::protocol::{is_newer_control_kind, ControlMsg};
     let known = [
-        postcard::to_allocvec(&ControlMsg::Gossip(GossipMsg::Ack { delta: vec![] })).unwrap(),
+        postcard::to_allocvec(&ControlMsg::Gossip(GossipMsg::Buckets {
+            buckets: vec![],
+            digest: vec![],
+        }))
+        .unwrap(),
         postcard::to_allocvec(&ControlMsg::Ping { nonce: 1 }).unwrap(),
         postcard::to_allocvec(&ControlMsg::Pong { nonce: 1 }).unwrap(),
         postcard::to_allocvec(&ControlMsg::Load(quicmesh::gossip::Load::default())).unwrap(),
@@ -245,11 +249,11 @@ fn a_control_message_of_a_kind_a_newer_node_added_is_told_from_garbage() {
         assert!(!is_newer_control_kind(&body[..1]), "{body:?}");
         assert!(!is_newer_control_kind(body), "{body:?}");
     }
-    // The last known kinds are Load (3) and, inside Gossip, Ack (2).
-    assert_eq!((known[3][0], known[0][1]), (3, 2));
+    // The last known kinds are Load (3) and, inside Gossip, Buckets (4).
+    assert_eq!((known[3][0], known[0][1]), (3, 4));
     assert!(is_newer_control_kind(&[4]));
     assert!(is_newer_control_kind(&[0x80, 0x01, 0xff]), "kind 128, as a varint");
-    assert!(is_newer_control_kind(&[0, 3, 0xff]));
+    assert!(is_newer_control_kind(&[0, 5, 0xff]));
     assert!(!is_newer_control_kind(&[]));
     assert!(!is_newer_control_kind(&[0x80]), "an unfinished varint");
 }

@@ -26,7 +26,8 @@ impl PhiDetector {
     pub fn new(now: Duration, floor: Duration) -> Self {
         PhiDetector {
             last: now,
-            intervals: VecDeque::with_capacity(WINDOW),
+            // Allocated on the first heartbeat: most members of a large mesh are never linked.
+            intervals: VecDeque::new(),
             sum: 0.0,
             floor: floor.as_secs_f64(),
         }

@@ -5,13 +5,14 @@
 //! ([`Gossip::tick`]) with the current time and an rng, and sends what it returns over the
 //! QUIC control streams. [`crate::sim`] drives a thousand of them in one process.
 //!
-//! - **Dissemination** is scuttlebutt anti-entropy (van Renesse et al., *Efficient
-//!   Reconciliation and Flow Control for Anti-Entropy Protocols*, 2008): each round a node
-//!   sends its digest (one small entry per member) to `fanout` random peers, which answer with
-//!   the records the sender is behind on and the names of those they are behind on, and the
-//!   sender completes the exchange with those records. Only changed records travel; heartbeats
-//!   and suspicion confirmations ride in the digests.
-//! - **Failure detection** is φ-accrual on heartbeat arrivals (Hayashibara et al., 2004) feeding
+//! - **Dissemination** costs the same per node and round at any size: changed records go out
+//!   as news piggybacked on round openers, each a bounded number of times (memberlist's
+//!   broadcasts, Das et al. 2002), and anti-entropy compares one sum per bucket of members
+//!   before any member-by-member digest, then runs scuttlebutt (van Renesse et al., *Efficient
+//!   Reconciliation and Flow Control for Anti-Entropy Protocols*, 2008) over the buckets that
+//!   differ only (`exchange.rs`, `sums.rs`, `news.rs`). Older nodes get full-digest rounds.
+//! - **Failure detection** is φ-accrual on what a member sends over this node's own link to it
+//!   (Hayashibara et al., 2004; only linked members are judged, see [`Gossip::heard`]) feeding
 //!   SWIM-style suspicion with incarnation-number refutation (Das et al., 2002) and Lifeguard's
 //!   refinements (Dadgar et al., 2018): a suspicion must outlive a timeout that shrinks as
 //!   independent observers confirm it; a node only confirms what it observes itself; and a node
@@ -23,7 +24,10 @@
 #![deny(clippy::disallowed_methods)]
 
 mod detector;
+mod exchange;
+mod news;
 mod state;
+mod sums;
 
 use std::time::Duration;
 
@@ -31,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use detector::PhiDetector;
 pub use state::{Gossip, GossipEvent};
+pub use sums::BUCKETS;
 
 /// Liveness and intent of a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -220,6 +225,24 @@ pub enum GossipMsg {
         /// Newer records.
         delta: Vec<Member>,
     },
+    /// Round opener of the bounded protocol (to peers whose hello has `GOSSIP_SUMS`): the
+    /// sender's heartbeat, one sum per bucket of members, and the latest changes.
+    Sums {
+        /// The sender's own heartbeat.
+        heartbeat: u64,
+        /// [`BUCKETS`] sums of 4 bytes, little-endian.
+        sums: Vec<u8>,
+        /// Records that changed lately (the broadcast queue), at most `gossip.max_news`.
+        news: Vec<Member>,
+    },
+    /// Reply to `Sums`: the replier's digest entries of the buckets whose sums differ; the
+    /// opener answers with a `SynAck` over those buckets only.
+    Buckets {
+        /// The buckets compared.
+        buckets: Vec<u16>,
+        /// The replier's entries of those buckets, in name order.
+        digest: Vec<DigestEntry>,
+    },
 }
 
 /// Gossip tuning. Defaults aim at detection in a few seconds on a LAN without false alarms at
@@ -258,6 +281,18 @@ pub struct GossipConfig {
     /// Highest local-health multiplier (Lifeguard); timeouts stretch by up to this factor + 1
     /// while this node hears from nobody. Default 8.
     pub max_local_health: u32,
+    /// Each change of a record is sent this many times × ⌈log₁₀(members + 1)⌉ by every node
+    /// that learns it (memberlist's retransmit multiplier). Default 4.
+    pub retransmit_mult: u32,
+    /// Most changed records piggybacked on one round opener. Default 8.
+    pub max_news: usize,
+    /// How long a member's record stands without the member renewing it (it does every third
+    /// of this) before a node with no link to it takes it for silent and suspects it; past
+    /// 4·lease/(3·interval) members it stretches to 3·N/4 rounds. Linked members are judged
+    /// sooner, by φ on the link; this is what finds members no node on this side of a
+    /// partition is linked to. Default 30 s.
+    #[serde(with = "crate::config::duration_str")]
+    pub lease: Duration,
 }
 
 impl Default for GossipConfig {
@@ -274,6 +309,9 @@ impl Default for GossipConfig {
             load_interval: Duration::from_millis(500),
             load_gossip_interval: Duration::from_secs(10),
             max_local_health: 8,
+            retransmit_mult: 4,
+            max_news: 8,
+            lease: Duration::from_secs(30),
         }
     }
 }
@@ -302,6 +340,19 @@ impl GossipConfig {
         }
         if self.max_delta == 0 {
             return Err(bad("max_delta", "must be at least 1"));
+        }
+        if self.retransmit_mult == 0 {
+            return Err(bad("retransmit_mult", "must be at least 1"));
+        }
+        if self.max_news == 0 {
+            return Err(bad("max_news", "must be at least 1"));
+        }
+        if self.lease < self.interval.saturating_mul(15) {
+            let reason = format!(
+                "must be at least 15 × gossip.interval ({}): a member renews its record every third of it",
+                crate::config::format_duration(self.interval.saturating_mul(15))
+            );
+            return Err(bad("lease", &reason));
         }
         if self.load_interval < Duration::from_millis(10) {
             return Err(bad("load_interval", "must be at least 10ms"));

@@ -1,12 +1,14 @@
 //! The gossip state machine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rand::seq::IteratorRandom;
 use rand::Rng;
 
-use super::{DigestEntry, GossipConfig, GossipMsg, Load, Member, PhiDetector, Status};
+use super::news::{transmissions, News};
+use super::sums::{record_hash, Sums};
+use super::{GossipConfig, GossipMsg, Load, Member, PhiDetector, Status};
 
 /// Something that changed in the membership, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,47 +42,75 @@ pub enum GossipEvent {
 }
 
 #[derive(Debug, Clone)]
-struct Entry {
-    member: Member,
-    detector: PhiDetector,
+pub(super) struct Entry {
+    pub(super) member: Member,
+    /// Fed by what the member sends over this node's own link to it (gossip, pings), and
+    /// by heartbeats in an older node's digests.
+    pub(super) detector: PhiDetector,
+    /// The record's hash in the sums.
+    pub(super) hash: u32,
+    /// When `member.heartbeat` last advanced (for the heartbeats an older node is shown).
+    pub(super) heartbeat_at: Duration,
+    /// When the owner last renewed its record (a new version or incarnation reached us), or
+    /// this node last heard from it directly: its lease runs from here.
+    pub(super) renewed_at: Duration,
     /// When this node first saw the current suspicion.
-    suspect_since: Option<Duration>,
+    pub(super) suspect_since: Option<Duration>,
     /// When this node first saw the member Dead or Left (recorded once).
-    gone_since: Option<Duration>,
+    pub(super) gone_since: Option<Duration>,
     /// This node's own connection to the member is down (direct evidence, like silence).
-    link_down: bool,
+    pub(super) link_down: bool,
 }
 
 /// One node's view of the mesh. See the module docs of [`crate::gossip`].
 #[derive(Debug, Clone)]
 pub struct Gossip {
-    cfg: GossipConfig,
-    me: String,
-    own: Member,
+    pub(super) cfg: GossipConfig,
+    pub(super) me: String,
+    pub(super) own: Member,
     /// Every other member.
-    members: BTreeMap<String, Entry>,
+    pub(super) members: BTreeMap<String, Entry>,
     /// Forgotten members: incarnation at death, and when to forget the tombstone too.
-    tombstones: BTreeMap<String, (u64, Duration)>,
-    local_health: u32,
-    sent_since_tick: u32,
-    heard_since_tick: u32,
+    pub(super) tombstones: BTreeMap<String, (u64, Duration)>,
+    /// The sums of every record, this node's own included (hashing to `own_hash`).
+    pub(super) sums: Sums,
+    own_hash: u32,
+    /// Records that changed here lately, to piggyback on round openers.
+    pub(super) news: News,
+    /// Members whose link to this node was lost (judged on that evidence until it comes back).
+    down: BTreeSet<String>,
+    /// Dead and Left records by when this node saw them go, oldest first (entries whose
+    /// member came back or went again later are skipped when they come up).
+    gone: BTreeSet<(Duration, String)>,
+    /// Renewals by time, oldest first, as `gone` (stale entries are skipped).
+    renewals: BTreeSet<(Duration, String)>,
+    /// Members whose lease ran out here with nobody linked to them heard from: judged silent.
+    lapsed: BTreeSet<String>,
+    /// This node's record version and when it last changed (it renews when it has not for a
+    /// third of the lease).
+    own_renewed: (u64, Duration),
+    pub(super) local_health: u32,
+    pub(super) sent_since_tick: u32,
+    pub(super) heard_since_tick: u32,
     /// When the load was last published (None: never, so the first value goes out at once).
     load_published: Option<Duration>,
     pending_load: Option<Load>,
     load_every: Duration,
     events: Vec<GossipEvent>,
     /// Per peer, where the last of its replies that had to be cut to `max_delta` stopped (see
-    /// [`take_in_turn`]): each peer is behind on records of its own.
-    cursors: BTreeMap<String, Cursors>,
+    /// [`super::exchange`]): each peer is behind on records of its own.
+    pub(super) cursors: BTreeMap<String, Cursors>,
 }
 
 /// See [`Gossip::cursors`].
 #[derive(Debug, Clone, Default)]
-struct Cursors {
+pub(super) struct Cursors {
     /// The last record name sent.
-    delta: String,
+    pub(super) delta: String,
     /// The last name asked for.
-    want: String,
+    pub(super) want: String,
+    /// The bucket after the last one compared.
+    pub(super) bucket: usize,
 }
 
 fn stretch(d: Duration, factor: u32) -> Duration {
@@ -91,14 +121,25 @@ impl Gossip {
     /// A node's gossip state, starting with only its own record. `me.incarnation` should grow
     /// across restarts (the node uses its start time in milliseconds).
     pub fn new(cfg: GossipConfig, me: Member, now: Duration) -> Self {
-        let _ = now;
         let load_every = cfg.load_gossip_interval;
+        let own_version = me.version;
+        let own_hash = record_hash(&me);
+        let mut sums = Sums::default();
+        sums.insert(&me.name, own_hash);
         Gossip {
             cfg,
             me: me.name.clone(),
             own: me,
             members: BTreeMap::new(),
             tombstones: BTreeMap::new(),
+            sums,
+            own_hash,
+            news: News::default(),
+            down: BTreeSet::new(),
+            gone: BTreeSet::new(),
+            renewals: BTreeSet::new(),
+            lapsed: BTreeSet::new(),
+            own_renewed: (own_version, now),
             local_health: 0,
             sent_since_tick: 0,
             heard_since_tick: 0,
@@ -160,6 +201,41 @@ impl Gossip {
     fn bump(&mut self) {
         let m = self.own_mut();
         m.version += 1;
+        let me = self.me.clone();
+        self.touched(&me);
+    }
+
+    /// `name`'s record changed here: update its hash in the sums and queue it as news.
+    pub(super) fn touched(&mut self, name: &str) {
+        let times = transmissions(self.cfg.retransmit_mult, self.members.len() + 1);
+        if name == self.me {
+            let h = record_hash(&self.own);
+            self.sums.change(name, self.own_hash, h);
+            self.own_hash = h;
+        } else if let Some(e) = self.members.get_mut(name) {
+            let h = record_hash(&e.member);
+            self.sums.change(name, e.hash, h);
+            e.hash = h;
+        } else {
+            return;
+        }
+        self.news.add(name, times);
+    }
+
+    /// The records to piggyback on one round opener (each counts as one transmission).
+    pub(super) fn take_news(&mut self) -> Vec<Member> {
+        let names = self.news.take(self.cfg.max_news);
+        names.iter().filter_map(|n| self.member(n).cloned()).collect()
+    }
+
+    /// `peer` sent something over this node's own link to it (a gossip message, a ping or a
+    /// pong): evidence that it is up, for failure detection.
+    pub fn heard(&mut self, peer: &str, now: Duration) {
+        self.heard_since_tick += 1;
+        if let Some(e) = self.members.get_mut(peer) {
+            e.detector.heartbeat(now);
+            e.renewed_at = now;
+        }
     }
 
     /// Replaces the services this node announces.
@@ -183,10 +259,16 @@ impl Gossip {
             self.pending_load = None;
             return;
         }
-        if self
-            .load_published
-            .is_none_or(|t| now.saturating_sub(t) >= self.load_every)
-        {
+        // Past a few hundred members the record's load would be most of what gossip carries
+        // (every record changing every load_gossip_interval): the fleet's record changes for
+        // load are held to about four per round. An older linked node routes on records, so
+        // a shorter interval asked for it stands.
+        let every = if self.load_every < self.cfg.load_gossip_interval {
+            self.load_every
+        } else {
+            self.scaled(self.load_every)
+        };
+        if self.load_published.is_none_or(|t| now.saturating_sub(t) >= every) {
             self.own_mut().load = load;
             self.load_published = Some(now);
             self.pending_load = None;
@@ -194,6 +276,20 @@ impl Gossip {
         } else {
             self.pending_load = Some(load);
         }
+    }
+
+    /// `base`, or N/4 gossip rounds past 4·base/interval members: for what every member
+    /// republishes in its record periodically, so that the fleet's record changes stay about
+    /// four a round for each such thing, whatever N.
+    fn scaled(&self, base: Duration) -> Duration {
+        let members = u32::try_from(self.members.len() + 1).unwrap_or(u32::MAX);
+        base.max(self.cfg.interval.saturating_mul(members / 4))
+    }
+
+    /// How long a member's record stands without renewal before a node that has no link to
+    /// it takes it for silent: `gossip.lease`, scaled as the renewals are (three renewals).
+    fn lease(&self) -> Duration {
+        self.scaled(self.cfg.lease / 3).saturating_mul(3)
     }
 
     /// Marks this node Draining (no new work) or Alive again.
@@ -213,50 +309,16 @@ impl Gossip {
         }
     }
 
-    /// Every record, this node's own included, in name order.
-    fn sorted_members(&self) -> Vec<&Member> {
-        let mut v = Vec::with_capacity(self.members.len() + 1);
-        let mut own_done = false;
-        for e in self.members.values() {
-            if !own_done && self.own.name < e.member.name {
-                v.push(&self.own);
-                own_done = true;
-            }
-            v.push(&e.member);
-        }
-        if !own_done {
-            v.push(&self.own);
-        }
-        v
-    }
-
-    /// The digest, in name order (receivers merge-join it against their own sorted view).
-    fn digest(&self) -> Vec<DigestEntry> {
-        self.sorted_members()
-            .into_iter()
-            .map(|m| DigestEntry {
-                name: m.name.clone(),
-                key: m.key(),
-                heartbeat: m.heartbeat,
-                suspectors: m.suspectors.clone(),
-            })
-            .collect()
-    }
-
-    /// A round opener for `peer`, e.g. right after a connection to it comes up.
-    pub fn syn(&mut self) -> GossipMsg {
-        self.sent_since_tick += 1;
-        GossipMsg::Syn {
-            digest: std::sync::Arc::new(self.digest()),
-        }
-    }
-
     /// A peer connection came up: open a round with it at once rather than at the next tick.
-    pub fn connected(&mut self, peer: &str, _now: Duration) -> GossipMsg {
+    /// Its failure detector starts afresh: the link is the evidence from now on, and silence
+    /// from before the link (when nothing was expected of it) counts for nothing.
+    pub fn connected(&mut self, peer: &str, now: Duration) -> GossipMsg {
+        let floor = self.cfg.interval;
         if let Some(e) = self.members.get_mut(peer) {
             e.link_down = false;
+            e.detector = PhiDetector::new(now, floor);
         }
-        self.syn()
+        self.opener()
     }
 
     /// A peer connection went down: direct evidence, so suspect it now (if it is not already).
@@ -264,192 +326,73 @@ impl Gossip {
     /// through other members if only this link failed.
     pub fn disconnected(&mut self, peer: &str, now: Duration) {
         let me = self.me.clone();
-        if let Some(e) = self.members.get_mut(peer) {
-            e.link_down = true;
-            if e.member.status.rank() == 0 {
-                let from = e.member.status;
-                e.member.status = Status::Suspect;
-                e.member.suspectors = vec![me];
-                e.suspect_since = Some(now);
-                self.events.push(GossipEvent::StatusChanged {
-                    name: peer.to_owned(),
-                    from,
-                    to: Status::Suspect,
-                });
-            }
+        let Some(e) = self.members.get_mut(peer) else { return };
+        e.link_down = true;
+        self.down.insert(peer.to_owned());
+        if e.member.status.rank() == 0 {
+            let from = e.member.status;
+            e.member.status = Status::Suspect;
+            e.member.suspectors = vec![me];
+            e.suspect_since = Some(now);
+            self.events.push(GossipEvent::StatusChanged {
+                name: peer.to_owned(),
+                from,
+                to: Status::Suspect,
+            });
+            self.touched(peer);
         }
     }
 
-    /// Handles a message from `from`; returns the replies (all addressed to `from`).
-    pub fn handle(&mut self, from: &str, msg: GossipMsg, now: Duration) -> Vec<(String, GossipMsg)> {
-        self.heard_since_tick += 1;
-        match msg {
-            GossipMsg::Syn { digest } => {
-                let (delta, want) = self.reconcile(from, &digest, now);
-                vec![(from.to_owned(), GossipMsg::SynAck { want, delta })]
-            }
-            GossipMsg::SynAck { want, delta } => {
-                for m in delta {
-                    self.merge(m, now);
-                }
-                let mut back: Vec<Member> = want
-                    .iter()
-                    .take(self.cfg.max_delta)
-                    .filter_map(|n| self.member(n).cloned())
-                    .collect();
-                back.dedup_by(|a, b| a.name == b.name);
-                if back.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![(from.to_owned(), GossipMsg::Ack { delta: back })]
-                }
-            }
-            GossipMsg::Ack { delta } => {
-                for m in delta {
-                    self.merge(m, now);
-                }
-                Vec::new()
-            }
+    /// Takes `incoming` if it is newer than what this node holds (or refutes it, if it is
+    /// about this node).
+    pub(super) fn merge(&mut self, incoming: Member, now: Duration) {
+        let name = incoming.name.clone();
+        if self.merge_record(incoming, now) {
+            self.touched(&name);
         }
     }
 
-    /// Applies the heartbeats and confirmations in `digest`; returns our records that it lacks
-    /// or has older, and the names of the members it knows better than we do.
-    ///
-    /// Both sides are in name order, so this is one merge-join pass: O(N) with no lookups,
-    /// which is what keeps a 1,000-node round cheap.
-    fn reconcile(&mut self, to: &str, digest: &[DigestEntry], now: Duration) -> (Vec<Member>, Vec<String>) {
-        let sorted_copy;
-        let digest = if digest.windows(2).all(|w| w[0].name < w[1].name) {
-            digest
-        } else {
-            // Not from a quicmesh node (or duplicated names): sort and dedup a copy.
-            let mut c = digest.to_vec();
-            c.sort_by(|a, b| a.name.cmp(&b.name));
-            c.dedup_by(|a, b| a.name == b.name);
-            sorted_copy = c;
-            &sorted_copy
-        };
-        // Borrow the fields separately: members mutably, the rest shared.
-        let (own, members, tombstones) = (&self.own, &mut self.members, &self.tombstones);
-        let gone_for_good = |d: &DigestEntry| {
-            tombstones
-                .get(&d.name)
-                .is_some_and(|(inc, _)| d.key.incarnation <= *inc)
-        };
-        let mut out = Vec::new();
-        let mut want = Vec::new();
-        let mut theirs = digest.iter().peekable();
-        // One compare per step: everything of theirs before `name` is something we lack.
-        let mut skip_to = |name: &str, want: &mut Vec<String>| -> Option<&DigestEntry> {
-            while let Some(d) = theirs.peek() {
-                match d.name.as_str().cmp(name) {
-                    std::cmp::Ordering::Less => {
-                        if !gone_for_good(d) {
-                            want.push(d.name.clone());
-                        }
-                        theirs.next();
-                    }
-                    std::cmp::Ordering::Equal => return theirs.next(),
-                    std::cmp::Ordering::Greater => return None,
-                }
-            }
-            None
-        };
-        let compare = |m: &Member, d: Option<&DigestEntry>, out: &mut Vec<Member>, want: &mut Vec<String>| match d {
-            None => out.push(m.clone()),
-            Some(d) if m.key() > d.key => out.push(m.clone()),
-            Some(d) if d.key > m.key() => want.push(d.name.clone()),
-            Some(_) => {}
-        };
-        let mut own_done = false;
-        for (name, e) in members.iter_mut() {
-            if !own_done && own.name < *name {
-                let d = skip_to(&own.name, &mut want);
-                compare(own, d, &mut out, &mut want);
-                own_done = true;
-            }
-            let d = skip_to(name, &mut want);
-            if let Some(d) = d {
-                if d.key.incarnation == e.member.incarnation && d.heartbeat > e.member.heartbeat {
-                    e.member.heartbeat = d.heartbeat;
-                    e.detector.heartbeat(now);
-                }
-                // Independent confirmations of the same suspicion.
-                let same_suspicion = d.key.incarnation == e.member.incarnation
-                    && d.key.rank == Status::Suspect.rank()
-                    && e.member.status == Status::Suspect;
-                if same_suspicion {
-                    for s in &d.suspectors {
-                        if !e.member.suspectors.contains(s) && e.member.suspectors.len() < 16 {
-                            e.member.suspectors.push(s.clone());
-                        }
-                    }
-                }
-            }
-            compare(&e.member, d, &mut out, &mut want);
-        }
-        if !own_done {
-            let d = skip_to(&own.name, &mut want);
-            compare(own, d, &mut out, &mut want);
-        }
-        for d in theirs {
-            if !gone_for_good(d) {
-                want.push(d.name.clone());
-            }
-        }
-        let max = self.cfg.max_delta;
-        let cursors = self.cursors.entry(to.to_owned()).or_default();
-        take_in_turn(&mut want, max, &mut cursors.want, |n| n.as_str(), |_| 0);
-        // The receiver's own record first (so it can refute a suspicion), then ours.
-        let me = self.me.as_str();
-        take_in_turn(
-            &mut out,
-            max,
-            &mut cursors.delta,
-            |m| m.name.as_str(),
-            |m| {
-                if m.name == to {
-                    0
-                } else if m.name == me {
-                    1
-                } else {
-                    2
-                }
-            },
-        );
-        (out, want)
-    }
-
-    fn merge(&mut self, incoming: Member, now: Duration) {
+    /// [`Gossip::merge`]; whether the record held changed.
+    fn merge_record(&mut self, incoming: Member, now: Duration) -> bool {
         if incoming.name == self.me {
-            return self.about_me(incoming);
+            self.about_me(incoming);
+            return false;
         }
         if let Some((inc, _)) = self.tombstones.get(&incoming.name) {
             if incoming.incarnation <= *inc {
-                return;
+                return false;
             }
             self.tombstones.remove(&incoming.name);
         }
         let floor = self.cfg.interval;
         let mut incoming = incoming;
-        let Some(e) = self.members.get_mut(&incoming.name) else {
+        let name = incoming.name.clone();
+        let Some(e) = self.members.get_mut(&name) else {
             self.events.push(GossipEvent::Joined {
                 name: incoming.name.clone(),
                 incarnation: incoming.incarnation,
             });
             let status = incoming.status;
+            if status.is_gone() {
+                self.gone.insert((now, name.clone()));
+            }
+            self.renewals.insert((now, name.clone()));
             self.members.insert(
                 incoming.name.clone(),
                 Entry {
                     detector: PhiDetector::new(now, floor),
+                    hash: 0,
+                    heartbeat_at: now,
+                    renewed_at: now,
                     suspect_since: (status == Status::Suspect).then_some(now),
                     gone_since: status.is_gone().then_some(now),
                     link_down: false,
                     member: incoming,
                 },
             );
-            return;
+            // In with a hash of 0; the caller's `touched` puts the real one in.
+            self.sums.insert(&name, 0);
+            return true;
         };
         // A Dead verdict at the incarnation we know, about a member whose heartbeat we saw
         // advance within the last few rounds (over a link not known to be down), comes from
@@ -479,23 +422,34 @@ impl Gossip {
         let ours = e.member.key();
         let theirs = incoming.key();
         if theirs < ours {
-            return;
+            return false;
         }
         if theirs == ours {
             // Same suspicion seen by different members: merge the confirmations.
+            let mut added = false;
             if e.member.status == Status::Suspect {
                 for s in incoming.suspectors {
                     if !e.member.suspectors.contains(&s) && e.member.suspectors.len() < 16 {
                         e.member.suspectors.push(s);
+                        added = true;
                     }
                 }
             }
-            return;
+            return added;
         }
         let old_status = e.member.status;
+        // The owner's own change (not an observer's opinion) renews its lease.
+        if (incoming.incarnation, incoming.version) > (e.member.incarnation, e.member.version) {
+            e.renewed_at = now;
+            self.renewals.insert((now, name.clone()));
+        }
         let heartbeat = if incoming.incarnation == e.member.incarnation {
+            if incoming.heartbeat > e.member.heartbeat {
+                e.heartbeat_at = now;
+            }
             e.member.heartbeat.max(incoming.heartbeat)
         } else {
+            e.heartbeat_at = now;
             // A restart: start observing afresh.
             e.detector = PhiDetector::new(now, floor);
             self.events.push(GossipEvent::Joined {
@@ -519,7 +473,10 @@ impl Gossip {
                 e.gone_since = None;
             }
             Status::Dead | Status::Left => {
-                e.gone_since.get_or_insert(now);
+                if e.gone_since.is_none() {
+                    e.gone_since = Some(now);
+                    self.gone.insert((now, name.clone()));
+                }
             }
             Status::Alive | Status::Draining => {
                 e.suspect_since = None;
@@ -534,6 +491,7 @@ impl Gossip {
             });
         }
         e.member = m;
+        true
     }
 
     /// Someone says something about us: refute a suspicion or death with a higher incarnation.
@@ -546,22 +504,28 @@ impl Gossip {
             m.version += 1;
             let incarnation = m.incarnation;
             self.events.push(GossipEvent::Refuted { incarnation });
+            let me = self.me.clone();
+            self.touched(&me);
         }
     }
 
-    /// One round: heartbeat, failure detection, garbage collection, and the digests to send.
+    /// One round over a full mesh: every member is taken to be linked (see
+    /// [`Gossip::tick_among`]).
     pub fn tick<R: Rng + ?Sized>(&mut self, now: Duration, rng: &mut R) -> Vec<(String, GossipMsg)> {
-        self.tick_among(now, rng, &|_| true)
+        let all: Vec<String> = self.members.keys().cloned().collect();
+        self.tick_among(now, rng, &all)
     }
 
-    /// Like [`Gossip::tick`], with the round's targets drawn only from the members `linked`
-    /// says this node has a connection to (past the overlay cap, a few of them): a digest to
-    /// any other member would be dropped unsent, and the round would reach fewer peers.
+    /// One round: heartbeat, failure detection, garbage collection, and the openers to send,
+    /// to `fanout` of the members in `linked` (those this node has a link to, sorted). Only
+    /// linked members are judged by φ, on what they send over the link: a member is watched
+    /// by the few that link to it, and suspicions spread as news. Nothing here walks every
+    /// member, so a round costs the same at ten members as at ten thousand.
     pub fn tick_among<R: Rng + ?Sized>(
         &mut self,
         now: Duration,
         rng: &mut R,
-        linked: &dyn Fn(&str) -> bool,
+        linked: &[String],
     ) -> Vec<(String, GossipMsg)> {
         // Lifeguard local health: a node that sent but heard nothing back doubts itself first.
         if self.sent_since_tick > 0 && self.heard_since_tick == 0 {
@@ -576,39 +540,53 @@ impl Gossip {
             self.set_load(load, now);
         }
         self.own_mut().heartbeat += 1;
-        self.detect(now);
+        if self.own.version != self.own_renewed.0 {
+            self.own_renewed = (self.own.version, now);
+        } else if now.saturating_sub(self.own_renewed.1) >= self.scaled(self.cfg.lease / 3) {
+            // Renew the lease: members with no link to us read silence from its running out.
+            self.bump();
+            self.own_renewed = (self.own.version, now);
+        }
+        self.expire_leases(now);
+        self.detect(now, linked);
         self.collect(now);
 
-        // Sampled without collecting every name: this runs every round at every node.
-        let mut targets: Vec<String> = self
-            .members
-            .values()
-            .filter(|e| !e.member.status.is_gone() && linked(&e.member.name))
+        let is = |n: &String, gone: bool| self.members.get(n).is_some_and(|e| e.member.status.is_gone() == gone);
+        let mut targets: Vec<String> = linked
+            .iter()
+            .filter(|n| is(n, false))
             .choose_multiple(rng, self.cfg.fanout)
             .into_iter()
-            .map(|e| e.member.name.clone())
+            .cloned()
             .collect();
-        // Now and then talk to a member we think is gone, so that a healed partition merges.
-        let gone_linked = |e: &&Entry| e.member.status.is_gone() && linked(&e.member.name);
-        let gone = self.members.values().filter(gone_linked).count();
+        // Now and then talk to a linked member we think is gone, so that a healed partition
+        // merges.
+        let gone = linked.iter().filter(|n| is(n, true)).count();
         if gone > 0 && rng.random_range(0..(gone + targets.len() + 1)) < gone {
-            if let Some(e) = self.members.values().filter(gone_linked).choose(rng) {
-                targets.push(e.member.name.clone());
+            if let Some(n) = linked.iter().filter(|n| is(n, true)).choose(rng) {
+                targets.push(n.clone());
             }
         }
-        let digest = std::sync::Arc::new(self.digest());
-        self.sent_since_tick += targets.len() as u32;
-        targets
-            .into_iter()
-            .map(|t| (t, GossipMsg::Syn { digest: digest.clone() }))
-            .collect()
+        targets.into_iter().map(|t| (t, self.opener())).collect()
     }
 
-    fn detect(&mut self, now: Duration) {
+    /// φ-accrual on the linked members, and the suspicions this node holds on direct evidence
+    /// (a lost link).
+    fn detect(&mut self, now: Duration, linked: &[String]) {
         let threshold = self.cfg.phi_threshold * f64::from(self.local_health + 1);
+        let mut changed = Vec::new();
+        self.down.retain(|n| self.members.get(n).is_some_and(|e| e.link_down));
+        let judged: BTreeSet<&String> = linked
+            .iter()
+            .chain(self.down.iter())
+            .chain(self.lapsed.iter())
+            .collect();
         let (cfg, health, me) = (&self.cfg, self.local_health, &self.me);
-        for (name, e) in self.members.iter_mut() {
-            let phi_silent = e.detector.phi(now) > threshold;
+        for name in judged {
+            let Some(e) = self.members.get_mut(name) else { continue };
+            let linked_here = linked.binary_search(name).is_ok();
+            let phi_silent = (!e.link_down && linked_here && e.detector.phi(now) > threshold)
+                || (!linked_here && self.lapsed.contains(name));
             // A lost connection confirms a suspicion but never starts one on its own: after a
             // refutation only silence (φ) does.
             let silent = phi_silent || (e.link_down && e.member.status == Status::Suspect);
@@ -622,11 +600,13 @@ impl Gossip {
                         from,
                         to: Status::Suspect,
                     });
+                    changed.push(name.clone());
                 }
                 Status::Suspect if silent => {
                     // Our own observation confirms the suspicion.
                     if !e.member.suspectors.contains(me) && e.member.suspectors.len() < 16 {
                         e.member.suspectors.push(me.clone());
+                        changed.push(name.clone());
                     }
                     let timeout = suspicion_timeout(cfg, health, e.member.suspectors.len());
                     let since = *e.suspect_since.get_or_insert(now);
@@ -634,60 +614,78 @@ impl Gossip {
                         e.member.status = Status::Dead;
                         e.member.suspectors.clear();
                         e.gone_since = Some(now);
+                        self.gone.insert((now, name.clone()));
                         self.events.push(GossipEvent::StatusChanged {
                             name: name.clone(),
                             from: Status::Suspect,
                             to: Status::Dead,
                         });
+                        changed.push(name.clone());
                     }
                 }
                 _ => {}
             }
         }
+        for name in changed {
+            self.touched(&name);
+        }
     }
 
+    /// Moves the members whose lease ran out (no renewal reached us, nothing heard from them
+    /// directly) to `lapsed`, and back out those renewed since.
+    fn expire_leases(&mut self, now: Duration) {
+        let lease = self.lease();
+        let members = &self.members;
+        self.lapsed.retain(|n| {
+            members
+                .get(n)
+                .is_some_and(|e| !e.member.status.is_gone() && now.saturating_sub(e.renewed_at) >= lease)
+        });
+        while let Some((at, name)) = self.renewals.first().cloned() {
+            if now.saturating_sub(at) < lease {
+                break;
+            }
+            self.renewals.pop_first();
+            let Some(e) = self.members.get(&name) else { continue };
+            if e.member.status.is_gone() {
+                continue;
+            }
+            if e.renewed_at > at {
+                // Heard from directly since (which records no renewal of its own).
+                self.renewals.insert((e.renewed_at, name));
+                continue;
+            }
+            self.lapsed.insert(name);
+        }
+    }
+
+    /// Drops the Dead and Left records older than `dead_ttl` (in the order they went, so that
+    /// no round walks every member).
     fn collect(&mut self, now: Duration) {
         let ttl = self.cfg.dead_ttl;
-        let expired: Vec<(String, u64)> = self
-            .members
-            .values()
-            .filter(|e| e.gone_since.is_some_and(|t| now.saturating_sub(t) >= ttl))
-            .map(|e| (e.member.name.clone(), e.member.incarnation))
-            .collect();
-        for (name, inc) in expired {
+        while let Some((since, name)) = self.gone.first().cloned() {
+            if now.saturating_sub(since) < ttl {
+                break;
+            }
+            self.gone.pop_first();
+            // Stale if the member came back, or went again later.
+            let Some(e) = self.members.get(&name) else { continue };
+            if e.gone_since != Some(since) {
+                continue;
+            }
+            let (inc, hash) = (e.member.incarnation, e.hash);
             self.members.remove(&name);
+            self.sums.remove(&name, hash);
+            self.news.remove(&name);
             // Remember the death long enough for every stale copy of the record to die out.
             self.tombstones.insert(name.clone(), (inc, now + ttl.saturating_mul(4)));
             self.events.push(GossipEvent::Forgotten { name });
         }
-        self.tombstones.retain(|_, (_, until)| *until > now);
+        if self.tombstones.first_key_value().is_some() {
+            self.tombstones.retain(|_, (_, until)| *until > now);
+        }
         let members = &self.members;
         self.cursors.retain(|peer, _| members.contains_key(peer));
-    }
-}
-
-/// Cuts `v` (in name order) to `max` items: by `rank` first (lower first), and among the
-/// items of the highest rank the names after `cursor`, wrapping around to the start; moves
-/// `cursor` to the last such name taken. A cut in plain name order would send the same
-/// leading records every round, and the members late in the alphabet would go stale for as
-/// long as more than `max` records change between rounds (every node's load changes every
-/// load interval).
-fn take_in_turn<T>(
-    v: &mut Vec<T>,
-    max: usize,
-    cursor: &mut String,
-    name: impl Fn(&T) -> &str,
-    rank: impl Fn(&T) -> u8,
-) {
-    if v.len() <= max {
-        return;
-    }
-    let Some(rest) = v.iter().map(&rank).max() else { return };
-    // Stable: name order is kept within each group.
-    v.sort_by_key(|t| (rank(t), rank(t) == rest && name(t) <= cursor.as_str()));
-    v.truncate(max);
-    if let Some(last) = v.iter().rev().find(|t| rank(t) == rest) {
-        *cursor = name(last).to_owned();
     }
 }
 
@@ -710,7 +708,7 @@ fn suspicion_timeout(cfg: &GossipConfig, local_health: u32, suspectors: usize) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gossip::RecordKey;
+    use crate::gossip::{DigestEntry, RecordKey};
     use std::sync::Arc;
 
     fn node(name: &str) -> Gossip {
@@ -806,97 +804,6 @@ mod tests {
     }
 
     #[test]
-    fn an_unsorted_or_duplicated_digest_is_handled_like_a_sorted_one() {
-        let mut a = node("b");
-        let digest = vec![entry("z", 1, 1), entry("a", 1, 1), entry("z", 1, 1)];
-        let replies = a.handle(
-            "z",
-            GossipMsg::Syn {
-                digest: Arc::new(digest),
-            },
-            Duration::ZERO,
-        );
-        let [(to, GossipMsg::SynAck { want, delta })] = replies.as_slice() else {
-            panic!("{replies:?}")
-        };
-        assert_eq!(to, "z");
-        assert_eq!(want, &vec!["a".to_string(), "z".to_string()]);
-        assert_eq!(delta.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["b"]);
-    }
-
-    #[test]
-    fn replies_cut_to_max_delta_take_every_record_in_turn() {
-        let mut a = node("a");
-        let members: Vec<Member> = (0..600)
-            .map(|i| Member::new(&format!("m{i:03}"), "127.0.0.1:1", 1, Vec::new()))
-            .collect();
-        a.handle("x", GossipMsg::Ack { delta: members }, Duration::ZERO);
-        // b knows none of them: every reply is cut to max_delta (256).
-        let digest = Arc::new(vec![entry("b", 1, 1)]);
-        let mut seen = std::collections::BTreeSet::new();
-        for round in 0..3 {
-            let replies = a.handle("b", GossipMsg::Syn { digest: digest.clone() }, Duration::ZERO);
-            let [(_, GossipMsg::SynAck { delta, .. })] = replies.as_slice() else {
-                panic!("{replies:?}")
-            };
-            assert_eq!(delta.len(), 256);
-            assert_eq!(delta[0].name, "a", "the replier's own record leads every reply");
-            seen.extend(delta.iter().map(|m| m.name.clone()));
-            if round == 0 {
-                assert_eq!(delta[255].name, "m254");
-            }
-        }
-        assert_eq!(seen.len(), 601, "three cut replies cover all 600 members and a itself");
-        // Another peer's replies start from the beginning: each peer has its own turn.
-        let replies = a.handle("c", GossipMsg::Syn { digest: digest.clone() }, Duration::ZERO);
-        let [(_, GossipMsg::SynAck { delta, .. })] = replies.as_slice() else {
-            panic!("{replies:?}")
-        };
-        assert_eq!((delta[0].name.as_str(), delta[1].name.as_str()), ("a", "m000"));
-
-        // The names a replier asks for are taken in turn too.
-        let mut b = node("b");
-        let digest: Vec<DigestEntry> = (0..600).map(|i| entry(&format!("m{i:03}"), 1, 1)).collect();
-        let digest = Arc::new(digest);
-        let mut wanted = std::collections::BTreeSet::new();
-        for _ in 0..3 {
-            let replies = b.handle("a", GossipMsg::Syn { digest: digest.clone() }, Duration::ZERO);
-            let [(_, GossipMsg::SynAck { want, .. })] = replies.as_slice() else {
-                panic!("{replies:?}")
-            };
-            wanted.extend(want.iter().cloned());
-        }
-        assert_eq!(wanted.len(), 600);
-    }
-
-    #[test]
-    fn a_reply_cut_to_one_record_carries_the_receivers_own() {
-        let cfg = GossipConfig {
-            max_delta: 1,
-            ..Default::default()
-        };
-        // Named before the receiver, so name order alone would put its own record first.
-        let mut z = Gossip::new(cfg, Member::new("a", "127.0.0.1:1", 1, Vec::new()), Duration::ZERO);
-        // It holds b Suspect; b's digest lacks it and holds b itself at an older key.
-        let mut suspect = Member::new("b", "127.0.0.1:2", 1, Vec::new());
-        suspect.status = Status::Suspect;
-        suspect.suspectors = vec!["x".into()];
-        z.handle("x", GossipMsg::Ack { delta: vec![suspect] }, Duration::ZERO);
-        let replies = z.handle(
-            "b",
-            GossipMsg::Syn {
-                digest: Arc::new(vec![entry("b", 1, 1)]),
-            },
-            Duration::ZERO,
-        );
-        let [(_, GossipMsg::SynAck { delta, .. })] = replies.as_slice() else {
-            panic!("{replies:?}")
-        };
-        let names: Vec<&str> = delta.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["b"], "b must hear the suspicion to refute it");
-    }
-
-    #[test]
     fn load_is_published_at_a_bounded_rate() {
         let mut a = node("a");
         let v0 = a.me().version;
@@ -918,5 +825,77 @@ mod tests {
             3,
             "the latest pending value goes out at the next tick"
         );
+    }
+
+    #[test]
+    fn only_linked_members_are_judged_on_the_link_and_the_others_by_their_leases() {
+        let ms = Duration::from_millis;
+        let mut a = node("a");
+        let b = Member::new("b", "127.0.0.1:2", 1, Vec::new());
+        let mut c = Member::new("c", "127.0.0.1:3", 1, Vec::new());
+        let d = Member::new("d", "127.0.0.1:4", 1, Vec::new());
+        let e = Member::new("e", "127.0.0.1:5", 1, Vec::new());
+        a.handle(
+            "x",
+            GossipMsg::Ack {
+                delta: vec![b, c.clone(), d, e],
+            },
+            ms(0),
+        );
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+        let linked = vec!["b".to_string(), "d".to_string()];
+        for round in 1..=175u64 {
+            let now = ms(200 * round);
+            if round <= 100 {
+                a.heard("b", now);
+            }
+            // d is heard throughout: this node is not the one cut off.
+            a.heard("d", now);
+            // c, never linked, renews its record every 10 s (a third of the lease), as a live
+            // member does; e stops renewing.
+            if round % 50 == 0 {
+                c.version += 1;
+                a.handle("d", GossipMsg::Ack { delta: vec![c.clone()] }, now);
+            }
+            a.tick_among(now, &mut rng, &linked);
+            if round == 140 {
+                assert_eq!(a.member("e").map(|m| m.status), Some(Status::Alive), "within its lease");
+            }
+        }
+        assert_eq!(
+            a.member("c").map(|m| m.status),
+            Some(Status::Alive),
+            "renewed, not linked"
+        );
+        assert_eq!(
+            a.member("b").map(|m| m.status),
+            Some(Status::Dead),
+            "b went silent on its link for 15 s"
+        );
+        assert_eq!(
+            a.member("e").map(|m| m.status),
+            Some(Status::Suspect),
+            "e's lease (30 s) ran out at 30 s, and one suspector waits 6 s"
+        );
+        // c links up long after anything was heard of it on a link: no suspicion for that.
+        a.connected("c", ms(35_200));
+        a.heard("d", ms(35_400));
+        a.tick_among(
+            ms(35_400),
+            &mut rng,
+            &["b".to_string(), "c".to_string(), "d".to_string()],
+        );
+        assert_eq!(a.member("c").map(|m| m.status), Some(Status::Alive));
+    }
+
+    #[test]
+    fn a_node_renews_its_record_every_third_of_the_lease() {
+        let mut a = node("a");
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+        let v0 = a.me().version;
+        for round in 1..=250u64 {
+            a.tick(Duration::from_millis(200 * round), &mut rng);
+        }
+        assert_eq!(a.me().version, v0 + 5, "50 s: renewed at 10, 20, 30, 40 and 50 s");
     }
 }

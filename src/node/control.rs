@@ -1,7 +1,7 @@
 //! The control stream between two nodes: opened by the dialling side, it carries gossip
 //! and pings for the life of the connection.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 use super::peers::ControlHandle;
 use super::state::State;
 use super::sync::lock;
+use crate::gossip::GossipMsg;
 use crate::protocol::{
     codes, encode_frame, features, is_newer_control_kind, read_frame_bytes, write_frame, ControlMsg, FrameError, Hello,
     Response, StreamHeader, MAX_CONTROL_MESSAGE,
@@ -51,7 +52,8 @@ pub(crate) async fn open_control(shared: Arc<State>, conn: Connection, peer: Str
             shared.peers.set_boot(&peer, &conn, h.boot);
         }
         let takes_load = hello.is_some_and(|h| h.takes(features::LOAD_PUSH));
-        run_control(&shared, &conn, &peer, send, recv, takes_load).await
+        let takes_sums = hello.is_some_and(|h| h.takes(features::GOSSIP_SUMS));
+        run_control(&shared, &conn, &peer, send, recv, takes_load, Some(takes_sums)).await
     }
     .await;
     end_control(&conn, result);
@@ -74,7 +76,10 @@ pub(crate) fn end_control(conn: &Connection, result: Result<(), ControlError>) {
 }
 
 /// Both sides of a control stream after its header: open a gossip round, ping for RTT, and
-/// process messages until the stream or connection ends.
+/// process messages until the stream or connection ends. `takes_sums` is what the peer's
+/// hello said of bounded gossip rounds, on the dialling side; the accepting side (`None`)
+/// learns it from the first such round the dialler opens, and opens none itself before.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_control(
     shared: &Arc<State>,
     conn: &Connection,
@@ -82,14 +87,17 @@ pub(crate) async fn run_control(
     send: SendStream,
     mut recv: RecvStream,
     takes_load: bool,
+    takes_sums: Option<bool>,
 ) -> Result<(), ControlError> {
     let (tx, mut rx) = mpsc::channel::<ControlMsg>(256);
     let conn_id = conn.stable_id();
+    let sums = Arc::new(AtomicBool::new(takes_sums == Some(true)));
     shared.peers.set_control(
         peer,
         ControlHandle {
             conn_id,
             tx: tx.clone(),
+            sums: sums.clone(),
         },
     );
     let writer = {
@@ -111,8 +119,21 @@ pub(crate) async fn run_control(
             }
         })
     };
-    let syn = lock(&shared.gossip).connected(peer, shared.ctx.now());
-    let _ = tx.try_send(ControlMsg::Gossip(syn));
+    let opener = {
+        let mut g = lock(&shared.gossip);
+        let now = shared.ctx.now();
+        let opener = g.connected(peer, now);
+        match takes_sums {
+            Some(true) => Some(opener),
+            // An older node that accepted: the full-digest round it knows.
+            Some(false) => Some(g.legacy_syn(now)),
+            // An older dialler opens its own round; a newer one opens with sums.
+            None => None,
+        }
+    };
+    if let Some(opener) = opener {
+        let _ = tx.try_send(ControlMsg::Gossip(opener));
+    }
     // A peer whose hello says it takes pushed load gets ours now, not at the next change.
     shared
         .pushed
@@ -156,8 +177,15 @@ pub(crate) async fn run_control(
                 .gossip_bytes_received
                 .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
         }
+        if !matches!(msg, ControlMsg::Gossip(_)) {
+            // Pings, pongs and pushes are evidence that the peer is up, as gossip is.
+            lock(&shared.gossip).heard(peer, shared.ctx.now());
+        }
         match msg {
             ControlMsg::Gossip(g) => {
+                if matches!(g, GossipMsg::Sums { .. } | GossipMsg::Buckets { .. }) {
+                    sums.store(true, Ordering::Relaxed);
+                }
                 let now = shared.ctx.now();
                 let replies = lock(&shared.gossip).handle(peer, g, now);
                 for (_, reply) in replies {

@@ -74,17 +74,25 @@ pub(crate) async fn gossip_loop(shared: Arc<State>) {
         } else {
             cfg.load_gossip_interval
         };
-        // Digests go only to peers with a control stream up: past the overlay cap most
-        // members have none.
-        let linked: BTreeSet<String> = shared.peers.control_peers().into_iter().collect();
+        // Rounds go only to peers with a control stream up: past the overlay cap most
+        // members have none. (Sorted: the keys of the control table.) An older node among
+        // them gets the full-digest round it knows.
+        let linked: Vec<String> = shared.peers.control_peers();
+        let legacy: BTreeSet<&String> = linked.iter().filter(|p| !shared.peers.takes_sums(p)).collect();
         let (out, events, members) = {
             let mut g = lock(&shared.gossip);
             g.publish_load_every(every);
             g.set_load(load, now);
-            let out = {
+            let mut out = {
                 let mut rng = lock(&shared.rng);
-                g.tick_among(now, &mut *rng, &|n| linked.contains(n))
+                g.tick_among(now, &mut *rng, &linked)
             };
+            let mut full = None;
+            for (to, msg) in &mut out {
+                if legacy.contains(to) {
+                    *msg = full.get_or_insert_with(|| g.legacy_syn(now)).clone();
+                }
+            }
             // Names only: an address is looked up for the few members the overlay dials.
             let mut members = Members::default();
             for m in g.members().filter(|m| m.name != shared.ctx.name) {

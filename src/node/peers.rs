@@ -7,7 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use quinn::Connection;
@@ -55,6 +56,8 @@ pub(crate) struct ControlHandle {
     /// The connection the stream belongs to.
     pub conn_id: usize,
     pub tx: mpsc::Sender<ControlMsg>,
+    /// The peer takes bounded gossip rounds (its hello said so, or it sent one).
+    pub sums: Arc<AtomicBool>,
 }
 
 /// How [`PeerTable::register`] went.
@@ -240,6 +243,14 @@ impl PeerTable {
         if control.get(peer).is_some_and(|h| h.conn_id == conn_id) {
             control.remove(peer);
         }
+    }
+
+    /// Whether `peer`'s control stream takes bounded gossip rounds (false: an older node, or
+    /// no stream).
+    pub fn takes_sums(&self, peer: &str) -> bool {
+        lock(&self.control)
+            .get(peer)
+            .is_some_and(|h| h.sums.load(Ordering::Relaxed))
     }
 
     /// Sends a control message to `peer` if a control stream to it is up; drops it if the

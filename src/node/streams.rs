@@ -104,7 +104,7 @@ pub(crate) async fn handle_stream(
                 return;
             }
             // Whether the dialler takes pushed load is known once it pushes its own.
-            let result = run_control(&shared, &conn, &caller.name, send, recv, false).await;
+            let result = run_control(&shared, &conn, &caller.name, send, recv, false, None).await;
             end_control(&conn, result);
         }
         StreamKind::Service(req) => {
