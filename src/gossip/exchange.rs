@@ -82,6 +82,17 @@ impl Gossip {
         }
     }
 
+    /// A round opener without sums (news and heartbeat only): the other targets of a round
+    /// than the one anti-entropy runs with. Answered with nothing.
+    pub(super) fn news_only(&mut self) -> GossipMsg {
+        self.sent_since_tick += 1;
+        GossipMsg::Sums {
+            heartbeat: self.own.heartbeat,
+            sums: Vec::new(),
+            news: self.take_news(),
+        }
+    }
+
     /// Handles a message from `from`; returns the replies (all addressed to `from`). Any
     /// message from a peer is also evidence that it is up ([`Gossip::heard`]).
     pub fn handle(&mut self, from: &str, msg: GossipMsg, now: Duration) -> Vec<(String, GossipMsg)> {
@@ -103,6 +114,7 @@ impl Gossip {
                 for m in news.into_iter().take(self.cfg.max_delta) {
                     self.merge(m, now);
                 }
+                // No sums (news only), or sums of the wrong length: nothing to compare.
                 match self.buckets_for(from, &sums) {
                     Some(buckets) => {
                         let digest = self.bucket_digest(&buckets);
@@ -315,11 +327,16 @@ impl Gossip {
             }
             let d = skip_to(name, &mut want);
             if let Some(d) = d {
-                // An older node's digest carries heartbeats it heard of, at second hand.
-                if d.key.incarnation == e.member.incarnation && d.heartbeat > e.member.heartbeat {
+                // An older node's digest carries heartbeats it heard of at second hand, or
+                // the advancing ones this node showed it (`digest`): no evidence for φ, which
+                // reads links only. Taken when past what this node would show, so that the
+                // heartbeats it shows older nodes keep advancing and do not run away.
+                let shown = e.member.heartbeat.saturating_add(
+                    (now.saturating_sub(e.heartbeat_at).as_secs_f64() / self.cfg.interval.as_secs_f64()) as u64,
+                );
+                if d.key.incarnation == e.member.incarnation && d.heartbeat > shown {
                     e.member.heartbeat = d.heartbeat;
                     e.heartbeat_at = now;
-                    e.detector.heartbeat(now);
                 }
                 if confirm(e, d) {
                     changed.push(name.clone());

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use rand::seq::IteratorRandom;
+use rand::seq::{IteratorRandom, SliceRandom};
 use rand::Rng;
 
 use super::news::{transmissions, News};
@@ -559,6 +559,8 @@ impl Gossip {
             .into_iter()
             .cloned()
             .collect();
+        // The sample's order is not random, and the first target gets the anti-entropy round.
+        targets.shuffle(rng);
         // Now and then talk to a linked member we think is gone, so that a healed partition
         // merges.
         let gone = linked.iter().filter(|n| is(n, true)).count();
@@ -567,7 +569,20 @@ impl Gossip {
                 targets.push(n.clone());
             }
         }
-        targets.into_iter().map(|t| (t, self.opener())).collect()
+        let probe = gone > 0 && targets.last().is_some_and(|n| is(n, true));
+        // Anti-entropy with one of them (its cost is the sums, 256 B), and with a member held
+        // gone (which is what tells a healed partition's far side); news to all.
+        let last = targets.len().saturating_sub(1);
+        let mut out = Vec::with_capacity(targets.len());
+        for (i, t) in targets.into_iter().enumerate() {
+            let msg = if i == 0 || (probe && i == last) {
+                self.opener()
+            } else {
+                self.news_only()
+            };
+            out.push((t, msg));
+        }
+        out
     }
 
     /// φ-accrual on the linked members, and the suspicions this node holds on direct evidence
@@ -708,8 +723,6 @@ fn suspicion_timeout(cfg: &GossipConfig, local_health: u32, suspectors: usize) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gossip::{DigestEntry, RecordKey};
-    use std::sync::Arc;
 
     fn node(name: &str) -> Gossip {
         Gossip::new(
@@ -717,20 +730,6 @@ mod tests {
             Member::new(name, "127.0.0.1:1", 1, Vec::new()),
             Duration::ZERO,
         )
-    }
-
-    fn entry(name: &str, incarnation: u64, version: u64) -> DigestEntry {
-        DigestEntry {
-            name: name.into(),
-            key: RecordKey {
-                incarnation,
-                rank: 0,
-                version,
-                suspectors: 0,
-            },
-            heartbeat: 0,
-            suspectors: Vec::new(),
-        }
     }
 
     #[test]
@@ -751,17 +750,9 @@ mod tests {
         let mut a = node("a");
         let b = Member::new("b", "127.0.0.1:2", 7, Vec::new());
         a.handle("b", GossipMsg::Ack { delta: vec![b.clone()] }, ms(0));
-        // a hears b's heartbeat advance every round.
+        // a hears from b over its link every round.
         for round in 1..=20u64 {
-            let mut d = entry("b", 7, b.version);
-            d.heartbeat = round;
-            a.handle(
-                "c",
-                GossipMsg::Syn {
-                    digest: Arc::new(vec![d]),
-                },
-                ms(200 * round),
-            );
+            a.heard("b", ms(200 * round));
         }
         a.take_events();
         // The far side declared b dead; its record has since picked up b's live heartbeat.
@@ -790,15 +781,7 @@ mod tests {
         // Where b has gone silent, the same verdict is a death.
         let mut quiet = node("a");
         quiet.handle("b", GossipMsg::Ack { delta: vec![b.clone()] }, ms(0));
-        let mut d = entry("b", 7, b.version);
-        d.heartbeat = 5;
-        quiet.handle(
-            "c",
-            GossipMsg::Syn {
-                digest: Arc::new(vec![d]),
-            },
-            ms(200),
-        );
+        quiet.heard("b", ms(200));
         quiet.handle("d", GossipMsg::Ack { delta: vec![verdict] }, ms(60_000));
         assert_eq!(quiet.member("b").map(|m| m.status), Some(Status::Dead));
     }
