@@ -389,16 +389,9 @@ fn take_in_turn<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gossip::state::tests::node;
     use crate::gossip::{GossipConfig, RecordKey};
     use std::sync::Arc;
-
-    fn node(name: &str) -> Gossip {
-        Gossip::new(
-            GossipConfig::default(),
-            Member::new(name, "127.0.0.1:1", 1, Vec::new()),
-            Duration::ZERO,
-        )
-    }
 
     fn entry(name: &str, incarnation: u64, version: u64) -> DigestEntry {
         DigestEntry {

@@ -721,10 +721,11 @@ fn suspicion_timeout(cfg: &GossipConfig, local_health: u32, suspectors: usize) -
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn node(name: &str) -> Gossip {
+    /// A fresh node with default settings (shared with the other files' tests).
+    pub(in crate::gossip) fn node(name: &str) -> Gossip {
         Gossip::new(
             GossipConfig::default(),
             Member::new(name, "127.0.0.1:1", 1, Vec::new()),
