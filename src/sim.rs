@@ -174,8 +174,9 @@ impl Sim {
             None => Vec::new(),
         };
         for j in first {
-            let syn = g.connected(&name(j), self.now);
-            self.send(i, j, syn);
+            g.connected(&name(j), self.now);
+            let opener = g.opener();
+            self.send(i, j, opener);
         }
         self.nodes[i] = Some(g);
         // Stagger rounds: nodes do not tick in lockstep.

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::state::{Entry, Gossip};
+use super::state::{add_suspector, Entry, Gossip};
 use super::sums::{bucket_of, BUCKETS};
 use super::{DigestEntry, GossipMsg, Member, Status};
 
@@ -22,13 +22,21 @@ fn confirm(e: &mut Entry, d: &DigestEntry) -> bool {
     let mut added = false;
     if same_suspicion {
         for s in &d.suspectors {
-            if !e.member.suspectors.contains(s) && e.member.suspectors.len() < 16 {
-                e.member.suspectors.push(s.clone());
-                added = true;
-            }
+            added |= add_suspector(&mut e.member.suspectors, s);
         }
     }
     added
+}
+
+/// The heartbeat an older node is shown for `e`: a member held up has its heartbeat advanced
+/// by the rounds since it was last heard of (see [`Gossip::legacy_syn`]).
+fn shown_heartbeat(e: &Entry, now: Duration, interval: Duration) -> u64 {
+    let mut heartbeat = e.member.heartbeat;
+    if e.member.status.rank() == 0 {
+        let rounds = now.saturating_sub(e.heartbeat_at).as_secs_f64() / interval.as_secs_f64();
+        heartbeat = heartbeat.saturating_add(rounds as u64);
+    }
+    heartbeat
 }
 
 fn entry_of(m: &Member, heartbeat: u64) -> DigestEntry {
@@ -46,18 +54,11 @@ impl Gossip {
     /// with its heartbeat advanced by the rounds since it was last heard of, so that the
     /// older node does not suspect members only because this node stopped relaying beats.
     fn digest(&self, now: Duration) -> Vec<DigestEntry> {
-        let interval = self.cfg.interval.as_secs_f64();
+        let interval = self.cfg.interval;
         let mut v: Vec<DigestEntry> = self
             .members
             .values()
-            .map(|e| {
-                let mut heartbeat = e.member.heartbeat;
-                if e.member.status.rank() == 0 {
-                    let rounds = now.saturating_sub(e.heartbeat_at).as_secs_f64() / interval;
-                    heartbeat = heartbeat.saturating_add(rounds as u64);
-                }
-                entry_of(&e.member, heartbeat)
-            })
+            .map(|e| entry_of(&e.member, shown_heartbeat(e, now, interval)))
             .collect();
         let at = v.partition_point(|d| d.name < self.own.name);
         v.insert(at, entry_of(&self.own, self.own.heartbeat));
@@ -74,21 +75,20 @@ impl Gossip {
 
     /// A round opener: this node's heartbeat, its sums and the latest news.
     pub fn opener(&mut self) -> GossipMsg {
-        self.sent_since_tick += 1;
-        GossipMsg::Sums {
-            heartbeat: self.own.heartbeat,
-            sums: self.sums.encode(),
-            news: self.take_news(),
-        }
+        self.round_opener(true)
     }
 
     /// A round opener without sums (news and heartbeat only): the other targets of a round
     /// than the one anti-entropy runs with. Answered with nothing.
     pub(super) fn news_only(&mut self) -> GossipMsg {
+        self.round_opener(false)
+    }
+
+    fn round_opener(&mut self, with_sums: bool) -> GossipMsg {
         self.sent_since_tick += 1;
         GossipMsg::Sums {
             heartbeat: self.own.heartbeat,
-            sums: Vec::new(),
+            sums: if with_sums { self.sums.encode() } else { Vec::new() },
             news: self.take_news(),
         }
     }
@@ -274,6 +274,7 @@ impl Gossip {
     /// Both sides are in name order, so this is one merge-join pass: O(N) with no lookups,
     /// which is what keeps a 1,000-node round cheap.
     fn reconcile_all(&mut self, to: &str, digest: &[DigestEntry], now: Duration) -> (Vec<Member>, Vec<String>) {
+        let interval = self.cfg.interval;
         let sorted_copy;
         let digest = if digest.windows(2).all(|w| w[0].name < w[1].name) {
             digest
@@ -331,10 +332,7 @@ impl Gossip {
                 // the advancing ones this node showed it (`digest`): no evidence for φ, which
                 // reads links only. Taken when past what this node would show, so that the
                 // heartbeats it shows older nodes keep advancing and do not run away.
-                let shown = e.member.heartbeat.saturating_add(
-                    (now.saturating_sub(e.heartbeat_at).as_secs_f64() / self.cfg.interval.as_secs_f64()) as u64,
-                );
-                if d.key.incarnation == e.member.incarnation && d.heartbeat > shown {
+                if d.key.incarnation == e.member.incarnation && d.heartbeat > shown_heartbeat(e, now, interval) {
                     e.member.heartbeat = d.heartbeat;
                     e.heartbeat_at = now;
                 }

@@ -113,6 +113,20 @@ pub(super) struct Cursors {
     pub(super) bucket: usize,
 }
 
+/// Most suspectors a record carries: enough to reach `confirmations`, bounded against a
+/// flood of confirmations.
+const MAX_SUSPECTORS: usize = 16;
+
+/// Adds `s` to a suspicion's suspectors unless it is there or the list is full; whether it
+/// was added.
+pub(super) fn add_suspector(suspectors: &mut Vec<String>, s: &str) -> bool {
+    if suspectors.len() >= MAX_SUSPECTORS || suspectors.iter().any(|x| x == s) {
+        return false;
+    }
+    suspectors.push(s.to_owned());
+    true
+}
+
 fn stretch(d: Duration, factor: u32) -> Duration {
     d.saturating_mul(factor.saturating_add(1))
 }
@@ -309,16 +323,16 @@ impl Gossip {
         }
     }
 
-    /// A peer connection came up: open a round with it at once rather than at the next tick.
-    /// Its failure detector starts afresh: the link is the evidence from now on, and silence
-    /// from before the link (when nothing was expected of it) counts for nothing.
-    pub fn connected(&mut self, peer: &str, now: Duration) -> GossipMsg {
+    /// A peer connection came up (the caller opens a round with it at once, with
+    /// [`Gossip::opener`] or, to an older node, [`Gossip::legacy_syn`]). Its failure detector
+    /// starts afresh: the link is the evidence from now on, and silence from before the link
+    /// (when nothing was expected of it) counts for nothing.
+    pub fn connected(&mut self, peer: &str, now: Duration) {
         let floor = self.cfg.interval;
         if let Some(e) = self.members.get_mut(peer) {
             e.link_down = false;
             e.detector = PhiDetector::new(now, floor);
         }
-        self.opener()
     }
 
     /// A peer connection went down: direct evidence, so suspect it now (if it is not already).
@@ -428,11 +442,8 @@ impl Gossip {
             // Same suspicion seen by different members: merge the confirmations.
             let mut added = false;
             if e.member.status == Status::Suspect {
-                for s in incoming.suspectors {
-                    if !e.member.suspectors.contains(&s) && e.member.suspectors.len() < 16 {
-                        e.member.suspectors.push(s);
-                        added = true;
-                    }
+                for s in &incoming.suspectors {
+                    added |= add_suspector(&mut e.member.suspectors, s);
                 }
             }
             return added;
@@ -462,9 +473,7 @@ impl Gossip {
         m.heartbeat = heartbeat;
         if m.status == Status::Suspect && old_status == Status::Suspect && m.incarnation == e.member.incarnation {
             for s in std::mem::take(&mut e.member.suspectors) {
-                if !m.suspectors.contains(&s) && m.suspectors.len() < 16 {
-                    m.suspectors.push(s);
-                }
+                add_suspector(&mut m.suspectors, &s);
             }
         }
         match m.status {
@@ -619,8 +628,7 @@ impl Gossip {
                 }
                 Status::Suspect if silent => {
                     // Our own observation confirms the suspicion.
-                    if !e.member.suspectors.contains(me) && e.member.suspectors.len() < 16 {
-                        e.member.suspectors.push(me.clone());
+                    if add_suspector(&mut e.member.suspectors, me) {
                         changed.push(name.clone());
                     }
                     let timeout = suspicion_timeout(cfg, health, e.member.suspectors.len());

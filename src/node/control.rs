@@ -122,9 +122,9 @@ pub(crate) async fn run_control(
     let opener = {
         let mut g = lock(&shared.gossip);
         let now = shared.ctx.now();
-        let opener = g.connected(peer, now);
+        g.connected(peer, now);
         match takes_sums {
-            Some(true) => Some(opener),
+            Some(true) => Some(g.opener()),
             // An older node that accepted: the full-digest round it knows.
             Some(false) => Some(g.legacy_syn(now)),
             // An older dialler opens its own round; a newer one opens with sums.

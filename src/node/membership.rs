@@ -2,7 +2,6 @@
 //! (`pushed_load.rs`), sends gossip messages over the control streams, logs membership changes, and keeps the overlay: dials the members it
 //! wants links to and lets go of the links past its cap.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tokio::time::MissedTickBehavior;
@@ -77,8 +76,7 @@ pub(crate) async fn gossip_loop(shared: Arc<State>) {
         // Rounds go only to peers with a control stream up: past the overlay cap most
         // members have none. (Sorted: the keys of the control table.) An older node among
         // them gets the full-digest round it knows.
-        let linked: Vec<String> = shared.peers.control_peers();
-        let legacy: BTreeSet<&String> = linked.iter().filter(|p| !shared.peers.takes_sums(p)).collect();
+        let (linked, legacy) = shared.peers.control_peers_and_legacy();
         let (out, events, members) = {
             let mut g = lock(&shared.gossip);
             g.publish_load_every(every);

@@ -245,12 +245,16 @@ impl PeerTable {
         }
     }
 
-    /// Whether `peer`'s control stream takes bounded gossip rounds (false: an older node, or
-    /// no stream).
-    pub fn takes_sums(&self, peer: &str) -> bool {
-        lock(&self.control)
-            .get(peer)
-            .is_some_and(|h| h.sums.load(Ordering::Relaxed))
+    /// The peers with a control stream up (sorted), and those of them that do not take
+    /// bounded gossip rounds (older nodes), in one look at the control table.
+    pub fn control_peers_and_legacy(&self) -> (Vec<String>, BTreeSet<String>) {
+        let control = lock(&self.control);
+        let legacy = control
+            .iter()
+            .filter(|(_, h)| !h.sums.load(Ordering::Relaxed))
+            .map(|(p, _)| p.clone())
+            .collect();
+        (control.keys().cloned().collect(), legacy)
     }
 
     /// Sends a control message to `peer` if a control stream to it is up; drops it if the
