@@ -50,4 +50,40 @@ fn main() {
         }
     }
     print!("{}", t.render());
+    subsets();
+}
+
+/// P2C over each router's deterministic subset of 12 against P2C over every server: 100
+/// servers, 50 routers at 80% load, some servers 10× slower.
+fn subsets() {
+    println!();
+    let mut t = Table::new(["slow servers", "staleness", "full-set p99", "subset p99", "ratio"]);
+    for slow in [1, 10] {
+        for staleness in [0.0, 1.0, 10.0] {
+            let mut p99 = [Vec::new(), Vec::new()];
+            for seed in 1..=5 {
+                let mut cfg = LbConfig::new(100, seed);
+                cfg.routers = 50;
+                cfg.slow = slow;
+                cfg.staleness = staleness;
+                cfg.requests = 60_000;
+                p99[0].push(simulate(&cfg, Policy::Mesh(Strategy::P2c)).p99);
+                cfg.subset = Some(12);
+                p99[1].push(simulate(&cfg, Policy::Mesh(Strategy::P2c)).p99);
+            }
+            let med = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let (f, s) = (med(&mut p99[0]), med(&mut p99[1]));
+            t.row([
+                slow.to_string(),
+                format!("{staleness}"),
+                format!("{f:.2}"),
+                format!("{s:.2}"),
+                format!("{:.2}", s / f),
+            ]);
+        }
+    }
+    print!("{}", t.render());
 }

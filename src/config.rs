@@ -272,7 +272,9 @@ pub struct Limits {
     /// this many, to members drawn at random (see docs/gossip.md, "The overlay"), and dials the
     /// nodes of a service it routes to on demand. Default 32.
     pub max_peer_connections: usize,
-    /// Relay hops a service stream may take. Default 1 (entry node → serving node).
+    /// Relay hops a service stream may take. Default 2: entry node → serving node, or entry
+    /// node → a linked node → serving node when no server of the service is linked to the
+    /// entry node (a node that serves the service always serves a relayed stream itself).
     pub hop_limit: u8,
     /// Handshakes in progress above which a new connection attempt must first prove it owns
     /// its source address (QUIC Retry, one extra round trip). Default 256; 0 validates every
@@ -289,7 +291,7 @@ impl Default for Limits {
             max_header_bytes: crate::protocol::DEFAULT_MAX_HEADER,
             max_connections: 10_000,
             max_peer_connections: 32,
-            hop_limit: 1,
+            hop_limit: 2,
             max_pending_handshakes: 256,
         }
     }
@@ -815,7 +817,7 @@ key = "node-a.key"
         let c = NodeConfig::from_toml(BASE, "t").unwrap();
         assert_eq!(c.listen, "0.0.0.0:7400".parse().unwrap());
         assert_eq!(c.transport.keepalive, Duration::from_secs(5));
-        assert_eq!(c.limits.hop_limit, 1);
+        assert_eq!(c.limits.hop_limit, 2);
         let round = NodeConfig::from_toml(&c.to_toml(), "t").unwrap();
         assert_eq!(round, c);
     }

@@ -55,6 +55,9 @@ pub struct LbConfig {
     pub requests: usize,
     /// Rng seed.
     pub seed: u64,
+    /// Each router routes over a deterministic subset of this many servers
+    /// ([`crate::routing::subset`]) instead of all of them.
+    pub subset: Option<usize>,
 }
 
 impl LbConfig {
@@ -69,6 +72,7 @@ impl LbConfig {
             staleness: 0.0,
             requests: 50_000,
             seed,
+            subset: None,
         }
     }
 }
@@ -124,6 +128,15 @@ pub fn simulate(cfg: &LbConfig, policy: Policy) -> LbResult {
         })
         .collect();
     let names: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+    let reach: Vec<Vec<usize>> = match cfg.subset {
+        None => vec![(0..n).collect(); cfg.routers],
+        Some(size) => {
+            let id = |s: String| crate::routing::fnv1a(s.as_bytes());
+            let routers: Vec<u64> = (0..cfg.routers).map(|r| id(format!("r{r}"))).collect();
+            let servers: Vec<u64> = names.iter().map(|s| id(s.clone())).collect();
+            crate::routing::subset::assign(&routers, &servers, size)
+        }
+    };
     let mut events: BinaryHeap<Reverse<(u64, u64, Ev)>> = BinaryHeap::new();
     let mut seq = 0u64;
     let to_key = |t: f64| (t * 1e9) as u64;
@@ -165,8 +178,9 @@ pub fn simulate(cfg: &LbConfig, policy: Policy) -> LbResult {
                         ties[rng.random_range(0..ties.len())]
                     }
                     Policy::Mesh(strategy) => {
-                        let cands: Vec<Candidate> = (0..n)
-                            .map(|i| Candidate {
+                        let cands: Vec<Candidate> = reach[r]
+                            .iter()
+                            .map(|&i| Candidate {
                                 name: names[i].clone(),
                                 weight: if strategy == Strategy::Weighted {
                                     1.0 / mean[i]
@@ -178,7 +192,8 @@ pub fn simulate(cfg: &LbConfig, policy: Policy) -> LbResult {
                                 latency: ewma[r][i].get(),
                             })
                             .collect();
-                        balancers[r].pick(&cands, None, &mut rng).unwrap_or(0)
+                        let k = balancers[r].pick(&cands, None, &mut rng).unwrap_or(0);
+                        reach[r].get(k).copied().unwrap_or(0)
                     }
                 };
                 if sent >= warmup && target < cfg.slow {

@@ -53,19 +53,26 @@ async fn a_client_cannot_act_as_a_node() {
 async fn the_hop_limit_stops_a_second_relay() {
     let pki = Pki::new();
     let nodes = mesh(&pki, &["a", "b"], &[&[], &["echo"]]).await;
-    // A node identity may relay, but a stream that already took its one hop is not relayed again.
+    // A node identity may relay; a stream that took one hop may take a second (the default
+    // limits.hop_limit is 2), but one that took two is not relayed again.
     let conn = raw_conn(&pki, Role::Node, "relay", nodes[0].local_addr()).await;
     let r = send_raw(
         &conn,
         &service_header("echo", 1, Some("spiffe://test.quicmesh/client/web".into())),
     )
     .await;
+    assert_eq!(r, Response::Accept { node: "b".into() });
+    let r = send_raw(
+        &conn,
+        &service_header("echo", 2, Some("spiffe://test.quicmesh/client/web".into())),
+    )
+    .await;
     assert_eq!(code(&r), Some(RejectCode::HopLimit), "{r:?}");
-    // A relayed stream for a service served right there is fine.
+    // A relayed stream for a service served right there is served there, even at the limit.
     let conn = raw_conn(&pki, Role::Node, "relay", nodes[1].local_addr()).await;
     let r = send_raw(
         &conn,
-        &service_header("echo", 1, Some("spiffe://test.quicmesh/client/web".into())),
+        &service_header("echo", 2, Some("spiffe://test.quicmesh/client/web".into())),
     )
     .await;
     assert_eq!(r, Response::Accept { node: "b".into() });

@@ -67,3 +67,27 @@ fn stale_information_does_not_make_p2c_worse_than_random_but_makes_least_loaded_
         }
     }
 }
+
+/// 100 servers, `slow` of them 10× slower, 50 routers at 80% load: P2C over each router's
+/// subset of 12 against P2C over all 100.
+fn subset_vs_full(slow: usize, staleness: f64, seed: u64) -> (LbResult, LbResult) {
+    let mut cfg = LbConfig::new(100, seed);
+    cfg.routers = 50;
+    cfg.slow = slow;
+    cfg.staleness = staleness;
+    cfg.requests = 60_000;
+    let full = simulate(&cfg, P2C);
+    cfg.subset = Some(12);
+    (simulate(&cfg, P2C), full)
+}
+
+#[test]
+fn p2c_over_subsets_of_12_keeps_the_tail_of_p2c_over_every_server() {
+    for (slow, staleness) in [(1, 0.0), (10, 0.0), (10, 1.0)] {
+        let (subset, full) = subset_vs_full(slow, staleness, 5);
+        assert!(
+            subset.p99 <= 1.25 * full.p99,
+            "{slow} slow, staleness {staleness}: subsets {subset:?} full set {full:?}"
+        );
+    }
+}

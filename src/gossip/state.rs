@@ -60,6 +60,25 @@ pub(super) struct Entry {
     pub(super) gone_since: Option<Duration>,
     /// This node's own connection to the member is down (direct evidence, like silence).
     pub(super) link_down: bool,
+    /// [`shape`] of the record as last seen.
+    pub(super) shape: u64,
+}
+
+/// What of a record routing's subsets depend on: whether it takes work or is gone (not a
+/// suspicion: a suspect still takes work), and its services.
+fn shape(m: &Member) -> u64 {
+    let class = if m.status.is_gone() {
+        2
+    } else if m.status.takes_work() {
+        0
+    } else {
+        1
+    };
+    let mut h = crate::routing::fnv1a(&[class]);
+    for s in &m.services {
+        h = h.rotate_left(5) ^ crate::routing::fnv1a(s.as_bytes());
+    }
+    h
 }
 
 /// One node's view of the mesh. See the module docs of [`crate::gossip`].
@@ -75,6 +94,9 @@ pub struct Gossip {
     /// The sums of every record, this node's own included (hashing to `own_hash`).
     pub(super) sums: Sums,
     own_hash: u32,
+    own_shape: u64,
+    /// Bumped whenever a member joins or changes status or services: see [`Gossip::roster`].
+    roster: u64,
     /// Records that changed here lately, to piggyback on round openers.
     pub(super) news: News,
     /// Members whose link to this node was lost (judged on that evidence until it comes back).
@@ -138,6 +160,7 @@ impl Gossip {
         let load_every = cfg.load_gossip_interval;
         let own_version = me.version;
         let own_hash = record_hash(&me);
+        let own_shape = shape(&me);
         let mut sums = Sums::default();
         sums.insert(&me.name, own_hash);
         Gossip {
@@ -148,6 +171,8 @@ impl Gossip {
             tombstones: BTreeMap::new(),
             sums,
             own_hash,
+            own_shape,
+            roster: 0,
             news: News::default(),
             down: BTreeSet::new(),
             gone: BTreeSet::new(),
@@ -207,6 +232,13 @@ impl Gossip {
         self.local_health
     }
 
+    /// A number that changes whenever a member joins or any record's status or services
+    /// change (not its load or heartbeat): what routing's subsets are computed from, so they
+    /// are recomputed only then.
+    pub fn roster(&self) -> u64 {
+        self.roster
+    }
+
     /// Takes the events since the last call.
     pub fn take_events(&mut self) -> Vec<GossipEvent> {
         std::mem::take(&mut self.events)
@@ -226,10 +258,20 @@ impl Gossip {
             let h = record_hash(&self.own);
             self.sums.change(name, self.own_hash, h);
             self.own_hash = h;
+            let sh = shape(&self.own);
+            if sh != self.own_shape {
+                self.own_shape = sh;
+                self.roster += 1;
+            }
         } else if let Some(e) = self.members.get_mut(name) {
             let h = record_hash(&e.member);
             self.sums.change(name, e.hash, h);
             e.hash = h;
+            let sh = shape(&e.member);
+            if sh != e.shape {
+                e.shape = sh;
+                self.roster += 1;
+            }
         } else {
             return;
         }
@@ -401,6 +443,8 @@ impl Gossip {
                     suspect_since: (status == Status::Suspect).then_some(now),
                     gone_since: status.is_gone().then_some(now),
                     link_down: false,
+                    // Not a shape: the caller's `touched` sees a change and bumps the roster.
+                    shape: 0,
                     member: incoming,
                 },
             );
@@ -739,6 +783,33 @@ pub(super) mod tests {
             Member::new(name, "127.0.0.1:1", 1, Vec::new()),
             Duration::ZERO,
         )
+    }
+
+    #[test]
+    fn the_roster_changes_with_joins_services_and_drain_but_not_with_load_or_suspicion() {
+        let ms = Duration::from_millis;
+        let mut a = node("a");
+        let r0 = a.roster();
+        let mut b = Member::new("b", "127.0.0.1:2", 7, vec!["api".into()]);
+        a.handle("b", GossipMsg::Ack { delta: vec![b.clone()] }, ms(0));
+        let r1 = a.roster();
+        assert_ne!(r0, r1, "a join");
+        b.version += 1;
+        b.load.inflight = 40;
+        a.handle("b", GossipMsg::Ack { delta: vec![b.clone()] }, ms(1));
+        assert_eq!(a.roster(), r1, "load alone");
+        b.version += 1;
+        b.status = Status::Suspect;
+        a.handle("b", GossipMsg::Ack { delta: vec![b.clone()] }, ms(2));
+        assert_eq!(a.roster(), r1, "a suspect still takes work");
+        b.incarnation += 1;
+        b.status = Status::Alive;
+        b.services.push("db".into());
+        a.handle("b", GossipMsg::Ack { delta: vec![b.clone()] }, ms(3));
+        let r2 = a.roster();
+        assert_ne!(r2, r1, "services");
+        a.set_draining(true);
+        assert_ne!(a.roster(), r2, "this node draining");
     }
 
     #[test]

@@ -76,11 +76,24 @@ pub(crate) fn choose(
         conns.push(Some(conn));
     }
     let routing = &state.ctx.cfg.routing;
-    let picked = {
+    let (picked, mine) = {
         let mut table = lock(&state.routing);
+        // This node's own streams open to the servers of its subset: what widens it.
+        let mine: u64 = offers
+            .iter()
+            .zip(&conns)
+            .filter(|(_, c)| c.is_some())
+            .map(|(o, _)| u64::from(table.pending(&o.name)))
+            .sum();
         let mut rng = lock(&state.rng);
-        table.pick(service, routing.policy_for(service), &offers, key, now, &mut *rng)?
+        let picked = table.pick(service, routing.policy_for(service), &offers, key, now, &mut *rng);
+        (picked, mine)
     };
+    let remote = conns.iter().filter(|c| c.is_some()).count();
+    if remote > 0 {
+        state.subsets.observe(service, mine, remote, now);
+    }
+    let picked = picked?;
     Some(match conns.swap_remove(picked) {
         None => Choice::Local,
         Some(c) => Choice::Remote(offers.swap_remove(picked).name, c),

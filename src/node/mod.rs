@@ -28,6 +28,7 @@ mod registry;
 mod route;
 mod services;
 mod state;
+mod subsets;
 mod sync;
 mod tls;
 mod warm_pools;

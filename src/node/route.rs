@@ -68,7 +68,9 @@ pub(crate) fn route(
         return Ok((origin, Route::Here(Local::Status)));
     }
     let local = services.local.get(&req.service).cloned();
-    if req.hops >= hop_limit {
+    // A node that serves the service serves a relayed stream itself: it was relayed here
+    // because it serves it (or the node before could not reach a server, and this one is one).
+    if req.hops >= hop_limit || (req.hops > 0 && local.is_some()) {
         if let Some(l) = local {
             return Ok((origin, Route::Here(l)));
         }
@@ -161,6 +163,25 @@ mod tests {
             route_of(&me, &b, &req("cache", 0, None)),
             Ok((_, Route::Choose(None)))
         ));
+    }
+
+    #[test]
+    fn under_a_hop_limit_of_2_a_relayed_stream_is_served_by_a_server_and_routed_on_by_others() {
+        let (me, b) = (id(Role::Node, "a"), id(Role::Node, "b"));
+        let at = |hops| route(&me, &services(), 2, &b, &req("db", hops, None));
+        assert!(matches!(at(1), Ok((_, Route::Here(Local::Tcp(_))))), "a server: here");
+        assert!(
+            matches!(at(0), Ok((_, Route::Choose(Some(_))))),
+            "the entry node balances"
+        );
+        let far = |hops| route(&me, &services(), 2, &b, &req("cache", hops, None));
+        assert!(
+            matches!(far(1), Ok((_, Route::Choose(None)))),
+            "not a server: routed on"
+        );
+        let r = far(2).err().expect("refused");
+        assert_eq!(r.code, RejectCode::HopLimit);
+        assert!(r.reason.contains("limits.hop_limit = 2"), "{}", r.reason);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | [`LoadState`] | streams in flight, service time, undelivered replies | streams |
 //! | [`PushedLoads`] | the load linked peers pushed, who takes ours, ours as last pushed | control streams, gossip loop |
 //! | `routing` | latency estimates, pending, ejections, balancers, retry budget | streams |
+//! | [`Subsets`] | the servers of each service this node routes to, their widening | streams |
 //! | `gossip` | the membership state machine | control streams, gossip loop |
 //! | `overlay` | which members to keep links to, the dials it asked for | gossip loop, dials |
 //! | [`Metrics`] | counters and gauges | everyone, lock-free |
@@ -36,6 +37,7 @@ use super::pushed_load::PushedLoads;
 use super::reach::Reach;
 use super::registry::Registry;
 use super::services::LocalServices;
+use super::subsets::{Subset, SubsetInputs, Subsets};
 use super::sync::lock;
 use super::tls::TlsState;
 use crate::gossip::{Gossip, Load};
@@ -67,6 +69,7 @@ pub(crate) struct State {
     pub load: LoadState,
     pub pushed: PushedLoads,
     pub routing: Mutex<Table>,
+    pub subsets: Subsets,
     pub gossip: Mutex<Gossip>,
     /// Which members to keep connections to (a full mesh up to `limits.max_peer_connections`).
     pub overlay: Mutex<Overlay<String>>,
@@ -104,6 +107,7 @@ impl State {
             load: LoadState::new(ctx.cfg.limits.max_inflight),
             pushed: PushedLoads::new(ctx.cfg.gossip.load_gossip_interval),
             routing: Mutex::new(ctx.cfg.routing.table()),
+            subsets: Subsets::new(&ctx.name),
             gossip: Mutex::new(gossip),
             overlay: Mutex::new(Overlay::new(overlay_config(&ctx.cfg))),
             metrics: Metrics::new(),
@@ -128,18 +132,23 @@ impl State {
         !lock(&self.overlay).is_full_mesh() && self.peers.any_connected()
     }
 
-    /// Nodes that may take a new stream for `service`: Alive or Suspect in the gossip view,
-    /// offering it, and connected. The flag says whether some node offers it but cannot take
+    /// Nodes that may take a new stream for `service`: of this node's subset of its servers
+    /// ([`State::subset`]), those Alive or Suspect in the gossip view and connected. The flag says whether some node offers it but cannot take
     /// it now (disconnected, draining, dead), which makes the answer Unavailable rather than
     /// UnknownService. Each live candidate comes with its load as it pushed it over the link (its gossip record's if it does not push).
     pub fn candidates(&self, service: &str) -> (Vec<(String, Connection, Load)>, bool) {
-        let offering: Vec<(String, bool, Load)> = lock(&self.gossip)
-            .members()
-            .filter(|m| m.name != self.ctx.name && m.services.iter().any(|s| s == service))
-            .map(|m| (m.name.clone(), m.status.takes_work(), m.load.clone()))
-            .collect();
+        let subset = self.subset(service);
+        let offering: Vec<(String, bool, Load)> = {
+            let g = lock(&self.gossip);
+            subset
+                .servers
+                .iter()
+                .filter_map(|name| g.member(name))
+                .map(|m| (m.name.clone(), m.status.takes_work(), m.load.clone()))
+                .collect()
+        };
         let mut live = Vec::new();
-        let mut offline = false;
+        let mut offline = subset.idle_elsewhere;
         for (name, takes_work, load) in offering {
             match self.peers.peer_conn(&name).filter(|_| takes_work) {
                 Some(c) => {
@@ -151,6 +160,24 @@ impl State {
             }
         }
         (live, offline)
+    }
+
+    /// The servers of `service` this node routes to, other than itself: its subset of the
+    /// members that offer it and take work (every one of them for a service balanced by
+    /// `consistent_hash`, or with `routing.subset_size = 0`), widened under load; recomputed
+    /// only when the gossip roster changed.
+    pub fn subset(&self, service: &str) -> Subset {
+        let routing = &self.ctx.cfg.routing;
+        let size = match (routing.subset_size, routing.strategy_for(service)) {
+            (0, _) | (_, crate::routing::Strategy::ConsistentHash) => usize::MAX,
+            (n, _) => n,
+        };
+        let roster = lock(&self.gossip).roster();
+        if let Some(s) = self.subsets.cached(service, roster, size) {
+            return s;
+        }
+        let inputs = SubsetInputs::of(&lock(&self.gossip), service);
+        self.subsets.compute(service, inputs, size)
     }
 
     /// Changes this node's own gossip record with `change` and tells every connected peer at

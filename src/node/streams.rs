@@ -337,9 +337,12 @@ impl Incoming<'_> {
     /// refused or failed before any byte flowed (within the retry budget).
     async fn dispatch(mut self, origin: &Identity, req: ServiceRequest, local: Option<Local>) {
         let shared = self.shared;
+        // Whether the next node could still relay it: then, with no server of the service
+        // linked here, the stream may go through a linked node that routes it on.
+        let can_relay = local.is_none() && req.hops.saturating_add(1) < shared.ctx.cfg.limits.hop_limit;
         if local.is_none() {
             // Past the overlay cap the service's nodes may all be beyond this node's links.
-            super::on_demand::reach(shared, &req.service, self.deadline).await;
+            super::on_demand::reach(shared, &req.service, self.deadline, can_relay).await;
         }
         lock(&shared.routing).deposit();
         let mut tried: Vec<String> = Vec::new();
@@ -348,7 +351,15 @@ impl Incoming<'_> {
             if attempt > 0 && !lock(&shared.routing).withdraw() {
                 break;
             }
-            let choice = balance::choose(shared, &req.service, req.key.as_deref(), local.is_some(), &tried);
+            let mut choice = balance::choose(shared, &req.service, req.key.as_deref(), local.is_some(), &tried);
+            if choice.is_none() && can_relay {
+                let mut exclude: Vec<&str> = tried.iter().map(String::as_str).collect();
+                exclude.push(&self.caller.name);
+                choice = super::on_demand::relay_via(shared, &req.service, &exclude).map(|(via, c)| {
+                    debug!(service = %req.service, %via, "no server of the service linked here; relaying through a linked node");
+                    Choice::Remote(via, c)
+                });
+            }
             let (peer, pconn) = match (choice, &local) {
                 (Some(Choice::Local), Some(l)) => return self.serve_local(origin, &req, l.clone()).await,
                 (Some(Choice::Remote(peer, conn)), _) => (peer, conn),

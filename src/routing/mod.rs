@@ -28,6 +28,7 @@
 
 mod ewma;
 mod hash;
+pub mod subset;
 mod table;
 
 use std::collections::BTreeMap;
@@ -95,6 +96,11 @@ pub struct RoutingConfig {
     /// Scale each node's weight by the origin design's score of its CPU, memory, latency and
     /// in-flight load ([`origin_score`]). Default false.
     pub dynamic_weights: bool,
+    /// Servers of a service each node routes over ([`subset`]): at least this many (all of
+    /// them when fewer), more under load; `0` routes over every server. Default 12. Services
+    /// balanced by `consistent_hash` always use every server (a key must map to the same
+    /// server from every caller).
+    pub subset_size: usize,
 }
 
 impl Default for RoutingConfig {
@@ -107,6 +113,7 @@ impl Default for RoutingConfig {
             eject_for: std::time::Duration::from_secs(10),
             retry_budget: 0.2,
             dynamic_weights: false,
+            subset_size: subset::DEFAULT_SUBSET,
         }
     }
 }
@@ -150,6 +157,12 @@ impl RoutingConfig {
         }
         if !(0.0..=1.0).contains(&self.retry_budget) {
             return Err(bad("retry_budget", "must be between 0 and 1"));
+        }
+        if self.subset_size == 1 {
+            return Err(bad(
+                "subset_size",
+                "must be 0 (every server) or at least 2 (the balancer compares two)",
+            ));
         }
         Ok(())
     }
