@@ -1,7 +1,8 @@
 //! Deterministic subsetting on real nodes: a service on more servers than
 //! `routing.subset_size` is routed by each node over its own subset of them, the subsets are
-//! balanced over the servers, and a node with no server of a service linked sends the stream
-//! through a linked node (a second relay hop).
+//! balanced over the servers, a subset widens while streams pile up and narrows after, and a
+//! node with no server of a service linked sends the stream through a linked node (a second
+//! relay hop).
 #![allow(clippy::disallowed_methods)]
 
 mod common;
@@ -151,6 +152,79 @@ async fn a_node_with_no_server_linked_relays_through_a_linked_node() {
     let e = client.call("who", "?").await.expect_err("no second hop");
     assert!(e.to_string().contains("who"), "{e}");
     for n in [a, b, c, d] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subset_widens_while_streams_pile_up_and_narrows_when_they_pass() {
+    common::init_logs();
+    const SUBSET: usize = 2;
+    let pki = Pki::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..8 {
+        let mut cfg = pki.node_config(&format!("w{i}"));
+        cfg.routing.subset_size = SUBSET;
+        cfg.peers = nodes
+            .first()
+            .map(|n| vec![n.local_addr().to_string()])
+            .unwrap_or_default();
+        let mut b = Node::builder(cfg);
+        if i > 0 {
+            // Each call takes a while, so that concurrent calls pile up on the servers.
+            b = b.handler(
+                "slow",
+                request_handler(64, |_req: Bytes, ctx: RequestContext| async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok(Bytes::from(ctx.node))
+                }),
+            );
+        }
+        nodes.push(b.start().await.unwrap());
+    }
+    let width = |n: &Node| n.service_map().get("slow").map_or(0, Vec::len);
+    eventually(Duration::from_secs(60), "a full mesh of 8, w0 routing over 2", || {
+        nodes.iter().all(|n| alive(n) == 8) && width(&nodes[0]) == SUBSET
+    })
+    .await;
+    let client = std::sync::Arc::new(pki.client("web", &nodes[0]).await);
+    // 40 calls at once: 20 per server of the subset, far above the 2 that widen it.
+    let served = eventually_async(Duration::from_secs(30), "w0's subset widens", || {
+        let client = client.clone();
+        async move {
+            let calls = (0..40).map(|_| {
+                let c = client.clone();
+                async move { c.call("slow", "?").await }
+            });
+            let mut seen = BTreeSet::new();
+            for r in futures_util::future::join_all(calls).await {
+                seen.insert(String::from_utf8_lossy(&r.map_err(|e| e.to_string())?).into_owned());
+            }
+            if seen.len() > SUBSET {
+                Ok(seen)
+            } else {
+                Err(format!("served by {seen:?}"))
+            }
+        }
+    })
+    .await;
+    eprintln!("under load w0 routed to {served:?}");
+    assert!(width(&nodes[0]) > SUBSET);
+    // One call at a time: well under the band, so it narrows back, a server per second.
+    eventually_async(Duration::from_secs(30), "w0's subset narrows back to 2", || {
+        let client = client.clone();
+        let w = width(&nodes[0]);
+        async move {
+            client.call("slow", "?").await.map_err(|e| e.to_string())?;
+            if w == SUBSET {
+                Ok(())
+            } else {
+                Err(format!("{w} servers"))
+            }
+        }
+    })
+    .await;
+    for n in nodes {
         n.shutdown().await;
     }
 }
