@@ -352,7 +352,11 @@ impl Incoming<'_> {
                 break;
             }
             let mut choice = balance::choose(shared, &req.service, req.key.as_deref(), local.is_some(), &tried);
-            if choice.is_none() && can_relay {
+            // A relay node is not a server of the service: what goes wrong past it (its own
+            // servers refusing, unreachable) is not its fault, and its latency includes a
+            // hop. Charged, a relay would lose work (or be ejected) for the services it serves.
+            let via_relay = choice.is_none() && can_relay;
+            if via_relay {
                 let mut exclude: Vec<&str> = tried.iter().map(String::as_str).collect();
                 exclude.push(&self.caller.name);
                 choice = super::on_demand::relay_via(shared, &req.service, &exclude).map(|(via, c)| {
@@ -420,7 +424,9 @@ impl Incoming<'_> {
                     match &result {
                         Ok(n) => {
                             shared.metrics.count_bytes(n.up, n.down);
-                            balance::record_success(shared, &peer, end.saturating_duration_since(started));
+                            if !via_relay {
+                                balance::record_success(shared, &peer, end.saturating_duration_since(started));
+                            }
                         }
                         Err(e) if e.is_deadline() => deadline_passed(shared, self.caller, &req.service, "relayed"),
                         Err(e) => debug!(caller = %self.caller, via = %peer, error = %e, "relay ended early"),
@@ -428,8 +434,10 @@ impl Incoming<'_> {
                     return;
                 }
                 Err(Downstream::Rejected(code, reason)) if code.is_retryable() => {
-                    debug!(via = %peer, %code, %reason, "relay attempt refused; charged to the node");
-                    balance::record_failure(shared, &peer);
+                    debug!(via = %peer, %code, %reason, via_relay, "relay attempt refused");
+                    if !via_relay {
+                        balance::record_failure(shared, &peer);
+                    }
                     last = Some(reject(code, reason));
                 }
                 Err(Downstream::Rejected(code, reason)) => return self.reject(reject(code, reason)).await,
@@ -447,13 +455,18 @@ impl Incoming<'_> {
                         debug!(via = %peer, error = %e, "stream caught in a connection's retirement; retrying");
                         continue;
                     }
-                    debug!(via = %peer, error = %e, "relay attempt failed; charged to the node");
-                    balance::record_failure(shared, &peer);
+                    debug!(via = %peer, error = %e, via_relay, "relay attempt failed");
+                    if !via_relay {
+                        balance::record_failure(shared, &peer);
+                    }
                 }
                 Err(Downstream::Silent(e)) => {
                     // Ejected at once: every stream sent there would wait the same way until
-                    // gossip declares it dead or its connection times out.
-                    balance::eject(shared, &peer);
+                    // gossip declares it dead or its connection times out. (A relay waits
+                    // on the server past it before it answers: its silence may be that one's.)
+                    if !via_relay {
+                        balance::eject(shared, &peer);
+                    }
                     info!(caller = %self.caller, service = %req.service, via = %peer, error = %e, "peer is silent; ejected, trying another node");
                     last = Some(reject(RejectCode::Unavailable, format!("relay to node {peer}: {e}")));
                 }
