@@ -5,17 +5,22 @@ use std::time::{Duration, Instant};
 
 use quicmesh::{Client, ClientConfig, Node, NodeConfig, Role, TlsMaterial};
 
-use crate::util::{node_binary, rss_of, Error, Pki};
+use crate::util::{node_binary, recv_buffer_rss, rss_of, Error, Pki};
 
 /// A node process of its own (so that its RSS is its own), listening on a fresh port.
-async fn node_process(pki: &Pki, name: &str, max_streams: u32) -> Result<(tokio::process::Child, u32, u16), Error> {
+async fn node_process(
+    pki: &Pki,
+    name: &str,
+    max_streams: u32,
+    max_peers: usize,
+) -> Result<(tokio::process::Child, u32, u16), Error> {
     let tls = pki.tls(Role::Node, name)?;
     let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
     let config = pki.dir.path().join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
-            "name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[admin]\nlisten = \"off\"\n[limits]\nmax_streams_per_client = {max_streams}\n",
+            "name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[admin]\nlisten = \"off\"\n[limits]\nmax_streams_per_client = {max_streams}\nmax_peer_connections = {max_peers}\n",
             tls.ca, tls.cert, tls.key
         ),
     )?;
@@ -31,8 +36,11 @@ async fn node_process(pki: &Pki, name: &str, max_streams: u32) -> Result<(tokio:
 
 /// Waits until every node is connected to the hub, then lets the gossip of the new members
 /// settle before the size is read.
+fn connected(n: &Node) -> bool {
+    n.peers().iter().any(|p| p.name == "hub" && p.connected)
+}
+
 async fn all_joined(nodes: &[Node]) -> Result<(), Error> {
-    let connected = |n: &Node| n.peers().iter().any(|p| p.name == "hub" && p.connected);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !nodes.iter().all(connected) {
         if Instant::now() > deadline {
@@ -46,27 +54,44 @@ async fn all_joined(nodes: &[Node]) -> Result<(), Error> {
 
 /// Memory per peer connection: `peers` nodes in this process join a node process.
 pub async fn peers(pki: &Pki, peers: usize) -> Result<(), Error> {
-    let (mut child, pid, port) = node_process(pki, "hub", 128).await?;
+    // A cap above the peer count, on the hub and on the peers: every peer keeps its link to
+    // the hub, so the delta is one connection per added peer, not the overlay's trimming.
+    let cap = peers + 8;
+    let (mut child, pid, port) = node_process(pki, "hub", 128, cap).await?;
     let start = |i: usize| async move {
         let name = format!("p{i}");
         let mut cfg = NodeConfig::new(&name, pki.tls(Role::Node, &name)?);
         cfg.listen = "127.0.0.1:0".parse()?;
+        cfg.limits.max_peer_connections = cap;
         cfg.peers = vec![format!("127.0.0.1:{port}")];
         Ok::<_, Error>(Node::builder(cfg).start().await?)
     };
     let mut nodes = vec![start(0).await?];
     all_joined(&nodes).await?;
-    let before = rss_of(pid)?;
+    // The node process runs with the default transport settings, as these nodes do.
+    let payload = NodeConfig::new("x", pki.tls(Role::Node, "p0")?)
+        .transport
+        .max_udp_payload;
+    let (before, buf_before) = (rss_of(pid)?, recv_buffer_rss(pid, payload)?);
     for i in 1..peers {
         nodes.push(start(i).await?);
     }
     all_joined(&nodes).await?;
-    let after = rss_of(pid)?;
+    let (after, buf_after) = (rss_of(pid)?, recv_buffer_rss(pid, payload)?);
+    let linked = nodes.iter().filter(|n| connected(n)).count();
+    if linked != peers {
+        return Err(format!("{linked} of {peers} peers linked to the hub when its size was read").into());
+    }
     let per = after.saturating_sub(before) as f64 / (peers - 1) as f64 / 1024.0;
+    let buf = buf_after.saturating_sub(buf_before) as f64 / (peers - 1) as f64 / 1024.0;
     println!("### Peer connections (node process)\n");
-    println!("| peers | node RSS | memory per peer (RSS delta / added peers: connection, control stream, gossip record) |\n|---|---|---|");
-    println!("| 1 | {:.1} MiB | – |", before as f64 / 1048576.0);
-    println!("| {peers} | {:.1} MiB | **{per:.1} KiB** |\n", after as f64 / 1048576.0);
+    println!("| peers | node RSS | memory per peer (RSS delta / added peers: connection, control stream, gossip record) | of it, pages of quinn's receive buffer (one per endpoint) touched by the joins | per peer without them |\n|---|---|---|---|---|");
+    println!("| 1 | {:.1} MiB | – | – | – |", before as f64 / 1048576.0);
+    println!(
+        "| {peers} | {:.1} MiB | **{per:.1} KiB** | {buf:.1} KiB | {:.1} KiB |\n",
+        after as f64 / 1048576.0,
+        per - buf
+    );
     for n in nodes {
         n.shutdown().await;
     }
@@ -76,7 +101,7 @@ pub async fn peers(pki: &Pki, peers: usize) -> Result<(), Error> {
 
 /// Memory per idle client connection on a node process, and the rate of mTLS handshakes.
 pub async fn run(pki: &Pki, idle: &[usize], max_streams: u32) -> Result<(), Error> {
-    let (mut child, pid, port) = node_process(pki, "lone", max_streams).await?;
+    let (mut child, pid, port) = node_process(pki, "lone", max_streams, 32).await?;
     let client_tls = TlsMaterial::load(&pki.tls(Role::Client, "idle")?, Role::Client)?;
     let mut cfg = ClientConfig::new(pki.tls(Role::Client, "idle")?, vec![format!("127.0.0.1:{port}")]);
     cfg.transport.idle_timeout = Duration::from_secs(120);
@@ -92,10 +117,11 @@ pub async fn run(pki: &Pki, idle: &[usize], max_streams: u32) -> Result<(), Erro
     }
     let first = first.ok_or("node did not start")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss_of(pid)?;
+    let payload = cfg.transport.max_udp_payload;
+    let (before, buf_before) = (rss_of(pid)?, recv_buffer_rss(pid, payload)?);
     println!("### Connections (node process, limits.max_streams_per_client = {max_streams})\n");
-    println!("| idle client connections | node RSS | memory per connection (RSS delta / connections) | mTLS handshakes per second while connecting (32 at a time) |\n|---|---|---|---|");
-    println!("| 1 | {:.1} MiB | – | – |", before as f64 / 1048576.0);
+    println!("| idle client connections | node RSS | memory per connection (RSS delta / connections) | of it, quinn's receive buffer | per connection without it | mTLS handshakes per second while connecting (32 at a time) |\n|---|---|---|---|---|---|");
+    println!("| 1 | {:.1} MiB | – | – | – | – |", before as f64 / 1048576.0);
     let mut clients = Vec::new();
     for &target in idle {
         let started = Instant::now();
@@ -112,12 +138,14 @@ pub async fn run(pki: &Pki, idle: &[usize], max_streams: u32) -> Result<(), Erro
         let rate = (clients.len() - made_before) as f64 / started.elapsed().as_secs_f64();
         // Let the handshakes' transient state go before reading the steady size.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let after = rss_of(pid)?;
+        let (after, buf_after) = (rss_of(pid)?, recv_buffer_rss(pid, payload)?);
         let per = (after.saturating_sub(before)) as f64 / clients.len() as f64 / 1024.0;
+        let buf = buf_after.saturating_sub(buf_before) as f64 / clients.len() as f64 / 1024.0;
         println!(
-            "| {} | {:.1} MiB | **{per:.1} KiB** | {rate:.0} |",
+            "| {} | {:.1} MiB | **{per:.1} KiB** | {buf:.1} KiB | {:.1} KiB | {rate:.0} |",
             clients.len(),
-            after as f64 / 1048576.0
+            after as f64 / 1048576.0,
+            per - buf
         );
     }
     println!();

@@ -100,11 +100,23 @@ pub(crate) async fn run_control(
             sums: sums.clone(),
         },
     );
+    // One task writes the stream and pings on it: a task and a timer per peer, not two.
     let writer = {
         let shared = shared.clone();
         tokio::spawn(async move {
             let mut send = send;
-            while let Some(msg) = rx.recv().await {
+            let mut every = tokio::time::interval(shared.ctx.cfg.transport.ping_interval);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let msg = tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Some(msg) => msg,
+                        None => break,
+                    },
+                    _ = every.tick() => ControlMsg::Ping {
+                        nonce: u64::try_from(shared.ctx.now().as_micros()).unwrap_or(u64::MAX),
+                    },
+                };
                 let Ok(frame) = encode_frame(&msg) else { break };
                 if send.write_all(&frame).await.is_err() {
                     break;
@@ -138,20 +150,6 @@ pub(crate) async fn run_control(
     shared
         .pushed
         .control_up(peer, conn_id, tx.clone(), takes_load, shared.ctx.now());
-    let pinger = {
-        let tx = tx.clone();
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(shared.ctx.cfg.transport.ping_interval);
-            loop {
-                every.tick().await;
-                let nonce = u64::try_from(shared.ctx.now().as_micros()).unwrap_or(u64::MAX);
-                if tx.send(ControlMsg::Ping { nonce }).await.is_err() {
-                    break;
-                }
-            }
-        })
-    };
     let result = loop {
         let body = match read_frame_bytes(&mut recv, MAX_CONTROL_MESSAGE).await {
             Ok(b) => b,
@@ -205,7 +203,6 @@ pub(crate) async fn run_control(
             }
         }
     };
-    pinger.abort();
     writer.abort();
     shared.peers.drop_control(peer, conn_id);
     shared.pushed.control_down(peer, conn_id);

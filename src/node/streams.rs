@@ -150,10 +150,12 @@ pub(crate) async fn handle_stream(
                 deadline,
             };
             let _counted = shared.load.service_stream(&req.service);
+            // Serving and relaying are boxed: inline, their state (about 13 KiB) would size
+            // every stream's task, the control stream's too, which lives as long as the peer.
             match routed {
                 Err(r) => stream.reject(r).await,
-                Ok((origin, Route::Here(local))) => stream.serve_local(&origin, &req, local).await,
-                Ok((origin, Route::Choose(local))) => stream.dispatch(&origin, req, local).await,
+                Ok((origin, Route::Here(local))) => Box::pin(stream.serve_local(&origin, &req, local)).await,
+                Ok((origin, Route::Choose(local))) => Box::pin(stream.dispatch(&origin, req, local)).await,
             }
             shared
                 .load
