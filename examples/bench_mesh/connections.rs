@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use quicmesh::{Client, ClientConfig, Node, NodeConfig, Role, TlsMaterial};
 
-use crate::util::{node_binary, recv_buffer_rss, rss_of, Error, Pki};
+use crate::util::{cpu_secs, node_binary, recv_buffer_rss, rss_of, Error, Pki};
 
 /// A node process of its own (so that its RSS is its own), listening on a fresh port.
 async fn node_process(
@@ -99,7 +99,11 @@ pub async fn peers(pki: &Pki, peers: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// Memory per idle client connection on a node process, and the rate of mTLS handshakes.
+/// How long the node's CPU is read while its clients idle.
+const IDLE_CPU_SECS: u64 = 5;
+
+/// Memory per idle client connection on a node process, the rate of mTLS handshakes, and the
+/// node's CPU while the connections idle.
 pub async fn run(pki: &Pki, idle: &[usize], max_streams: u32) -> Result<(), Error> {
     let (mut child, pid, port) = node_process(pki, "lone", max_streams, 32).await?;
     let client_tls = TlsMaterial::load(&pki.tls(Role::Client, "idle")?, Role::Client)?;
@@ -120,8 +124,8 @@ pub async fn run(pki: &Pki, idle: &[usize], max_streams: u32) -> Result<(), Erro
     let payload = cfg.transport.max_udp_payload;
     let (before, buf_before) = (rss_of(pid)?, recv_buffer_rss(pid, payload)?);
     println!("### Connections (node process, limits.max_streams_per_client = {max_streams})\n");
-    println!("| idle client connections | node RSS | memory per connection (RSS delta / connections) | of it, quinn's receive buffer | per connection without it | mTLS handshakes per second while connecting (32 at a time) |\n|---|---|---|---|---|---|");
-    println!("| 1 | {:.1} MiB | – | – | – | – |", before as f64 / 1048576.0);
+    println!("| idle client connections | node RSS | memory per connection (RSS delta / connections) | of it, quinn's receive buffer | per connection without it | mTLS handshakes per second while connecting (32 at a time) | node CPU while they idle, % of a core |\n|---|---|---|---|---|---|---|");
+    println!("| 1 | {:.1} MiB | – | – | – | – | – |", before as f64 / 1048576.0);
     let mut clients = Vec::new();
     for &target in idle {
         let started = Instant::now();
@@ -141,8 +145,12 @@ pub async fn run(pki: &Pki, idle: &[usize], max_streams: u32) -> Result<(), Erro
         let (after, buf_after) = (rss_of(pid)?, recv_buffer_rss(pid, payload)?);
         let per = (after.saturating_sub(before)) as f64 / clients.len() as f64 / 1024.0;
         let buf = buf_after.saturating_sub(buf_before) as f64 / clients.len() as f64 / 1024.0;
+        // What holding idle connections costs the node: timers and keep-alives, nothing else.
+        let (cpu_before, t) = (cpu_secs(pid)?, Instant::now());
+        tokio::time::sleep(Duration::from_secs(IDLE_CPU_SECS)).await;
+        let cpu = (cpu_secs(pid)? - cpu_before) / t.elapsed().as_secs_f64() * 100.0;
         println!(
-            "| {} | {:.1} MiB | **{per:.1} KiB** | {buf:.1} KiB | {:.1} KiB | {rate:.0} |",
+            "| {} | {:.1} MiB | **{per:.1} KiB** | {buf:.1} KiB | {:.1} KiB | {rate:.0} | {cpu:.1} % |",
             clients.len(),
             after as f64 / 1048576.0,
             per - buf

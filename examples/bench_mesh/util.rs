@@ -97,6 +97,20 @@ pub fn recv_buffer_rss(pid: u32, max_udp_payload: u16) -> Result<u64, Error> {
     Ok(rss * 1024)
 }
 
+/// CPU time of `pid` so far (user + system), in seconds.
+pub fn cpu_secs(pid: u32) -> Result<f64, Error> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at state (field 3).
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("/proc/PID/stat without a command")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| -> Result<u64, Error> { Ok(f.get(i).ok_or("/proc/PID/stat too short")?.parse()?) };
+    // Clock ticks of 1/100 s (USER_HZ on Linux).
+    Ok((get(11)? + get(12)?) as f64 / 100.0)
+}
+
 /// The `quicmesh` binary next to this example.
 pub fn node_binary() -> Result<PathBuf, Error> {
     let exe = std::env::current_exe()?;

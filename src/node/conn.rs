@@ -20,7 +20,7 @@ use crate::identity::{Identity, Role};
 use crate::protocol::codes;
 use crate::transport::{stream_release_lag, StreamAllowance};
 
-/// How often a connection's remote address is compared with the last one seen.
+/// How often the node compares every connection's remote address with the last one seen.
 const MIGRATION_CHECK: Duration = Duration::from_millis(250);
 
 /// Runs an established connection until it closes: registers node peers, opens the control
@@ -75,15 +75,10 @@ pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Ide
             debug!("client connected");
         }
         let id = Arc::new(id);
-        // QUIC migrates a connection whose peer's address changes (a client on a new
-        // network, a NAT rebinding) without telling the application; look now and then so
-        // it is logged and counted.
-        let mut remote = conn.remote_address();
-        let mut look = tokio::time::interval(MIGRATION_CHECK);
-        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Migrations are noticed by the node's one sweep (`watch_migrations`).
+        shared.migrations.connected(conn.stable_id(), conn.remote_address());
         let reason = loop {
-            tokio::select! {
-                accepted = conn.accept_bi() => match accepted {
+            match conn.accept_bi().await {
                     Ok((send, recv)) => {
                         let (guard, now) = CountedArc::new(&open);
                         if let Some(more) = allowance.on_accept(u32::try_from(now).unwrap_or(u32::MAX)) {
@@ -105,17 +100,9 @@ pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Ide
                         }.in_current_span());
                     }
                     Err(e) => break e,
-                },
-                _ = look.tick() => {
-                    let now = conn.remote_address();
-                    if now != remote {
-                        bump(&shared.metrics.stats.migrations);
-                        info!(from = %remote, to = %now, "peer address changed; connection migrated");
-                        remote = now;
-                    }
-                }
             }
         };
+        shared.migrations.closed(conn.stable_id());
         let ended = Ended::of(&reason, shared.ctx.is_shutting_down());
         if is_node {
             let current = shared.peers.unregister(&id.name, &conn);
@@ -147,4 +134,29 @@ pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Ide
     }
     .instrument(span)
     .await
+}
+
+/// Logs and counts connections whose peer moved to a new address. One task for the node,
+/// over every connection: a timer per connection woke the node 4 times a second for each
+/// idle client.
+pub(crate) async fn watch_migrations(shared: Arc<State>) {
+    let mut look = tokio::time::interval(MIGRATION_CHECK);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        look.tick().await;
+        let conns = shared.peers.all_connections();
+        let moved = shared
+            .migrations
+            .look(conns.iter().map(|c| (c.stable_id(), c.remote_address())));
+        for m in moved {
+            bump(&shared.metrics.stats.migrations);
+            // Read from the certificate only now: moves are rare.
+            let peer = conns
+                .iter()
+                .find(|c| c.stable_id() == m.id)
+                .and_then(|c| crate::identity::peer_identity(c).ok())
+                .map_or_else(|| "unknown".to_owned(), |id| id.to_string());
+            info!(%peer, from = %m.from, to = %m.to, "peer address changed; connection migrated");
+        }
+    }
 }

@@ -20,6 +20,7 @@ mod failure;
 mod health_table;
 mod load;
 mod metrics;
+mod migrations;
 mod peers;
 mod pushed_load;
 mod reach;

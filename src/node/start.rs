@@ -17,7 +17,7 @@ use super::error::NodeError;
 use super::services::{LocalServices, ServiceSet};
 use super::state::State;
 use super::tls::{log_cert_expiry, quinn_configs, TlsState};
-use super::{admin, checks, dial, discover, handshake, membership, preconnect, reload, services_api, Node};
+use super::{admin, checks, conn, dial, discover, handshake, membership, preconnect, reload, services_api, Node};
 use crate::config::NodeConfig;
 use crate::discovery::Discovery;
 use crate::gossip::{Gossip, Member};
@@ -223,6 +223,7 @@ fn spawn(state: Arc<State>, admin: Option<TcpListener>, local_addr: SocketAddr, 
     let span = tracing::info_span!("node", name = %ctx.name);
     let mut tasks = JoinSet::new();
     tasks.spawn(handshake::accept_loop(state.clone()).instrument(span.clone()));
+    tasks.spawn(conn::watch_migrations(state.clone()).instrument(span.clone()));
     tasks.spawn(membership::gossip_loop(state.clone()).instrument(span.clone()));
     tasks.spawn(dial::service_dials(state.clone()).instrument(span.clone()));
     if tls_from_files {

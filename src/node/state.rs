@@ -74,6 +74,8 @@ pub(crate) struct State {
     /// Which members to keep connections to (a full mesh up to `limits.max_peer_connections`).
     pub overlay: Mutex<Overlay<String>>,
     pub metrics: Metrics,
+    /// The last address seen of each connection (`migrations.rs`).
+    pub migrations: super::migrations::Migrations,
     /// Randomness of gossip, balancing and reconnect jitter; seeded by
     /// [`crate::NodeBuilder::rng_seed`] for reproducible runs.
     pub rng: Mutex<StdRng>,
@@ -111,6 +113,7 @@ impl State {
             gossip: Mutex::new(gossip),
             overlay: Mutex::new(Overlay::new(overlay_config(&ctx.cfg))),
             metrics: Metrics::new(),
+            migrations: Default::default(),
             rng: Mutex::new(rng),
             draining: AtomicBool::new(false),
             ctx,
