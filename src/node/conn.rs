@@ -85,7 +85,9 @@ pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Ide
                             conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(more));
                             debug!(streams = more, "stream allowance raised");
                         }
-                        let stream = handle_stream(shared.clone(), conn.clone(), id.clone(), send, recv);
+                        // Boxed: moved into the task below, the stream's state would be
+                        // stored twice (once captured, once awaited), 3.1 KB for each stream.
+                        let stream = Box::pin(handle_stream(shared.clone(), conn.clone(), id.clone(), send, recv));
                         // quinn counts a stream against the allowance until the peer has
                         // acknowledged our end of it, about a round trip and an ack delay after
                         // the handler returns: a burst of short calls holds that many slots, so
