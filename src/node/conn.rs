@@ -78,31 +78,30 @@ pub(crate) async fn run_connection(shared: Arc<State>, conn: Connection, id: Ide
         // Migrations are noticed by the node's one sweep (`watch_migrations`).
         shared.migrations.connected(conn.stable_id(), conn.remote_address());
         let reason = loop {
-            match conn.accept_bi().await {
-                    Ok((send, recv)) => {
-                        let (guard, now) = CountedArc::new(&open);
-                        if let Some(more) = allowance.on_accept(u32::try_from(now).unwrap_or(u32::MAX)) {
-                            conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(more));
-                            debug!(streams = more, "stream allowance raised");
-                        }
-                        // Boxed: moved into the task below, the stream's state would be
-                        // stored twice (once captured, once awaited), 3.1 KB for each stream.
-                        let stream = Box::pin(handle_stream(shared.clone(), conn.clone(), id.clone(), send, recv));
-                        // quinn counts a stream against the allowance until the peer has
-                        // acknowledged our end of it, about a round trip and an ack delay after
-                        // the handler returns: a burst of short calls holds that many slots, so
-                        // the count holds them as long (only while the allowance may grow).
-                        let lag = (!allowance.at_limit()).then(|| stream_release_lag(conn.rtt()));
-                        tokio::spawn(async move {
-                            stream.await;
-                            if let Some(lag) = lag {
-                                tokio::time::sleep(lag).await;
-                            }
-                            drop(guard);
-                        }.in_current_span());
-                    }
-                    Err(e) => break e,
+            let (send, recv) = match conn.accept_bi().await {
+                Ok(sr) => sr,
+                Err(e) => break e,
+            };
+            let (guard, now) = CountedArc::new(&open);
+            if let Some(more) = allowance.on_accept(u32::try_from(now).unwrap_or(u32::MAX)) {
+                conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(more));
+                debug!(streams = more, "stream allowance raised");
             }
+            // Boxed: moved into the task below, the stream's state would be
+            // stored twice (once captured, once awaited), 3.1 KB for each stream.
+            let stream = Box::pin(handle_stream(shared.clone(), conn.clone(), id.clone(), send, recv));
+            // quinn counts a stream against the allowance until the peer has
+            // acknowledged our end of it, about a round trip and an ack delay after
+            // the handler returns: a burst of short calls holds that many slots, so
+            // the count holds them as long (only while the allowance may grow).
+            let lag = (!allowance.at_limit()).then(|| stream_release_lag(conn.rtt()));
+            tokio::spawn(async move {
+                stream.await;
+                if let Some(lag) = lag {
+                    tokio::time::sleep(lag).await;
+                }
+                drop(guard);
+            }.in_current_span());
         };
         shared.migrations.closed(conn.stable_id());
         let ended = Ended::of(&reason, shared.ctx.is_shutting_down());
