@@ -91,7 +91,7 @@ fn fresh(name: &str) -> Gossip {
 
 fn gossip(c: &mut Criterion) {
     const N: usize = 1000;
-    let delta: Vec<Member> = (0..N).map(member).collect();
+    let delta: Vec<std::sync::Arc<Member>> = (0..N).map(|i| std::sync::Arc::new(member(i))).collect();
     let now = Duration::from_secs(1);
     c.bench_function("gossip merge of 1,000 new member records", |b| {
         b.iter_batched(
@@ -111,14 +111,14 @@ fn gossip(c: &mut Criterion) {
     peer.handle(
         "me",
         GossipMsg::Ack {
-            delta: vec![a.me().clone()],
+            delta: vec![a.me().clone().into()],
         },
         now,
     );
     a.handle(
         "peer",
         GossipMsg::Ack {
-            delta: vec![peer.me().clone()],
+            delta: vec![peer.me().clone().into()],
         },
         now,
     );

@@ -254,3 +254,39 @@ fn at_a_thousand_nodes_gossip_bytes_stay_flat_facts_spread_and_crashes_are_found
     })
     .expect("a silent crash is Dead everywhere within 30 s");
 }
+
+/// A warm start (what `gossip_sim` uses from 5,000 nodes) is a settled mesh: every node holds
+/// every record from the first instant, its first rounds find nothing to repair (no cut
+/// replies: every message is small), and facts and crashes spread as after a cold start.
+#[test]
+fn a_warm_start_is_a_settled_mesh_from_the_first_round() {
+    let n = 2000;
+    let mut cfg = SimConfig::new(n, 41);
+    cfg.loss = 0.10;
+    cfg.load = true;
+    cfg.count_bytes = true;
+    cfg.warm = true;
+    cfg.links = Some(overlay_links(n, 32, 41));
+    let mut sim = Sim::new(cfg);
+    assert!(sim.converged(), "every node knows every other Alive at once");
+    sim.run_for(Duration::from_secs(2));
+    assert!(sim.converged());
+    // One differing bucket's digest at 2,000 members is ~31 entries; a cold start's cut
+    // replies are ~9 KiB.
+    assert!(sim.max_message < 4 * 1024, "largest message {} B", sim.max_message);
+    sim.node_mut(9).unwrap().set_services(vec!["new-fact".into()]);
+    let took = sim
+        .run_until_true(Duration::from_secs(30), Duration::from_millis(20), |s| {
+            s.all_see(9, |m| m.is_some_and(|m| m.services == ["new-fact"]))
+        })
+        .expect("the fact spreads");
+    let serf = ((n as f64 + 1.0) * 1e4).ln() / (3.0 / 2.0);
+    let rounds = took.as_secs_f64() / 0.2;
+    assert!(rounds <= serf, "{rounds:.1} rounds > Serf's {serf:.1}");
+    sim.kill(11);
+    sim.run_until_true(Duration::from_secs(30), Duration::from_millis(500), |s| {
+        assert_eq!(s.false_deaths(), Vec::new(), "a live member held Dead");
+        s.all_see(11, |m| m.is_none_or(|m| m.status.is_gone()))
+    })
+    .expect("a silent crash is Dead everywhere within 30 s");
+}

@@ -384,7 +384,7 @@ async fn an_older_peer_gets_full_digest_rounds_and_a_newer_one_gets_sums() {
     .await;
     assert_eq!(want, ["old"]);
     send.write_all(&send_gossip(GossipMsg::Ack {
-        delta: vec![me.clone()],
+        delta: vec![me.clone().into()],
     }))
     .await
     .unwrap();
@@ -405,7 +405,7 @@ async fn an_older_peer_gets_full_digest_rounds_and_a_newer_one_gets_sums() {
     send.write_all(&send_gossip(GossipMsg::Sums {
         heartbeat: 1,
         sums: vec![0; BUCKETS * 4],
-        news: vec![me],
+        news: vec![me.into()],
     }))
     .await
     .unwrap();

@@ -12,12 +12,25 @@ use std::time::Duration;
 const WINDOW: usize = 64;
 
 /// Heartbeat arrival history of one member.
+///
+/// 24 bytes until the first heartbeat: a node holds one per member, and at 10,000 members most
+/// are never linked to it, so the window is allocated only for those that send heartbeats.
 #[derive(Debug, Clone)]
 pub struct PhiDetector {
-    last: Duration,
+    /// The last heartbeat (or the start of observation), in microseconds.
+    last_us: u64,
+    history: Option<Box<History>>,
+    floor: f64,
+}
+
+#[derive(Debug, Clone)]
+struct History {
     intervals: VecDeque<f64>,
     sum: f64,
-    floor: f64,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl PhiDetector {
@@ -25,44 +38,48 @@ impl PhiDetector {
     /// of heartbeats (several gossip paths at once) does not make the detector jumpy.
     pub fn new(now: Duration, floor: Duration) -> Self {
         PhiDetector {
-            last: now,
-            // Allocated on the first heartbeat: most members of a large mesh are never linked.
-            intervals: VecDeque::new(),
-            sum: 0.0,
+            last_us: micros(now),
+            history: None,
             floor: floor.as_secs_f64(),
         }
     }
 
     /// Records a heartbeat seen at `now`.
     pub fn heartbeat(&mut self, now: Duration) {
-        let dt = now.saturating_sub(self.last).as_secs_f64();
-        self.last = now;
-        if self.intervals.len() == WINDOW {
-            if let Some(old) = self.intervals.pop_front() {
-                self.sum -= old;
+        let dt = now.saturating_sub(self.last_heartbeat()).as_secs_f64();
+        self.last_us = micros(now);
+        let h = self.history.get_or_insert_with(|| {
+            Box::new(History {
+                intervals: VecDeque::with_capacity(WINDOW),
+                sum: 0.0,
+            })
+        });
+        if h.intervals.len() == WINDOW {
+            if let Some(old) = h.intervals.pop_front() {
+                h.sum -= old;
             }
         }
-        self.intervals.push_back(dt);
-        self.sum += dt;
+        h.intervals.push_back(dt);
+        h.sum += dt;
     }
 
     /// Mean interval, never below the floor.
     pub fn mean(&self) -> f64 {
-        if self.intervals.is_empty() {
-            return self.floor;
+        match &self.history {
+            Some(h) if !h.intervals.is_empty() => (h.sum / h.intervals.len() as f64).max(self.floor),
+            _ => self.floor,
         }
-        (self.sum / self.intervals.len() as f64).max(self.floor)
     }
 
     /// φ at `now`.
     pub fn phi(&self, now: Duration) -> f64 {
-        let elapsed = now.saturating_sub(self.last).as_secs_f64();
+        let elapsed = now.saturating_sub(self.last_heartbeat()).as_secs_f64();
         elapsed / self.mean() * std::f64::consts::LOG10_E
     }
 
     /// When the last heartbeat was seen.
     pub fn last_heartbeat(&self) -> Duration {
-        self.last
+        Duration::from_micros(self.last_us)
     }
 }
 

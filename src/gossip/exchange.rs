@@ -8,9 +8,11 @@
 //! hello) a round is the full-digest `Syn` → `SynAck` → `Ack` of before.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::state::{add_suspector, Entry, Gossip};
+use super::names::Id;
+use super::state::{add_suspectors, At, Entry, Gossip};
 use super::sums::{bucket_of, BUCKETS};
 use super::{DigestEntry, GossipMsg, Member, Status};
 
@@ -19,13 +21,7 @@ fn confirm(e: &mut Entry, d: &DigestEntry) -> bool {
     let same_suspicion = d.key.incarnation == e.member.incarnation
         && d.key.rank == Status::Suspect.rank()
         && e.member.status == Status::Suspect;
-    let mut added = false;
-    if same_suspicion {
-        for s in &d.suspectors {
-            added |= add_suspector(&mut e.member.suspectors, s);
-        }
-    }
-    added
+    same_suspicion && add_suspectors(&mut e.member, &d.suspectors)
 }
 
 /// The heartbeat an older node is shown for `e`: a member held up has its heartbeat advanced
@@ -33,7 +29,7 @@ fn confirm(e: &mut Entry, d: &DigestEntry) -> bool {
 fn shown_heartbeat(e: &Entry, now: Duration, interval: Duration) -> u64 {
     let mut heartbeat = e.member.heartbeat;
     if e.member.status.rank() == 0 {
-        let rounds = now.saturating_sub(e.heartbeat_at).as_secs_f64() / interval.as_secs_f64();
+        let rounds = now.saturating_sub(e.heartbeat_at.get()).as_secs_f64() / interval.as_secs_f64();
         heartbeat = heartbeat.saturating_add(rounds as u64);
     }
     heartbeat
@@ -60,8 +56,8 @@ impl Gossip {
             .values()
             .map(|e| entry_of(&e.member, shown_heartbeat(e, now, interval)))
             .collect();
-        let at = v.partition_point(|d| d.name < self.own.name);
-        v.insert(at, entry_of(&self.own, self.own.heartbeat));
+        v.push(entry_of(&self.own, self.own.heartbeat));
+        v.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
@@ -107,8 +103,8 @@ impl Gossip {
             GossipMsg::Sums { heartbeat, sums, news } => {
                 if let Some(e) = self.members.get_mut(from) {
                     if heartbeat > e.member.heartbeat {
-                        e.member.heartbeat = heartbeat;
-                        e.heartbeat_at = now;
+                        Arc::make_mut(&mut e.member).heartbeat = heartbeat;
+                        e.heartbeat_at = At::new(now);
                     }
                 }
                 for m in news.into_iter().take(self.cfg.max_delta) {
@@ -136,10 +132,10 @@ impl Gossip {
                 for m in delta {
                     self.merge(m, now);
                 }
-                let mut back: Vec<Member> = want
+                let mut back: Vec<Arc<Member>> = want
                     .iter()
                     .take(self.cfg.max_delta)
-                    .filter_map(|n| self.member(n).cloned())
+                    .filter_map(|n| self.record(n))
                     .collect();
                 back.dedup_by(|a, b| a.name == b.name);
                 if back.is_empty() {
@@ -187,8 +183,8 @@ impl Gossip {
     fn bucket_digest(&self, buckets: &[usize]) -> Vec<DigestEntry> {
         let mut v: Vec<DigestEntry> = buckets
             .iter()
-            .flat_map(|&b| self.sums.names(b))
-            .filter_map(|n| self.member(n))
+            .flat_map(|&b| self.sums.ids(b))
+            .filter_map(|id| self.member_by_id(id))
             .map(|m| entry_of(m, m.heartbeat))
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -197,7 +193,12 @@ impl Gossip {
 
     /// Compares `digest` (the peer's entries of `buckets`) with our records of the same
     /// buckets: returns ours that it lacks or has older, and the names it knows better.
-    fn reconcile_buckets(&mut self, to: &str, buckets: &[u16], digest: &[DigestEntry]) -> (Vec<Member>, Vec<String>) {
+    fn reconcile_buckets(
+        &mut self,
+        to: &str,
+        buckets: &[u16],
+        digest: &[DigestEntry],
+    ) -> (Vec<Arc<Member>>, Vec<String>) {
         let scope: BTreeSet<usize> = buckets
             .iter()
             .map(|&b| usize::from(b))
@@ -208,20 +209,21 @@ impl Gossip {
             .filter(|d| scope.contains(&bucket_of(&d.name)))
             .map(|d| (d.name.as_str(), d))
             .collect();
-        let names: Vec<String> = scope.iter().flat_map(|&b| self.sums.names(b)).cloned().collect();
+        let ids: Vec<Id> = scope.iter().flat_map(|&b| self.sums.ids(b)).collect();
         let (mut out, mut want, mut changed) = (Vec::new(), Vec::new(), Vec::new());
-        for name in names {
-            let d = theirs.remove(name.as_str());
-            if let (Some(d), Some(e)) = (d, self.members.get_mut(&name)) {
+        for id in ids {
+            let Some(m) = self.member_by_id(id) else { continue };
+            let d = theirs.remove(m.name.as_str());
+            if let (Some(d), Some(e)) = (d, self.members.get_id_mut(id)) {
                 if confirm(e, d) {
-                    changed.push(name.clone());
+                    changed.push(e.member.name.clone());
                 }
             }
-            let Some(m) = self.member(&name) else { continue };
+            let Some(m) = self.member_by_id(id) else { continue };
             match d {
-                None => out.push(m.clone()),
-                Some(d) if m.key() > d.key => out.push(m.clone()),
-                Some(d) if d.key > m.key() => want.push(name.clone()),
+                None => out.extend(self.record_by_id(id)),
+                Some(d) if m.key() > d.key => out.extend(self.record_by_id(id)),
+                Some(d) if d.key > m.key() => want.push(m.name.clone()),
                 Some(_) => {}
             }
         }
@@ -245,7 +247,7 @@ impl Gossip {
 
     /// Cuts a reply to `to` to `max_delta` records and names, in turn (see [`take_in_turn`]):
     /// `to`'s own record first (so it can refute a suspicion), then ours, then the rest.
-    fn cut(&mut self, to: &str, out: &mut Vec<Member>, want: &mut Vec<String>) {
+    fn cut(&mut self, to: &str, out: &mut Vec<Arc<Member>>, want: &mut Vec<String>) {
         let max = self.cfg.max_delta;
         let cursors = self.cursors.entry(to.to_owned()).or_default();
         take_in_turn(want, max, &mut cursors.want, |n| n.as_str(), |_| 0);
@@ -273,7 +275,7 @@ impl Gossip {
     ///
     /// Both sides are in name order, so this is one merge-join pass: O(N) with no lookups,
     /// which is what keeps a 1,000-node round cheap.
-    fn reconcile_all(&mut self, to: &str, digest: &[DigestEntry], now: Duration) -> (Vec<Member>, Vec<String>) {
+    fn reconcile_all(&mut self, to: &str, digest: &[DigestEntry], now: Duration) -> (Vec<Arc<Member>>, Vec<String>) {
         let interval = self.cfg.interval;
         let sorted_copy;
         let digest = if digest.windows(2).all(|w| w[0].name < w[1].name) {
@@ -313,28 +315,34 @@ impl Gossip {
             }
             None
         };
-        let compare = |m: &Member, d: Option<&DigestEntry>, out: &mut Vec<Member>, want: &mut Vec<String>| match d {
-            None => out.push(m.clone()),
-            Some(d) if m.key() > d.key => out.push(m.clone()),
-            Some(d) if d.key > m.key() => want.push(d.name.clone()),
-            Some(_) => {}
-        };
+        let compare =
+            |m: &Arc<Member>, d: Option<&DigestEntry>, out: &mut Vec<Arc<Member>>, want: &mut Vec<String>| match d {
+                None => out.push(m.clone()),
+                Some(d) if m.key() > d.key => out.push(m.clone()),
+                Some(d) if d.key > m.key() => want.push(d.name.clone()),
+                Some(_) => {}
+            };
+        let own = Arc::new(own.clone());
+        // The entries are held by id: walk them in name order, as the digest is.
+        let mut order: Vec<(String, Id)> = members.iter().map(|(id, e)| (e.member.name.clone(), id)).collect();
+        order.sort_unstable();
         let mut own_done = false;
-        for (name, e) in members.iter_mut() {
-            if !own_done && own.name < *name {
+        for (name, id) in order {
+            let Some(e) = members.get_id_mut(id) else { continue };
+            if !own_done && own.name < name {
                 let d = skip_to(&own.name, &mut want);
-                compare(own, d, &mut out, &mut want);
+                compare(&own, d, &mut out, &mut want);
                 own_done = true;
             }
-            let d = skip_to(name, &mut want);
+            let d = skip_to(&name, &mut want);
             if let Some(d) = d {
                 // An older node's digest carries heartbeats it heard of at second hand, or
                 // the advancing ones this node showed it (`digest`): no evidence for φ, which
                 // reads links only. Taken when past what this node would show, so that the
                 // heartbeats it shows older nodes keep advancing and do not run away.
                 if d.key.incarnation == e.member.incarnation && d.heartbeat > shown_heartbeat(e, now, interval) {
-                    e.member.heartbeat = d.heartbeat;
-                    e.heartbeat_at = now;
+                    Arc::make_mut(&mut e.member).heartbeat = d.heartbeat;
+                    e.heartbeat_at = At::new(now);
                 }
                 if confirm(e, d) {
                     changed.push(name.clone());
@@ -344,7 +352,7 @@ impl Gossip {
         }
         if !own_done {
             let d = skip_to(&own.name, &mut want);
-            compare(own, d, &mut out, &mut want);
+            compare(&own, d, &mut out, &mut want);
         }
         for d in theirs {
             if !gone_for_good(d) {
@@ -430,7 +438,13 @@ mod tests {
         let members: Vec<Member> = (0..600)
             .map(|i| Member::new(&format!("m{i:03}"), "127.0.0.1:1", 1, Vec::new()))
             .collect();
-        a.handle("x", GossipMsg::Ack { delta: members }, Duration::ZERO);
+        a.handle(
+            "x",
+            GossipMsg::Ack {
+                delta: members.into_iter().map(Arc::new).collect(),
+            },
+            Duration::ZERO,
+        );
         // b knows none of them: every reply is cut to max_delta (256).
         let digest = Arc::new(vec![entry("b", 1, 1)]);
         let mut seen = std::collections::BTreeSet::new();
@@ -481,7 +495,13 @@ mod tests {
         let mut suspect = Member::new("b", "127.0.0.1:2", 1, Vec::new());
         suspect.status = Status::Suspect;
         suspect.suspectors = vec!["x".into()];
-        z.handle("x", GossipMsg::Ack { delta: vec![suspect] }, Duration::ZERO);
+        z.handle(
+            "x",
+            GossipMsg::Ack {
+                delta: vec![suspect.into()],
+            },
+            Duration::ZERO,
+        );
         let replies = z.handle(
             "b",
             GossipMsg::Syn {
@@ -527,7 +547,13 @@ mod tests {
         let members: Vec<Member> = (0..600)
             .map(|i| Member::new(&format!("m{i:03}"), "127.0.0.1:1", 1, Vec::new()))
             .collect();
-        a.handle("x", GossipMsg::Ack { delta: members }, now);
+        a.handle(
+            "x",
+            GossipMsg::Ack {
+                delta: members.into_iter().map(Arc::new).collect(),
+            },
+            now,
+        );
         let mut b = node("b");
         let mut rounds = 0;
         while a.sums.differing(&b.sums.encode()) != Some(vec![]) {
@@ -570,14 +596,14 @@ mod tests {
         a.handle(
             "b",
             GossipMsg::Ack {
-                delta: vec![b.me().clone()],
+                delta: vec![b.me().clone().into()],
             },
             now,
         );
         b.handle(
             "a",
             GossipMsg::Ack {
-                delta: vec![a.me().clone()],
+                delta: vec![a.me().clone().into()],
             },
             now,
         );
@@ -599,7 +625,7 @@ mod tests {
             GossipMsg::Sums {
                 heartbeat: 1,
                 sums: vec![0; 7],
-                news: vec![news],
+                news: vec![news.into()],
             },
             now,
         );
@@ -626,7 +652,13 @@ mod tests {
         let mut dead = Member::new("d", "127.0.0.1:4", 1, Vec::new());
         dead.status = Status::Dead;
         dead.heartbeat = 5;
-        a.handle("x", GossipMsg::Ack { delta: vec![up, dead] }, s(1));
+        a.handle(
+            "x",
+            GossipMsg::Ack {
+                delta: vec![up.into(), dead.into()],
+            },
+            s(1),
+        );
         let beats = |g: &mut Gossip, at| match g.legacy_syn(at) {
             GossipMsg::Syn { digest } => digest.iter().map(|d| (d.name.clone(), d.heartbeat)).collect::<Vec<_>>(),
             _ => unreachable!(),

@@ -25,6 +25,9 @@
 
 mod detector;
 mod exchange;
+mod liveness;
+mod merge;
+mod names;
 mod news;
 mod state;
 mod sums;
@@ -34,6 +37,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use detector::PhiDetector;
+pub use names::Names;
 pub use state::{Gossip, GossipEvent};
 pub use sums::BUCKETS;
 
@@ -217,13 +221,13 @@ pub enum GossipMsg {
     SynAck {
         /// Members whose records the replier wants.
         want: Vec<String>,
-        /// Newer records.
-        delta: Vec<Member>,
+        /// Newer records (shared, not copied, between the messages they go out in).
+        delta: Vec<std::sync::Arc<Member>>,
     },
     /// Completion: the records the replier is behind on.
     Ack {
-        /// Newer records.
-        delta: Vec<Member>,
+        /// Newer records (shared, not copied, between the messages they go out in).
+        delta: Vec<std::sync::Arc<Member>>,
     },
     /// Round opener of the bounded protocol (to peers whose hello has `GOSSIP_SUMS`): the
     /// sender's heartbeat, one sum per bucket of members, and the latest changes.
@@ -233,7 +237,7 @@ pub enum GossipMsg {
         /// [`BUCKETS`] sums of 4 bytes, little-endian.
         sums: Vec<u8>,
         /// Records that changed lately (the broadcast queue), at most `gossip.max_news`.
-        news: Vec<Member>,
+        news: Vec<std::sync::Arc<Member>>,
     },
     /// Reply to `Sums`: the replier's digest entries of the buckets whose sums differ; the
     /// opener answers with a `SynAck` over those buckets only.

@@ -1,4 +1,4 @@
-//! The broadcast queue (memberlist's `TransmitLimitedQueue`): names of members whose records
+//! The broadcast queue (memberlist's `TransmitLimitedQueue`): ids of members whose records
 //! changed here, each to be sent a bounded number of times, piggybacked on the round's
 //! openers. The records that were sent least go first, so a fresh change overtakes one that
 //! has already been sent around; past the cap, the most-sent are dropped (anti-entropy still
@@ -7,12 +7,14 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 
+use super::names::Id;
+
 /// Members with news to send, and how many more times each goes out.
 #[derive(Debug, Clone, Default)]
 pub struct News {
-    /// (transmissions left, newest first by sequence, name), highest left first.
-    order: BTreeSet<(Reverse<u32>, Reverse<u64>, String)>,
-    left: HashMap<String, (u32, u64)>,
+    /// (transmissions left, newest first by sequence, member), highest left first.
+    order: BTreeSet<(Reverse<u32>, Reverse<u64>, Id)>,
+    left: HashMap<Id, (u32, u64)>,
     seq: u64,
 }
 
@@ -28,16 +30,16 @@ pub fn transmissions(mult: u32, members: usize) -> u32 {
 }
 
 impl News {
-    /// Queues `name`'s record to go out `times` times (replacing what was left of an earlier
-    /// change of it).
-    pub fn add(&mut self, name: &str, times: u32) {
-        self.remove(name);
+    /// Queues member `id`'s record to go out `times` times (replacing what was left of an
+    /// earlier change of it).
+    pub fn add(&mut self, id: Id, times: u32) {
+        self.remove(id);
         if times == 0 {
             return;
         }
         self.seq += 1;
-        self.order.insert((Reverse(times), Reverse(self.seq), name.to_owned()));
-        self.left.insert(name.to_owned(), (times, self.seq));
+        self.order.insert((Reverse(times), Reverse(self.seq), id));
+        self.left.insert(id, (times, self.seq));
         while self.order.len() > CAP {
             if let Some(last) = self.order.pop_last() {
                 self.left.remove(&last.2);
@@ -45,32 +47,33 @@ impl News {
         }
     }
 
-    /// Drops `name` from the queue (its record is gone).
-    pub fn remove(&mut self, name: &str) {
-        if let Some((times, seq)) = self.left.remove(name) {
-            self.order.remove(&(Reverse(times), Reverse(seq), name.to_owned()));
+    /// Drops member `id` from the queue (its record is gone).
+    pub fn remove(&mut self, id: Id) {
+        if let Some((times, seq)) = self.left.remove(&id) {
+            self.order.remove(&(Reverse(times), Reverse(seq), id));
         }
     }
 
-    /// The names to send in one message (at most `max`), counting one transmission for each.
-    pub fn take(&mut self, max: usize) -> Vec<String> {
-        let picked: Vec<(Reverse<u32>, Reverse<u64>, String)> = self.order.iter().take(max).cloned().collect();
+    /// The members to send in one message (at most `max`), counting one transmission for
+    /// each.
+    pub fn take(&mut self, max: usize) -> Vec<Id> {
+        let picked: Vec<(Reverse<u32>, Reverse<u64>, Id)> = self.order.iter().take(max).copied().collect();
         let mut out = Vec::with_capacity(picked.len());
         for item in picked {
             self.order.remove(&item);
-            let (Reverse(times), Reverse(seq), name) = item;
+            let (Reverse(times), Reverse(seq), id) = item;
             if times > 1 {
-                self.order.insert((Reverse(times - 1), Reverse(seq), name.clone()));
-                self.left.insert(name.clone(), (times - 1, seq));
+                self.order.insert((Reverse(times - 1), Reverse(seq), id));
+                self.left.insert(id, (times - 1, seq));
             } else {
-                self.left.remove(&name);
+                self.left.remove(&id);
             }
-            out.push(name);
+            out.push(id);
         }
         out
     }
 
-    /// Names queued.
+    /// Members queued.
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.order.len()
@@ -93,20 +96,21 @@ mod tests {
         assert_eq!(transmissions(4, 10), 8);
         assert_eq!(transmissions(4, 10_000), 20);
         let mut q = News::default();
-        q.add("a", 3);
-        assert_eq!(q.take(8), ["a"]);
-        q.add("b", 3);
+        let (a, b, c) = (7, 3, 9);
+        q.add(a, 3);
+        assert_eq!(q.take(8), [a]);
+        q.add(b, 3);
         // b has been sent less than a: it leads.
-        assert_eq!(q.take(1), ["b"]);
+        assert_eq!(q.take(1), [b]);
         // Sent equally often: the newer change first.
-        assert_eq!(q.take(8), ["b", "a"]);
-        assert_eq!(q.take(8), ["b", "a"]);
+        assert_eq!(q.take(8), [b, a]);
+        assert_eq!(q.take(8), [b, a]);
         assert!(q.is_empty(), "three transmissions each, then gone");
-        q.add("c", 2);
-        q.add("c", 5);
+        q.add(c, 2);
+        q.add(c, 5);
         assert_eq!(q.len(), 1, "a newer change replaces the older");
         for i in 0..(CAP + 10) {
-            q.add(&format!("m{i}"), 4);
+            q.add(100 + i as Id, 4);
         }
         assert_eq!(q.len(), CAP);
     }

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 
+use super::names::Id;
 use super::Member;
 
 /// Buckets of the sums. 64 sums of 4 bytes: a 256-byte opener; at 10,000 members a bucket
@@ -52,31 +53,33 @@ pub fn record_hash(m: &Member) -> u32 {
 #[derive(Debug, Clone)]
 pub struct Sums {
     sums: [u32; BUCKETS],
-    names: Vec<BTreeSet<String>>,
+    /// The ids of each bucket's members (4 bytes each, with the tree's share: the names are
+    /// in the node's [`super::names::Names`]).
+    ids: Vec<BTreeSet<Id>>,
 }
 
 impl Default for Sums {
     fn default() -> Self {
         Sums {
             sums: [0; BUCKETS],
-            names: vec![BTreeSet::new(); BUCKETS],
+            ids: vec![BTreeSet::new(); BUCKETS],
         }
     }
 }
 
 impl Sums {
-    /// Adds a member whose record hashes to `hash`.
-    pub fn insert(&mut self, name: &str, hash: u32) {
+    /// Adds member `name` (with id `id`), whose record hashes to `hash`.
+    pub fn insert(&mut self, name: &str, id: Id, hash: u32) {
         let b = bucket_of(name);
         self.sums[b] ^= hash;
-        self.names[b].insert(name.to_owned());
+        self.ids[b].insert(id);
     }
 
-    /// Removes a member whose record hashed to `hash`.
-    pub fn remove(&mut self, name: &str, hash: u32) {
+    /// Removes member `name` (with id `id`), whose record hashed to `hash`.
+    pub fn remove(&mut self, name: &str, id: Id, hash: u32) {
         let b = bucket_of(name);
         self.sums[b] ^= hash;
-        self.names[b].remove(name);
+        self.ids[b].remove(&id);
     }
 
     /// A member's record changed from hashing to `old` to hashing to `new`.
@@ -105,14 +108,14 @@ impl Sums {
         Some(differ)
     }
 
-    /// The members of bucket `b`, in name order.
-    pub fn names(&self, b: usize) -> impl Iterator<Item = &String> {
-        self.names.get(b).into_iter().flatten()
+    /// The ids of the members of bucket `b` (in id order, not name order).
+    pub fn ids(&self, b: usize) -> impl Iterator<Item = Id> + '_ {
+        self.ids.get(b).into_iter().flatten().copied()
     }
 
     /// How many members bucket `b` holds.
     pub fn len(&self, b: usize) -> usize {
-        self.names.get(b).map_or(0, BTreeSet::len)
+        self.ids.get(b).map_or(0, BTreeSet::len)
     }
 }
 
@@ -125,11 +128,11 @@ mod tests {
         let mut a = Member::new("a", "x:1", 1, Vec::new());
         let b = Member::new("b", "x:2", 1, Vec::new());
         let mut one = Sums::default();
-        one.insert("a", record_hash(&a));
-        one.insert("b", record_hash(&b));
+        one.insert("a", 0, record_hash(&a));
+        one.insert("b", 1, record_hash(&b));
         let mut two = Sums::default();
-        two.insert("b", record_hash(&b));
-        two.insert("a", record_hash(&a));
+        two.insert("b", 1, record_hash(&b));
+        two.insert("a", 0, record_hash(&a));
         assert_eq!(one.differing(&two.encode()), Some(vec![]));
 
         let old = record_hash(&a);

@@ -113,8 +113,9 @@ pub(crate) async fn gossip_loop(shared: Arc<State>) {
     }
 }
 
-/// The other members by name: those gossip lists alive, and those it holds Dead or Left (not
-/// yet forgotten).
+/// The other members' names (in the order gossip first heard of them; the overlay draws from
+/// them at random): those gossip lists alive, and those it holds Dead or Left (not yet
+/// forgotten).
 #[derive(Default)]
 struct Members {
     alive: Vec<String>,

@@ -192,7 +192,7 @@ impl State {
             let mut g = lock(&self.gossip);
             change(&mut g);
             crate::gossip::GossipMsg::Ack {
-                delta: vec![g.me().clone()],
+                delta: vec![std::sync::Arc::new(g.me().clone())],
             }
         };
         for p in self.peers.control_peers() {
@@ -218,7 +218,11 @@ impl State {
     /// The node's status report (also served as the built-in status service).
     pub fn status_report(&self) -> StatusReport {
         let rtt = self.peers.rtts();
-        let members: Vec<crate::gossip::Member> = lock(&self.gossip).members().cloned().collect();
+        let mut members: Vec<crate::gossip::Member> = lock(&self.gossip).members().cloned().collect();
+        // This node first (as `members()` gives it), then by name.
+        if let Some(others) = members.get_mut(1..) {
+            others.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        }
         StatusReport {
             node: self.ctx.name.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
