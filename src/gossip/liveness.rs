@@ -115,11 +115,12 @@ impl Gossip {
                 continue;
             }
             let (inc, hash) = (e.member.incarnation, e.hash);
-            self.members.remove(&name);
+            // The id before the entry goes: with it the id may be freed, and reused.
             if let Some(id) = self.members.names().id(&name) {
                 self.sums.remove(&name, id, hash);
                 self.news.remove(id);
             }
+            self.members.remove(&name);
             // Remember the death long enough for every stale copy of the record to die out.
             self.tombstones.insert(name.clone(), (inc, now + ttl.saturating_mul(4)));
             self.events.push(GossipEvent::Forgotten { name });

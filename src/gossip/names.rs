@@ -7,11 +7,12 @@
 //! node has its own), and each node's entries are a vector indexed by the id, with no key
 //! stored at all.
 //!
-//! Ids are never reused: a forgotten member keeps its id (its name and one empty slot per
-//! node, about 60 B), so a member that comes back gets the same one. That bounds a node's
-//! table by the names it has ever seen, which in a long-lived mesh whose members get new
-//! names on every restart grows without end; dropping those ids needs every structure that
-//! holds one to forget it first, which is left for when a real fleet shows the need.
+//! An id is held by every table with an entry for it (and by a node for its own name), and
+//! handed out again once none holds it: a member forgotten everywhere after `dead_ttl` frees
+//! its id, so a long-lived mesh whose members take new names on every restart (or a peer
+//! that gossips made-up members) does not grow the tables for ever. Other structures that
+//! keep ids (the renewal queue) check the entry they point at, as they did when the member
+//! was forgotten, so a reused id is only ever read as "someone newer".
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,55 +27,83 @@ pub struct Names(Arc<Mutex<Interner>>);
 #[derive(Debug, Default)]
 struct Interner {
     ids: HashMap<Arc<str>, Id>,
-    names: Vec<Arc<str>>,
+    /// By id: the name and how many holders it has (None: free).
+    names: Vec<Option<(Arc<str>, u32)>>,
+    free: Vec<Id>,
 }
 
 impl Names {
     fn lock(&self) -> MutexGuard<'_, Interner> {
-        // The table only ever grows by whole entries: a panic elsewhere leaves it consistent.
+        // Every change is made whole under the lock: a panic elsewhere leaves it consistent.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The id of `name`, if it was ever interned.
+    /// The id of `name`, if something holds it.
     pub fn id(&self, name: &str) -> Option<Id> {
         self.lock().ids.get(name).copied()
     }
 
-    /// The id of `name`, interning it if it is new.
-    pub fn intern(&self, name: &str) -> Id {
+    /// The id of `name`, interning it if nothing holds it, and counts one more holder.
+    pub fn acquire(&self, name: &str) -> Id {
         let mut t = self.lock();
         if let Some(&id) = t.ids.get(name) {
+            if let Some(Some((_, holders))) = t.names.get_mut(id as usize) {
+                *holders += 1;
+            }
             return id;
         }
-        let id = Id::try_from(t.names.len()).unwrap_or(Id::MAX);
         let name: Arc<str> = Arc::from(name);
-        t.names.push(name.clone());
+        let id = match t.free.pop() {
+            Some(id) => id,
+            None => {
+                t.names.push(None);
+                Id::try_from(t.names.len() - 1).unwrap_or(Id::MAX)
+            }
+        };
+        if let Some(slot) = t.names.get_mut(id as usize) {
+            *slot = Some((name.clone(), 1));
+        }
         t.ids.insert(name, id);
         id
     }
 
-    /// The name of `id` (empty if `id` was never handed out).
-    pub fn name(&self, id: Id) -> Arc<str> {
-        self.lock()
-            .names
-            .get(id as usize)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(""))
+    /// Counts one holder less of `id`; frees it when that was the last.
+    pub fn release(&self, id: Id) {
+        let mut t = self.lock();
+        let Some(Some((name, holders))) = t.names.get_mut(id as usize) else {
+            return;
+        };
+        *holders -= 1;
+        if *holders > 0 {
+            return;
+        }
+        let name = name.clone();
+        t.names[id as usize] = None;
+        t.ids.remove(&name);
+        t.free.push(id);
     }
 
-    /// How many names were interned.
+    /// The name of `id` (empty if it is free).
+    pub fn name(&self, id: Id) -> Arc<str> {
+        match self.lock().names.get(id as usize) {
+            Some(Some((name, _))) => name.clone(),
+            _ => Arc::from(""),
+        }
+    }
+
+    /// How many ids there are, held or free (one more than the highest).
     pub fn len(&self) -> usize {
         self.lock().names.len()
     }
 
-    /// Whether no name was interned yet.
+    /// Whether no id was handed out yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
-/// Entries indexed by [`Id`]: one node's records.
-#[derive(Debug, Clone)]
+/// Entries indexed by [`Id`]: one node's records. Each entry holds its id in the [`Names`].
+#[derive(Debug)]
 pub struct Slots<T> {
     names: Names,
     slots: Vec<Option<T>>,
@@ -124,28 +153,32 @@ impl<T> Slots<T> {
 
     /// Sets the entry of `name` (interning it); its id.
     pub fn insert(&mut self, name: &str, value: T) -> Id {
-        let id = self.names.intern(name);
+        if let Some(id) = self.names.id(name) {
+            if let Some(slot) = self.get_id_mut(id) {
+                *slot = value;
+                return id;
+            }
+        }
+        let id = self.names.acquire(name);
         let i = id as usize;
         if self.slots.len() <= i {
-            // To every name known so far: in a simulation (one table of names for all
-            // nodes) every node ends up holding every name, and this sizes it once.
+            // To every id there is: in a simulation (one table of names for all nodes)
+            // every node ends up holding every name, and this sizes it once.
             let want = self.names.len().max(i + 1);
             self.slots.resize_with(want, || None);
         }
-        if self.slots[i].replace(value).is_none() {
-            self.len += 1;
-        }
+        self.slots[i] = Some(value);
+        self.len += 1;
         id
     }
 
-    /// Removes the entry of `name`.
+    /// Removes the entry of `name`, and with it this table's hold on the id.
     pub fn remove(&mut self, name: &str) -> Option<T> {
         let id = self.names.id(name)?;
-        let old = self.slots.get_mut(id as usize)?.take();
-        if old.is_some() {
-            self.len -= 1;
-        }
-        old
+        let old = self.slots.get_mut(id as usize)?.take()?;
+        self.len -= 1;
+        self.names.release(id);
+        Some(old)
     }
 
     /// How many entries there are.
@@ -165,6 +198,30 @@ impl<T> Slots<T> {
     /// The entries, in id order.
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.slots.iter().flatten()
+    }
+}
+
+impl<T: Clone> Clone for Slots<T> {
+    fn clone(&self) -> Self {
+        for (id, _) in self.iter() {
+            let name = self.names.name(id);
+            self.names.acquire(&name);
+        }
+        Slots {
+            names: self.names.clone(),
+            slots: self.slots.clone(),
+            len: self.len,
+        }
+    }
+}
+
+impl<T> Drop for Slots<T> {
+    fn drop(&mut self) {
+        for (i, slot) in self.slots.iter().enumerate() {
+            if slot.is_some() {
+                self.names.release(i as Id);
+            }
+        }
     }
 }
 
@@ -188,10 +245,34 @@ mod tests {
         assert_eq!(a.len(), 1, "replacing is not adding");
         assert_eq!(b.remove("x"), Some(3));
         assert_eq!((b.remove("x"), b.len()), (None, 1));
-        assert_eq!(names.id("x"), Some(x), "a removed entry keeps its id");
+        assert_eq!(names.id("x"), Some(x), "a still holds x");
         assert_eq!(&*names.name(y), "y");
         assert_eq!(b.iter().map(|(id, v)| (id, *v)).collect::<Vec<_>>(), [(y, 2)]);
         assert_eq!(a.get("never"), None);
         assert_eq!(names.id("never"), None, "looking up does not intern");
+
+        // Forgotten by every table, the id is free and goes to the next new name.
+        assert_eq!(a.remove("x"), Some(4));
+        assert_eq!(names.id("x"), None);
+        let z = a.insert("z", 5);
+        assert_eq!(z, x, "a freed id is handed out again");
+        assert_eq!((a.get("x"), a.get("z"), b.get("z")), (None, Some(&5), None));
+        let len = names.len();
+        for round in 0..100 {
+            let name = format!("churn-{round}");
+            a.insert(&name, 0);
+            a.remove(&name);
+        }
+        assert_eq!(names.len(), len + 1, "names that come and go reuse one id");
+
+        // A copy holds its ids too; a dropped table lets go of its own.
+        let c = b.clone();
+        drop(b);
+        assert_eq!(names.id("y"), Some(y));
+        drop(c);
+        assert_eq!(names.id("y"), None);
+        let own = names.acquire("me");
+        drop(a);
+        assert_eq!(names.id("me"), Some(own), "held outside any table");
     }
 }

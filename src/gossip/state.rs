@@ -202,7 +202,8 @@ impl Gossip {
     /// [`Gossip::new`] with member ids from `names`, a table shared with other nodes of the
     /// same process (the simulator's thousands of nodes share one, and so each name once).
     pub fn with_names(cfg: GossipConfig, me: Member, now: Duration, names: Names) -> Self {
-        let own_id = names.intern(&me.name);
+        // Held for as long as the process runs: a node's own name is never forgotten.
+        let own_id = names.acquire(&me.name);
         let load_every = cfg.load_gossip_interval;
         let own_version = me.version;
         let own_hash = record_hash(&me);
@@ -796,6 +797,32 @@ pub(super) mod tests {
             &["b".to_string(), "c".to_string(), "d".to_string()],
         );
         assert_eq!(a.member("c").map(|m| m.status), Some(Status::Alive));
+    }
+
+    #[test]
+    fn a_forgotten_member_lets_go_of_its_id() {
+        use rand::SeedableRng;
+        let mut a = node("a");
+        let mut b = Member::new("b", "127.0.0.1:2", 1, Vec::new());
+        b.status = Status::Left;
+        a.handle("c", GossipMsg::Ack { delta: vec![b.into()] }, Duration::ZERO);
+        assert!(a.members.names().id("b").is_some());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let later = a.cfg.dead_ttl + Duration::from_secs(1);
+        a.tick(later, &mut rng);
+        assert!(a.member("b").is_none(), "forgotten after dead_ttl");
+        assert_eq!(a.members.names().id("b"), None, "and its id is free");
+        assert_eq!(a.members.names().id("a"), Some(a.own_id), "a node's own id is kept");
+        // Back with a higher incarnation: in again, under whichever id is free.
+        let back = Member::new("b", "127.0.0.1:2", 2, Vec::new());
+        a.handle(
+            "c",
+            GossipMsg::Ack {
+                delta: vec![back.into()],
+            },
+            later,
+        );
+        assert_eq!(a.member("b").map(|m| m.status), Some(Status::Alive));
     }
 
     #[test]
