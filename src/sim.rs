@@ -183,7 +183,7 @@ impl Sim {
         // then every N/4 rounds): otherwise every record would change in the first round.
         if self.cfg.load {
             for i in 0..self.nodes.len() {
-                let load = self.random_load();
+                let load = Self::load_from(&mut self.rng);
                 if let Some(g) = self.nodes[i].as_mut() {
                     g.set_load(load, self.now);
                 }
@@ -295,10 +295,6 @@ impl Sim {
         };
         let at = self.now + self.cfg.delay + jitter;
         self.push(at, Kind::Deliver { to, from, msg });
-    }
-
-    fn random_load(&mut self) -> crate::gossip::Load {
-        Self::load_from(&mut self.rng)
     }
 
     /// A node's load under traffic (see [`SimConfig::load`]).

@@ -165,6 +165,20 @@ fn overlay_links(n: usize, cap: usize, seed: u64) -> Vec<Vec<usize>> {
     o.adjacency()
 }
 
+/// A new fact at `src` reaches all `n` nodes within Serf's own round count (digests go to 3
+/// links a round), checked every `check`.
+fn fact_within_serf(sim: &mut Sim, src: usize, n: usize, check: Duration) {
+    sim.node_mut(src).unwrap().set_services(vec!["new-fact".into()]);
+    let took = sim
+        .run_until_true(Duration::from_secs(30), check, |s| {
+            s.all_see(src, |m| m.is_some_and(|m| m.services == ["new-fact"]))
+        })
+        .expect("the fact spreads");
+    let serf = ((n as f64 + 1.0) * 1e4).ln() / (3.0 / 2.0);
+    let rounds = took.as_secs_f64() / 0.2;
+    assert!(rounds <= serf, "{rounds:.1} rounds > Serf's {serf:.1}");
+}
+
 #[test]
 fn over_a_bounded_overlay_with_changing_load_gossip_converges_and_detects_at_ten_percent_loss() {
     let (n, cap) = (300, 32);
@@ -177,16 +191,7 @@ fn over_a_bounded_overlay_with_changing_load_gossip_converges_and_detects_at_ten
     let mut sim = Sim::new(cfg);
     sim.run_until_true(Duration::from_secs(60), Duration::from_millis(200), |s| s.converged())
         .expect("every node knows every other Alive");
-    // A fact reaches everyone within Serf's own round count (digests go to 3 links a round).
-    sim.node_mut(5).unwrap().set_services(vec!["new-fact".into()]);
-    let took = sim
-        .run_until_true(Duration::from_secs(30), Duration::from_millis(10), |s| {
-            s.all_see(5, |m| m.is_some_and(|m| m.services == ["new-fact"]))
-        })
-        .expect("the fact spreads");
-    let serf = ((n as f64 + 1.0) * 1e4).ln() / (3.0 / 2.0);
-    let rounds = took.as_secs_f64() / 0.2;
-    assert!(rounds <= serf, "{rounds:.1} rounds > Serf's {serf:.1}");
+    fact_within_serf(&mut sim, 5, n, Duration::from_millis(10));
     // Every record changes every load interval, and still no live member is held Dead.
     for _ in 0..40 {
         sim.run_for(Duration::from_secs(1));
@@ -237,15 +242,7 @@ fn at_a_thousand_nodes_gossip_bytes_stay_flat_facts_spread_and_crashes_are_found
     );
     assert!(sim.max_message <= 64 * 1024, "largest message {} B", sim.max_message);
 
-    sim.node_mut(5).unwrap().set_services(vec!["new-fact".into()]);
-    let took = sim
-        .run_until_true(Duration::from_secs(30), Duration::from_millis(20), |s| {
-            s.all_see(5, |m| m.is_some_and(|m| m.services == ["new-fact"]))
-        })
-        .expect("the fact spreads");
-    let serf = (1001.0f64 * 1e4).ln() / (3.0 / 2.0);
-    let rounds = took.as_secs_f64() / 0.2;
-    assert!(rounds <= serf, "{rounds:.1} rounds > Serf's {serf:.1}");
+    fact_within_serf(&mut sim, 5, 1000, Duration::from_millis(20));
 
     sim.kill(7);
     sim.run_until_true(Duration::from_secs(30), Duration::from_millis(500), |s| {
@@ -274,15 +271,7 @@ fn a_warm_start_is_a_settled_mesh_from_the_first_round() {
     // One differing bucket's digest at 2,000 members is ~31 entries; a cold start's cut
     // replies are ~9 KiB.
     assert!(sim.max_message < 4 * 1024, "largest message {} B", sim.max_message);
-    sim.node_mut(9).unwrap().set_services(vec!["new-fact".into()]);
-    let took = sim
-        .run_until_true(Duration::from_secs(30), Duration::from_millis(20), |s| {
-            s.all_see(9, |m| m.is_some_and(|m| m.services == ["new-fact"]))
-        })
-        .expect("the fact spreads");
-    let serf = ((n as f64 + 1.0) * 1e4).ln() / (3.0 / 2.0);
-    let rounds = took.as_secs_f64() / 0.2;
-    assert!(rounds <= serf, "{rounds:.1} rounds > Serf's {serf:.1}");
+    fact_within_serf(&mut sim, 9, n, Duration::from_millis(20));
     sim.kill(11);
     sim.run_until_true(Duration::from_secs(30), Duration::from_millis(500), |s| {
         assert_eq!(s.false_deaths(), Vec::new(), "a live member held Dead");

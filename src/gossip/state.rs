@@ -144,7 +144,7 @@ pub struct Gossip {
     pub(super) load_every: Duration,
     pub(super) events: Vec<GossipEvent>,
     /// Per peer, where the last of its replies that had to be cut to `max_delta` stopped (see
-    /// [`super::exchange`]): each peer is behind on records of its own.
+    /// exchange.rs): each peer is behind on records of its own.
     pub(super) cursors: BTreeMap<String, Cursors>,
 }
 
@@ -259,18 +259,12 @@ impl Gossip {
 
     /// A member's record (this node's own included).
     pub fn member(&self, name: &str) -> Option<&Member> {
-        if name == self.me {
-            return Some(&self.own);
-        }
-        self.members.get(name).map(|e| &*e.member)
+        self.member_by_id(self.members.names().id(name)?)
     }
 
     /// A member's record as sent in a message (this node's own is copied).
     pub(super) fn record(&self, name: &str) -> Option<Arc<Member>> {
-        if name == self.me {
-            return Some(Arc::new(self.own.clone()));
-        }
-        self.members.get(name).map(|e| e.member.clone())
+        self.record_by_id(self.members.names().id(name)?)
     }
 
     /// The record of the member with id `id` (this node's own included).
